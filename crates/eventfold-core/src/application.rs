@@ -1,0 +1,466 @@
+//! The application: a repository that rebuilds aggregates from snapshots and events, and
+//! saves that record pending events (and due snapshots) in one transaction.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lru::LruCache;
+
+use crate::domain::{Aggregate, AggregateId, Root, SnapshotBody, Timestamp};
+use crate::error::{Error, Result};
+use crate::mapper::{JsonMapper, Mapper};
+use crate::store::{Loaded, Recording, Store, StoredEvent, StreamQuery};
+
+type CacheKey = (&'static str, String);
+
+/// A bounded cache of the last saved copy of each aggregate.
+///
+/// It never hides a conflicting write: a cached copy that another writer has overtaken
+/// either catches up on read (fast-forward, the default) or makes the next save fail with
+/// [`Error::Conflict`], which evicts it.
+struct AggregateCache {
+    entries: Mutex<LruCache<CacheKey, Box<dyn Any + Send + Sync>>>,
+    fastforward: bool,
+}
+
+impl AggregateCache {
+    fn get<A: Aggregate>(&self, stream_id: &str) -> Option<Root<A>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(&(A::TYPE, stream_id.to_owned()))
+            .and_then(|entry| entry.downcast_ref::<Root<A>>())
+            .cloned()
+    }
+
+    fn put(&self, key: CacheKey, entry: Box<dyn Any + Send + Sync>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.put(key, entry);
+    }
+
+    fn evict(&self, key: &CacheKey) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.pop(key);
+    }
+}
+
+/// Loads aggregates: the latest snapshot plus the events after it.
+pub struct Repository<M: Mapper = JsonMapper> {
+    store: Arc<dyn Store>,
+    mapper: Arc<M>,
+    cache: Option<AggregateCache>,
+}
+
+impl<M: Mapper> Repository<M> {
+    /// The aggregate as of its latest event.
+    ///
+    /// Fails with [`Error::AggregateNotFound`] if it has no events.
+    pub async fn get<A: Aggregate>(&self, id: &A::Id) -> Result<Root<A>> {
+        let stream_id = id.to_string();
+        if let Some(cache) = &self.cache {
+            if let Some(mut root) = cache.get::<A>(&stream_id) {
+                if cache.fastforward {
+                    let newer = self
+                        .store
+                        .select_events(
+                            &stream_id,
+                            StreamQuery {
+                                after: Some(root.version()),
+                                ..StreamQuery::default()
+                            },
+                        )
+                        .await?;
+                    if !newer.is_empty() {
+                        self.replay(&mut root, &newer)?;
+                        cache.put((A::TYPE, stream_id), Box::new(root.clone()));
+                    }
+                }
+                return Ok(root);
+            }
+        }
+        let loaded = self.store.load(&stream_id, None).await?;
+        let root = self.rebuild::<A>(id, loaded)?;
+        if let Some(cache) = &self.cache {
+            cache.put((A::TYPE, stream_id), Box::new(root.clone()));
+        }
+        Ok(root)
+    }
+
+    /// The aggregate as it was at `version` (or at its latest version, if lower).
+    pub async fn get_at<A: Aggregate>(&self, id: &A::Id, version: u64) -> Result<Root<A>> {
+        let loaded = self.store.load(&id.to_string(), Some(version)).await?;
+        self.rebuild::<A>(id, loaded)
+    }
+
+    /// Decodes a stored event of aggregate type `A` (for followers and tools).
+    pub fn decode_event<A: Aggregate>(&self, event: &StoredEvent) -> Result<A::Event> {
+        self.mapper
+            .decode(&event.state, A::SCHEMA_VERSION, A::upcast_event)
+            .map_err(|source| Error::Decode {
+                kind: "event",
+                stream_id: event.stream_id.clone(),
+                version: event.version,
+                source,
+            })
+    }
+
+    fn rebuild<A: Aggregate>(&self, id: &A::Id, loaded: Loaded) -> Result<Root<A>> {
+        let mut root = match loaded.snapshot {
+            Some(snapshot) => {
+                let body: SnapshotBody<A> = self
+                    .mapper
+                    .decode(&snapshot.state, A::SCHEMA_VERSION, A::upcast_state)
+                    .map_err(|source| Error::Decode {
+                        kind: "snapshot",
+                        stream_id: snapshot.stream_id.clone(),
+                        version: snapshot.version,
+                        source,
+                    })?;
+                Root::from_parts(
+                    id.clone(),
+                    snapshot.version,
+                    body.created_on,
+                    body.modified_on,
+                    body.state,
+                )
+            }
+            None => Root::from_parts(
+                id.clone(),
+                0,
+                Timestamp::default(),
+                Timestamp::default(),
+                A::default(),
+            ),
+        };
+        self.replay(&mut root, &loaded.events)?;
+        if root.version() == 0 {
+            return Err(Error::AggregateNotFound {
+                aggregate: A::TYPE,
+                id: id.to_string(),
+            });
+        }
+        Ok(root)
+    }
+
+    fn replay<A: Aggregate>(&self, root: &mut Root<A>, events: &[StoredEvent]) -> Result<()> {
+        for stored in events {
+            let event = self.decode_event::<A>(stored)?;
+            root.replay(stored.version, stored.timestamp, &event);
+        }
+        Ok(())
+    }
+}
+
+/// Something [`Application::save_all`] can save: a [`Root`] of any aggregate type.
+pub trait Saveable<M: Mapper>: Send {
+    /// The aggregate type name (for the snapshot interval).
+    fn aggregate_type(&self) -> &'static str;
+
+    /// Encodes the pending events, and a snapshot if one is due, into `recording`.
+    fn stage(
+        &self,
+        mapper: &M,
+        snapshot_every: Option<u64>,
+        recording: &mut Recording,
+    ) -> Result<()>;
+
+    /// Forgets the pending events once they are recorded.
+    fn mark_saved(&mut self);
+
+    /// The stream id and the version the save expects to be the latest recorded.
+    fn expected(&self) -> (String, u64);
+
+    /// A copy for the aggregate cache.
+    fn cache_entry(&self) -> Box<dyn Any + Send + Sync>;
+}
+
+impl<A: Aggregate, M: Mapper> Saveable<M> for Root<A> {
+    fn aggregate_type(&self) -> &'static str {
+        A::TYPE
+    }
+
+    fn stage(
+        &self,
+        mapper: &M,
+        snapshot_every: Option<u64>,
+        recording: &mut Recording,
+    ) -> Result<()> {
+        let stream_id = self.id().to_string();
+        for pending in self.pending_events() {
+            let (name, state) = mapper
+                .encode_event(&pending.event, A::SCHEMA_VERSION)
+                .map_err(|source| Error::Encode {
+                    what: format!("{} event {:?}", A::TYPE, pending.event),
+                    source,
+                })?;
+            recording.events.push(StoredEvent {
+                stream_id: stream_id.clone(),
+                version: pending.version,
+                topic: format!("{}.{name}", A::TYPE),
+                timestamp: pending.timestamp,
+                state,
+            });
+        }
+        let due = snapshot_every.is_some_and(|every| {
+            every > 0 && self.saved_version() / every != self.version() / every
+        });
+        if due {
+            let body = SnapshotBody {
+                created_on: self.created_on(),
+                modified_on: self.modified_on(),
+                state: self.state(),
+            };
+            let state = mapper
+                .encode_state(&body, A::SCHEMA_VERSION)
+                .map_err(|source| Error::Encode {
+                    what: format!("{} snapshot", A::TYPE),
+                    source,
+                })?;
+            recording.snapshots.push(StoredEvent {
+                stream_id,
+                version: self.version(),
+                topic: A::TYPE.to_owned(),
+                timestamp: self.modified_on(),
+                state,
+            });
+        }
+        Ok(())
+    }
+
+    fn mark_saved(&mut self) {
+        Root::mark_saved(self);
+    }
+
+    fn expected(&self) -> (String, u64) {
+        (self.id().to_string(), self.saved_version())
+    }
+
+    fn cache_entry(&self) -> Box<dyn Any + Send + Sync> {
+        let mut copy = self.clone();
+        copy.mark_saved();
+        Box::new(copy)
+    }
+}
+
+/// An event-sourced application: a store, a mapper, snapshot intervals and an optional
+/// aggregate cache. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Application<M: Mapper = JsonMapper> {
+    repository: Repository<M>,
+    snapshot_intervals: HashMap<String, u64>,
+}
+
+impl Application<JsonMapper> {
+    /// Starts building an application on `store`, with plain JSON, no snapshots and no cache.
+    pub fn builder(store: impl Store + 'static) -> ApplicationBuilder<JsonMapper> {
+        ApplicationBuilder {
+            store: Arc::new(store),
+            mapper: JsonMapper::new(),
+            snapshot_intervals: HashMap::new(),
+            cache_capacity: None,
+            cache_fastforward: true,
+        }
+    }
+}
+
+impl<M: Mapper> Application<M> {
+    /// The repository, to load aggregates.
+    pub fn repository(&self) -> &Repository<M> {
+        &self.repository
+    }
+
+    /// The store: the notification log, tracking and raw streams.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.repository.store
+    }
+
+    /// The mapper.
+    pub fn mapper(&self) -> &M {
+        &self.repository.mapper
+    }
+
+    /// The snapshot interval for an aggregate type, if snapshots are on for it.
+    pub fn snapshot_interval(&self, aggregate_type: &str) -> Option<u64> {
+        self.snapshot_intervals.get(aggregate_type).copied()
+    }
+
+    /// Saves one aggregate's pending events (and a due snapshot). Returns their notification ids.
+    pub async fn save<A: Aggregate>(&self, root: &mut Root<A>) -> Result<Vec<u64>> {
+        self.save_all(&mut [root as &mut dyn Saveable<M>]).await
+    }
+
+    /// Saves several aggregates, of any types, in one atomic transaction.
+    ///
+    /// On [`Error::Conflict`] nothing is written and the aggregates keep their pending
+    /// events; reload them and run the command again (see [`retry_on_conflict`]).
+    pub async fn save_all(&self, roots: &mut [&mut dyn Saveable<M>]) -> Result<Vec<u64>> {
+        let recording = self.prepare(roots)?;
+        if recording.events.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.repository.store.record(&recording).await {
+            Ok(ids) => {
+                self.saved(roots);
+                Ok(ids)
+            }
+            Err(err) => {
+                if let Some(cache) = &self.repository.cache {
+                    for root in roots.iter() {
+                        cache.evict(&(root.aggregate_type(), root.expected().0));
+                    }
+                }
+                Err(match err {
+                    Error::Conflict(_) => Error::Conflict(crate::Conflict::new(
+                        roots.iter().map(|r| r.expected()).collect(),
+                    )),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    /// Encodes what saving `roots` would write, without writing it.
+    ///
+    /// For stores that join a caller's own database transaction: record the returned
+    /// [`Recording`] in that transaction, then call [`Application::saved`] once it commits.
+    pub fn prepare(&self, roots: &[&mut dyn Saveable<M>]) -> Result<Recording> {
+        let mut recording = Recording::default();
+        for root in roots {
+            let every = self.snapshot_intervals.get(root.aggregate_type()).copied();
+            root.stage(&self.repository.mapper, every, &mut recording)?;
+        }
+        Ok(recording)
+    }
+
+    /// Marks `roots` as saved after their [`Recording`] was committed elsewhere.
+    pub fn saved(&self, roots: &mut [&mut dyn Saveable<M>]) {
+        for root in roots.iter_mut() {
+            root.mark_saved();
+            if let Some(cache) = &self.repository.cache {
+                cache.put(
+                    (root.aggregate_type(), root.expected().0),
+                    root.cache_entry(),
+                );
+            }
+        }
+    }
+}
+
+/// Builds an [`Application`].
+pub struct ApplicationBuilder<M: Mapper> {
+    store: Arc<dyn Store>,
+    mapper: M,
+    snapshot_intervals: HashMap<String, u64>,
+    cache_capacity: Option<NonZeroUsize>,
+    cache_fastforward: bool,
+}
+
+impl<M: Mapper> ApplicationBuilder<M> {
+    /// Uses another mapper (for example a [`JsonMapper`] with compression and a cipher).
+    pub fn mapper<M2: Mapper>(self, mapper: M2) -> ApplicationBuilder<M2> {
+        ApplicationBuilder {
+            store: self.store,
+            mapper,
+            snapshot_intervals: self.snapshot_intervals,
+            cache_capacity: self.cache_capacity,
+            cache_fastforward: self.cache_fastforward,
+        }
+    }
+
+    /// Takes a snapshot of `A` every `versions` versions (0 turns it off).
+    pub fn snapshot_every<A: Aggregate>(self, versions: u64) -> Self {
+        self.snapshot_interval(A::TYPE, versions)
+    }
+
+    /// Like [`Self::snapshot_every`], by aggregate type name (for configuration).
+    pub fn snapshot_interval(mut self, aggregate_type: &str, versions: u64) -> Self {
+        if versions == 0 {
+            self.snapshot_intervals.remove(aggregate_type);
+        } else {
+            self.snapshot_intervals
+                .insert(aggregate_type.to_owned(), versions);
+        }
+        self
+    }
+
+    /// Keeps up to `capacity` aggregates in a cache (0 turns it off).
+    pub fn cache(mut self, capacity: usize) -> Self {
+        self.cache_capacity = NonZeroUsize::new(capacity);
+        self
+    }
+
+    /// Whether a cache hit first reads events newer than the cached copy (default: yes).
+    ///
+    /// Turning it off saves that read when this application is the only writer; with other
+    /// writers, a stale copy still cannot overwrite their events: its save fails with a
+    /// conflict and is evicted.
+    pub fn cache_fastforward(mut self, fastforward: bool) -> Self {
+        self.cache_fastforward = fastforward;
+        self
+    }
+
+    /// Builds the application.
+    pub fn build(self) -> Application<M> {
+        Application {
+            repository: Repository {
+                store: self.store,
+                mapper: Arc::new(self.mapper),
+                cache: self.cache_capacity.map(|capacity| AggregateCache {
+                    entries: Mutex::new(LruCache::new(capacity)),
+                    fastforward: self.cache_fastforward,
+                }),
+            },
+            snapshot_intervals: self.snapshot_intervals,
+        }
+    }
+}
+
+/// Runs `command` again when it fails with [`Error::Conflict`], up to `attempts` times in
+/// all, with a short growing pause between tries. `command` must reload what it changes.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let mut tries = 0;
+/// let result = eventfold_core::retry_on_conflict(3, || {
+///     tries += 1;
+///     let attempt = tries;
+///     async move {
+///         if attempt < 2 {
+///             Err(eventfold_core::Error::Conflict(eventfold_core::Conflict::new(vec![])))
+///         } else {
+///             Ok(attempt)
+///         }
+///     }
+/// })
+/// .await;
+/// assert_eq!(result.unwrap(), 2);
+/// # });
+/// ```
+pub async fn retry_on_conflict<T, F, Fut>(attempts: u32, mut command: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match command().await {
+            Err(err) if err.is_conflict() && attempt < attempts => {
+                // Writers that collided would collide again if they retried in lockstep.
+                let base = 1u64 << attempt.min(6);
+                let jitter = Timestamp::now().as_micros().unsigned_abs() % base.max(1) * 100;
+                tokio::time::sleep(Duration::from_micros(base * 500 + jitter)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+impl<A: Aggregate> Root<A> {
+    /// Parses a stream id as this aggregate's id type.
+    pub fn parse_id(stream_id: &str) -> Option<A::Id> {
+        A::Id::parse_id(stream_id)
+    }
+}
