@@ -1,0 +1,2 @@
+//! The eventfold command line.
+fn main() {}

@@ -1,0 +1,1 @@
+//! eventfold-conformance (work in progress).

@@ -1,0 +1,1 @@
+//! eventfold-postgres (work in progress).

@@ -1,0 +1,1 @@
+//! eventfold-sqlite (work in progress).

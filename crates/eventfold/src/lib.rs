@@ -1,0 +1,1 @@
+//! eventfold (work in progress).

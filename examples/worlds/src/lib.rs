@@ -1,0 +1,1 @@
+//! Worlds example (work in progress).
