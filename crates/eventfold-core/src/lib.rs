@@ -46,6 +46,7 @@ mod follower;
 mod mapper;
 mod memory;
 mod store;
+mod variant;
 
 pub use application::{retry_on_conflict, Application, ApplicationBuilder, Repository, Saveable};
 pub use domain::{Aggregate, AggregateId, GenerateId, PendingEvent, Root, Timestamp};

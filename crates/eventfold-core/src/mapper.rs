@@ -27,7 +27,7 @@ pub trait Mapper: Send + Sync + 'static {
         &self,
         event: &E,
         schema_version: u32,
-    ) -> Result<(String, Vec<u8>), CodecError>;
+    ) -> Result<(&'static str, Vec<u8>), CodecError>;
 
     /// Encodes aggregate state for a snapshot.
     fn encode_state<S: Serialize>(
@@ -266,33 +266,19 @@ impl JsonMapper {
     }
 }
 
-/// The variant name of an externally tagged enum's JSON: `"Unit"` or `{"Variant":...}`.
-fn variant_name(json: &[u8]) -> Option<&str> {
-    let rest = json
-        .strip_prefix(b"{\"")
-        .or_else(|| json.strip_prefix(b"\""))?;
-    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
-    if rest[end] == b'\\' {
-        return None;
-    }
-    std::str::from_utf8(&rest[..end]).ok()
-}
-
 impl Mapper for JsonMapper {
     fn encode_event<E: Serialize>(
         &self,
         event: &E,
         schema_version: u32,
-    ) -> Result<(String, Vec<u8>), CodecError> {
+    ) -> Result<(&'static str, Vec<u8>), CodecError> {
+        let name = crate::variant::variant_name(event).ok_or_else(|| {
+            CodecError::Json(serde::ser::Error::custom(
+                "an event must serialize as an externally tagged enum (serde's default), \
+                 so its variant name can be its topic",
+            ))
+        })?;
         let json = serde_json::to_vec(event)?;
-        let name = variant_name(&json)
-            .ok_or_else(|| {
-                CodecError::Json(serde::ser::Error::custom(
-                    "an event must serialize as an externally tagged enum (serde's default), \
-                     so its variant name can be its topic",
-                ))
-            })?
-            .to_owned();
         let json = Self::mark_version(json, schema_version);
         Ok((name, self.seal(json)))
     }

@@ -1,0 +1,354 @@
+//! Configuration by environment or builder: which store, where, compression, encryption,
+//! snapshot intervals, cache.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use eventfold_core::{
+    AesGcmCipher, Aggregate, Application, Error, InMemoryStore, JsonMapper, Result, Store, Zlib,
+};
+
+/// Which store to open, and its settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum StoreConfig {
+    /// Process memory; gone when the process ends.
+    Memory,
+    /// The embedded SQLite store.
+    #[cfg(feature = "sqlite")]
+    Sqlite(eventfold_sqlite::SqliteConfig),
+    /// The PostgreSQL store.
+    #[cfg(feature = "postgres")]
+    Postgres(eventfold_postgres::PostgresConfig),
+}
+
+/// An opened store, keeping its concrete type for backend-specific use (projections,
+/// joining a host transaction), convertible to `Arc<dyn Store>`.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum StoreHandle {
+    /// See [`StoreConfig::Memory`].
+    Memory(InMemoryStore),
+    /// See [`StoreConfig::Sqlite`].
+    #[cfg(feature = "sqlite")]
+    Sqlite(eventfold_sqlite::SqliteStore),
+    /// See [`StoreConfig::Postgres`].
+    #[cfg(feature = "postgres")]
+    Postgres(eventfold_postgres::PostgresStore),
+}
+
+impl StoreHandle {
+    /// The store as a trait object.
+    pub fn as_dyn(&self) -> Arc<dyn Store> {
+        match self {
+            StoreHandle::Memory(s) => Arc::new(s.clone()),
+            #[cfg(feature = "sqlite")]
+            StoreHandle::Sqlite(s) => Arc::new(s.clone()),
+            #[cfg(feature = "postgres")]
+            StoreHandle::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// Creates or upgrades the store's tables; returns a one-line report.
+    pub async fn migrate(&self) -> Result<String> {
+        match self {
+            StoreHandle::Memory(_) => Ok("memory store: nothing to migrate".to_owned()),
+            #[cfg(feature = "sqlite")]
+            StoreHandle::Sqlite(s) => Ok(format!("{:?}", s.migrate()?)),
+            #[cfg(feature = "postgres")]
+            StoreHandle::Postgres(s) => Ok(format!("{:?}", s.migrate().await?)),
+        }
+    }
+}
+
+/// Everything needed to build an [`Application`]: store, mapper and snapshot settings.
+///
+/// From the environment ([`Config::from_env`]):
+///
+/// | variable | values | default |
+/// |---|---|---|
+/// | `EVENTFOLD_STORE` | `memory`, `sqlite`, `postgres` | `sqlite` |
+/// | `EVENTFOLD_SQLITE_PATH` | file path | `eventfold.sqlite3` |
+/// | `EVENTFOLD_SQLITE_SYNCHRONOUS` | `off`, `normal`, `full` | `normal` (with WAL) |
+/// | `EVENTFOLD_DATABASE_URL` (or `DATABASE_URL`) | `postgres://...` | required for `postgres` |
+/// | `EVENTFOLD_POSTGRES_SCHEMA` | schema name | `public` |
+/// | `EVENTFOLD_TABLE_PREFIX` | table name prefix | `eventfold_` |
+/// | `EVENTFOLD_CREATE_TABLES` | `true`, `false` | `true` |
+/// | `EVENTFOLD_COMPRESSOR` | `none`, `zlib` | `none` |
+/// | `EVENTFOLD_CIPHER_KEY` | base64 of 32 bytes (AES-256-GCM) | none |
+/// | `EVENTFOLD_SNAPSHOT_INTERVALS` | `World=5,Dog=10` | none |
+/// | `EVENTFOLD_CACHE_SIZE` | aggregates kept in memory | `0` (off) |
+#[derive(Debug, Clone)]
+pub struct Config {
+    store: StoreConfig,
+    compress: bool,
+    cipher_key: Option<String>,
+    snapshot_intervals: HashMap<String, u64>,
+    cache_size: usize,
+}
+
+const STORE: &str = "EVENTFOLD_STORE";
+
+fn invalid(variable: &str, message: impl Into<String>) -> Error {
+    Error::Config {
+        variable: variable.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn parse_bool(variable: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "y" => Ok(true),
+        "0" | "false" | "no" | "off" | "n" => Ok(false),
+        other => Err(invalid(
+            variable,
+            format!("expected true or false, got {other:?}"),
+        )),
+    }
+}
+
+impl Config {
+    fn with_store(store: StoreConfig) -> Self {
+        Config {
+            store,
+            compress: false,
+            cipher_key: None,
+            snapshot_intervals: HashMap::new(),
+            cache_size: 0,
+        }
+    }
+
+    /// The in-memory store.
+    pub fn memory() -> Self {
+        Self::with_store(StoreConfig::Memory)
+    }
+
+    /// A SQLite file (created if missing), WAL with `synchronous=NORMAL`.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(path: impl Into<std::path::PathBuf>) -> Self {
+        Self::with_store(StoreConfig::Sqlite(eventfold_sqlite::SqliteConfig::new(
+            path,
+        )))
+    }
+
+    /// A PostgreSQL database.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(url: impl Into<String>) -> Self {
+        Self::with_store(StoreConfig::Postgres(
+            eventfold_postgres::PostgresConfig::new(url),
+        ))
+    }
+
+    /// Any store configuration.
+    pub fn store(store: StoreConfig) -> Self {
+        Self::with_store(store)
+    }
+
+    /// Reads the `EVENTFOLD_*` environment variables (see the table above).
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Like [`Config::from_env`], from the given variables (for tests and tools).
+    pub fn from_vars<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<Self>
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars: HashMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        let get = |name: &str| vars.get(name).map(String::as_str).filter(|v| !v.is_empty());
+        let create_tables = get("EVENTFOLD_CREATE_TABLES")
+            .map(|v| parse_bool("EVENTFOLD_CREATE_TABLES", v))
+            .transpose()?
+            .unwrap_or(true);
+
+        let kind = get(STORE).unwrap_or("sqlite").trim().to_ascii_lowercase();
+        let store = match kind.as_str() {
+            "memory" | "popo" => StoreConfig::Memory,
+            #[cfg(feature = "sqlite")]
+            "sqlite" => {
+                let mut sqlite = eventfold_sqlite::SqliteConfig::new(
+                    get("EVENTFOLD_SQLITE_PATH").unwrap_or("eventfold.sqlite3"),
+                );
+                sqlite.create_tables = create_tables;
+                if let Some(value) = get("EVENTFOLD_SQLITE_SYNCHRONOUS") {
+                    sqlite.synchronous = match value.trim().to_ascii_lowercase().as_str() {
+                        "off" => eventfold_sqlite::Synchronous::Off,
+                        "normal" => eventfold_sqlite::Synchronous::Normal,
+                        "full" => eventfold_sqlite::Synchronous::Full,
+                        other => {
+                            return Err(invalid(
+                                "EVENTFOLD_SQLITE_SYNCHRONOUS",
+                                format!("expected off, normal or full, got {other:?}"),
+                            ))
+                        }
+                    };
+                }
+                StoreConfig::Sqlite(sqlite)
+            }
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => {
+                let url = get("EVENTFOLD_DATABASE_URL")
+                    .or_else(|| get("DATABASE_URL"))
+                    .ok_or_else(|| {
+                        invalid(
+                            "EVENTFOLD_DATABASE_URL",
+                            "required when EVENTFOLD_STORE=postgres (e.g. postgres://user@host/db)",
+                        )
+                    })?;
+                let mut postgres = eventfold_postgres::PostgresConfig::new(url);
+                postgres.create_tables = create_tables;
+                if let Some(schema) = get("EVENTFOLD_POSTGRES_SCHEMA") {
+                    postgres.schema = schema.to_owned();
+                }
+                if let Some(prefix) = get("EVENTFOLD_TABLE_PREFIX") {
+                    postgres.table_prefix = prefix.to_owned();
+                }
+                StoreConfig::Postgres(postgres)
+            }
+            other => {
+                let mut known = vec!["memory"];
+                if cfg!(feature = "sqlite") {
+                    known.push("sqlite");
+                }
+                if cfg!(feature = "postgres") {
+                    known.push("postgres");
+                }
+                return Err(invalid(
+                    STORE,
+                    format!(
+                        "unknown store {other:?}; this build supports {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        };
+
+        let mut config = Self::with_store(store);
+        config.compress = match get("EVENTFOLD_COMPRESSOR").map(|v| v.trim().to_ascii_lowercase()) {
+            None => false,
+            Some(v) if v == "none" => false,
+            Some(v) if v == "zlib" => true,
+            Some(other) => {
+                return Err(invalid(
+                    "EVENTFOLD_COMPRESSOR",
+                    format!("expected none or zlib, got {other:?}"),
+                ))
+            }
+        };
+        if let Some(key) = get("EVENTFOLD_CIPHER_KEY") {
+            AesGcmCipher::from_base64(key, "EVENTFOLD_CIPHER_KEY")?;
+            config.cipher_key = Some(key.to_owned());
+        }
+        if let Some(spec) = get("EVENTFOLD_SNAPSHOT_INTERVALS") {
+            for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let parsed = item.split_once('=').and_then(|(name, n)| {
+                    let name = name.trim();
+                    (!name.is_empty())
+                        .then_some(())
+                        .and(n.trim().parse::<u64>().ok())
+                        .map(|n| (name.to_owned(), n))
+                });
+                let (name, every) = parsed.ok_or_else(|| {
+                    invalid(
+                        "EVENTFOLD_SNAPSHOT_INTERVALS",
+                        format!("expected Type=N pairs separated by commas, got {item:?}"),
+                    )
+                })?;
+                config.snapshot_intervals.insert(name, every);
+            }
+        }
+        if let Some(size) = get("EVENTFOLD_CACHE_SIZE") {
+            config.cache_size = size.trim().parse().map_err(|_| {
+                invalid(
+                    "EVENTFOLD_CACHE_SIZE",
+                    format!("expected a whole number, got {size:?}"),
+                )
+            })?;
+        }
+        Ok(config)
+    }
+
+    /// Compresses stored events and snapshots with zlib.
+    pub fn zlib(mut self) -> Self {
+        self.compress = true;
+        self
+    }
+
+    /// Encrypts stored events and snapshots with AES-256-GCM (base64 key of 32 bytes;
+    /// [`AesGcmCipher::generate_key`] makes one). A bad key fails in [`Config::application`].
+    pub fn cipher_key(mut self, base64_key: impl Into<String>) -> Self {
+        self.cipher_key = Some(base64_key.into());
+        self
+    }
+
+    /// Snapshots `A` every `versions` versions.
+    pub fn snapshot_every<A: Aggregate>(self, versions: u64) -> Self {
+        self.snapshot_interval(A::TYPE, versions)
+    }
+
+    /// Snapshots the named aggregate type every `versions` versions.
+    pub fn snapshot_interval(mut self, aggregate_type: &str, versions: u64) -> Self {
+        self.snapshot_intervals
+            .insert(aggregate_type.to_owned(), versions);
+        self
+    }
+
+    /// Keeps up to `size` aggregates in the application's cache.
+    pub fn cache_size(mut self, size: usize) -> Self {
+        self.cache_size = size;
+        self
+    }
+
+    /// The store part of the configuration.
+    pub fn store_config(&self) -> &StoreConfig {
+        &self.store
+    }
+
+    /// The mapper this configuration asks for.
+    pub fn mapper(&self) -> Result<JsonMapper> {
+        let mut mapper = JsonMapper::new();
+        if self.compress {
+            mapper = mapper.with_compressor(Zlib::default());
+        }
+        if let Some(key) = &self.cipher_key {
+            mapper = mapper.with_cipher(AesGcmCipher::from_base64(key, "EVENTFOLD_CIPHER_KEY")?);
+        }
+        Ok(mapper)
+    }
+
+    /// Opens (and, unless told not to, migrates) the configured store.
+    pub async fn open_store(&self) -> Result<StoreHandle> {
+        Ok(match &self.store {
+            StoreConfig::Memory => StoreHandle::Memory(InMemoryStore::new()),
+            #[cfg(feature = "sqlite")]
+            StoreConfig::Sqlite(config) => {
+                StoreHandle::Sqlite(eventfold_sqlite::SqliteStore::open(config)?)
+            }
+            #[cfg(feature = "postgres")]
+            StoreConfig::Postgres(config) => {
+                StoreHandle::Postgres(eventfold_postgres::PostgresStore::connect(config).await?)
+            }
+        })
+    }
+
+    /// Builds an application on an already opened store.
+    pub fn application_on(&self, store: &StoreHandle) -> Result<Application<JsonMapper>> {
+        let mut builder = Application::builder(store.as_dyn())
+            .mapper(self.mapper()?)
+            .cache(self.cache_size);
+        for (name, every) in &self.snapshot_intervals {
+            builder = builder.snapshot_interval(name, *every);
+        }
+        Ok(builder.build())
+    }
+
+    /// Opens the store and builds the application.
+    pub async fn application(&self) -> Result<Application<JsonMapper>> {
+        let store = self.open_store().await?;
+        self.application_on(&store)
+    }
+}
