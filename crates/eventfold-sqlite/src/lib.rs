@@ -1,1 +1,132 @@
-//! eventfold-sqlite (work in progress).
+//! The embedded default store of eventfold: events, snapshots, the notification log and
+//! follower positions in one SQLite file, with no server to run.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use eventfold_core::{EventReader, EventWriter, Recording, StoredEvent, Timestamp};
+//! use eventfold_sqlite::{SqliteConfig, SqliteStore};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("app.db")))?;
+//!
+//! let event = StoredEvent {
+//!     stream_id: "counter-1".into(),
+//!     version: 1,
+//!     topic: "Counter.Opened".into(),
+//!     timestamp: Timestamp::now(),
+//!     state: b"{}".to_vec(),
+//! };
+//! let ids = store.record(&Recording { events: vec![event.clone()], ..Recording::default() }).await?;
+//! assert_eq!(ids, vec![1]);
+//!
+//! // Recording the same version again is a lost race: a conflict, and nothing is written.
+//! let again = store.record(&Recording { events: vec![event], ..Recording::default() }).await;
+//! assert!(again.unwrap_err().is_conflict());
+//!
+//! let loaded = store.load("counter-1", None).await?;
+//! assert_eq!(loaded.events.len(), 1);
+//! # Ok::<(), eventfold_core::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Schema
+//!
+//! - `events(id, stream_id, version, topic, timestamp, state)` is both the streams and the
+//!   notification log. `id INTEGER PRIMARY KEY AUTOINCREMENT` is the notification id;
+//!   `UNIQUE (stream_id, version)` is the optimistic-concurrency check; an index on
+//!   `(topic, id)` serves followers that want some topics only. Timestamps are
+//!   microseconds since the epoch.
+//! - `snapshots(stream_id, version, topic, timestamp, state)`, keyed by
+//!   `(stream_id, version)`. Snapshots of one version are interchangeable, so a second
+//!   one is ignored.
+//! - `tracking(follower, position)`: each follower's last processed notification id.
+//!
+//! The schema version is `PRAGMA user_version`. Migrations are an ordered list of SQL steps
+//! applied in one transaction ([`SqliteStore::migrate`], or on open unless
+//! [`SqliteConfig::create_tables`] is off); a file newer than this build is refused with
+//! [`eventfold_core::Error::SchemaVersion`].
+//!
+//! # Concurrency and order
+//!
+//! A recording is one `BEGIN IMMEDIATE … COMMIT`. A version that already exists violates
+//! the unique key; the store recognises that by SQLite's extended result code (never by the
+//! message), rolls everything back and returns [`eventfold_core::Error::Conflict`] naming the
+//! recording's streams. A version that would leave a gap in its stream is a conflict too.
+//!
+//! SQLite lets one writer at a time into a file, across processes. Notification ids are
+//! therefore given in commit order, and a reader can never see id `n` before an id below
+//! `n` commits: the log is gap-safe without the in-flight-transaction bookkeeping a
+//! multi-writer database needs.
+//!
+//! # Connections and threads
+//!
+//! The file runs in WAL mode, so readers and the writer do not block each other. A store
+//! holds one write connection behind an async lock (in-process writers take turns without
+//! blocking threads) and up to four read-only connections, opened on first use. Clones
+//! share them.
+//!
+//! Statements run inline on the calling task. A typical statement here takes a few
+//! microseconds; handing it to a blocking thread and back would cost more than the
+//! statement itself. No lock on a connection is ever held across an `.await`, except the
+//! write connection inside a [`SqliteTransaction`], which is an async lock. The one case that
+//! blocks a thread is another *process* (or another `SqliteStore` on the same file) holding
+//! the write lock: SQLite then waits up to [`SqliteConfig::busy_timeout`].
+//!
+//! # Durability
+//!
+//! The default is WAL with `synchronous = NORMAL` ([`Synchronous`]): a commit survives a
+//! crash of the process, and a power loss may lose the last commits but never corrupts the
+//! database or keeps half a recording. [`Synchronous::Full`] makes every commit survive a
+//! power loss at the cost of one `fsync` each.
+//!
+//! # Wake-ups
+//!
+//! After each commit that recorded events the store notifies
+//! [`eventfold_core::NotificationReader::wakeups`], so followers in the same process react
+//! at once; followers in other processes find new notifications by polling.
+//!
+//! # Projections
+//!
+//! As a [`eventfold_core::ProjectionStore`], the store hands a projection a
+//! [`SqliteTransaction`]: an open `BEGIN IMMEDIATE` on the write connection in which the
+//! projection writes its own tables (with [`rusqlite`], re-exported here) and the follower's
+//! position then moves and commits. Dropped uncommitted, it rolls back.
+
+mod config;
+mod schema;
+mod store;
+mod transaction;
+
+use std::fmt;
+
+pub use config::{SqliteConfig, Synchronous};
+pub use rusqlite;
+pub use schema::{MigrationReport, SCHEMA_VERSION};
+pub use store::SqliteStore;
+pub use transaction::SqliteTransaction;
+
+use eventfold_core::Error;
+
+/// Wraps a driver error as [`Error::Backend`] of the `"sqlite"` backend.
+pub(crate) fn sql_error(error: rusqlite::Error) -> Error {
+    Error::backend("sqlite", error)
+}
+
+/// A database that could not be opened or set up, with its path.
+#[derive(Debug)]
+pub(crate) struct OpenError {
+    pub(crate) path: String,
+    pub(crate) source: rusqlite::Error,
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot open {}: {}", self.path, self.source)
+    }
+}
+
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}

@@ -1,0 +1,582 @@
+//! [`SqliteStore`]: the storage contract on one SQLite file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventfold_core::{
+    Conflict, Error, EventReader, EventWriter, Loaded, Notification, NotificationQuery,
+    NotificationReader, ProjectionStore, Recording, Result, Store, StoredEvent, StreamQuery,
+    Timestamp, Tracking, TrackingReader,
+};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row};
+use tokio::sync::{Mutex, MutexGuard, Notify};
+
+use crate::config::{SqliteConfig, Synchronous};
+use crate::schema::{self, MigrationReport};
+use crate::transaction::SqliteTransaction;
+use crate::{sql_error, OpenError};
+
+/// Reader connections per store, opened on first use. Readers never block each other or
+/// the writer in WAL mode; more than the cores that run tasks would only sit idle.
+const READERS: usize = 4;
+
+/// Where the database lives.
+#[derive(Debug)]
+enum Location {
+    File(PathBuf),
+    /// A `memdb` URI, shared by the store's connections and gone with the last of them.
+    Memory(String),
+}
+
+struct Inner {
+    location: Location,
+    synchronous: Synchronous,
+    busy_timeout: Duration,
+    /// The one connection that writes. SQLite has one writer per file anyway; taking turns
+    /// here makes in-process writers wait on an async lock instead of in SQLite's busy
+    /// handler, which would block the thread.
+    writer: Arc<Mutex<Connection>>,
+    /// Read-only connections, `None` until first used.
+    readers: Box<[Mutex<Option<Connection>>]>,
+    next_reader: AtomicUsize,
+    wakeups: Arc<Notify>,
+}
+
+/// The embedded event store: events, snapshots, the notification log and follower
+/// positions in one SQLite database. See the [crate docs](crate) for the design.
+///
+/// Cheap to clone: clones share the connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.inner.location)
+            .field("synchronous", &self.inner.synchronous)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Writer,
+    Reader,
+}
+
+impl Inner {
+    fn open_connection(&self, role: Role) -> Result<Connection> {
+        open_connection(&self.location, self.synchronous, self.busy_timeout, role)
+    }
+}
+
+fn open_connection(
+    location: &Location,
+    synchronous: Synchronous,
+    busy_timeout: Duration,
+    role: Role,
+) -> Result<Connection> {
+    let (name, flags) = match location {
+        Location::File(path) => (path.as_os_str(), OpenFlags::default()),
+        Location::Memory(uri) => (std::ffi::OsStr::new(uri.as_str()), OpenFlags::default()),
+    };
+    let setup = || -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(name, flags)?;
+        conn.busy_timeout(busy_timeout)?;
+        conn.set_prepared_statement_cache_capacity(schema::STATEMENT_CACHE_CAPACITY);
+        match role {
+            Role::Writer => {
+                if let Location::File(_) = location {
+                    let mode: String =
+                        conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+                    if !mode.eq_ignore_ascii_case("wal") {
+                        tracing::warn!(
+                            path = %Path::new(name).display(),
+                            journal_mode = %mode,
+                            "sqlite could not switch to WAL; readers and the writer will block each other"
+                        );
+                    }
+                }
+                conn.execute_batch(synchronous.pragma())?;
+            }
+            Role::Reader => conn.execute_batch("PRAGMA query_only = ON")?,
+        }
+        Ok(conn)
+    };
+    setup().map_err(|source| {
+        Error::backend(
+            "sqlite",
+            OpenError {
+                path: match location {
+                    Location::File(path) => path.display().to_string(),
+                    Location::Memory(uri) => uri.clone(),
+                },
+                source,
+            },
+        )
+    })
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file of `config`, switches it to WAL and applies
+    /// the pragmas.
+    ///
+    /// With `create_tables` it migrates the schema to the current version; without, it
+    /// fails with [`Error::SchemaVersion`] (hint: run `eventfold migrate`) unless the file
+    /// is already at the current version. A file written by a newer eventfold always fails
+    /// with [`Error::SchemaVersion`]. A file that cannot be opened fails with
+    /// [`Error::Backend`] naming the path.
+    pub fn open(config: &SqliteConfig) -> Result<Self> {
+        if !config.create_tables && !config.path.exists() {
+            return Err(Error::SchemaVersion {
+                backend: "sqlite",
+                found: 0,
+                expected: schema::SCHEMA_VERSION,
+                hint: format!(
+                    "there is no database at {}; run `eventfold migrate`",
+                    config.path.display()
+                ),
+            });
+        }
+        Self::open_at(
+            Location::File(config.path.clone()),
+            config.synchronous,
+            config.busy_timeout,
+            config.create_tables,
+        )
+    }
+
+    /// A fresh, private, empty store in memory, gone when the last clone drops: for tests.
+    ///
+    /// It uses SQLite's `memdb` storage, shared by the store's connections (so a
+    /// projection transaction and concurrent reads behave as with a file), in rollback-
+    /// journal mode since `memdb` has no WAL. Each call gets its own database.
+    pub fn open_in_memory() -> Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let uri = format!(
+            "file:/eventfold-{}-{}?vfs=memdb",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Self::open_at(
+            Location::Memory(uri),
+            Synchronous::Off,
+            Duration::from_secs(5),
+            true,
+        )
+    }
+
+    fn open_at(
+        location: Location,
+        synchronous: Synchronous,
+        busy_timeout: Duration,
+        create_tables: bool,
+    ) -> Result<Self> {
+        let writer = open_connection(&location, synchronous, busy_timeout, Role::Writer)?;
+        if create_tables {
+            schema::migrate(&writer)?;
+        } else {
+            schema::require_current(&writer)?;
+        }
+        schema::check_statements(&writer)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                location,
+                synchronous,
+                busy_timeout,
+                writer: Arc::new(Mutex::new(writer)),
+                readers: (0..READERS).map(|_| Mutex::new(None)).collect(),
+                next_reader: AtomicUsize::new(0),
+                wakeups: Arc::new(Notify::new()),
+            }),
+        })
+    }
+
+    /// Brings the schema to the version this build expects, in one transaction.
+    /// Idempotent: at the current version it changes nothing and reports `from == to`.
+    ///
+    /// It runs on a connection of its own, so it is safe to call from anywhere (it waits
+    /// up to the busy timeout for a write in progress).
+    pub fn migrate(&self) -> Result<MigrationReport> {
+        let conn = self.inner.open_connection(Role::Writer)?;
+        schema::migrate(&conn)
+    }
+
+    /// The schema version stored in the database (`PRAGMA user_version`; 0 = no tables).
+    pub fn schema_version(&self) -> Result<i64> {
+        let conn = self.inner.open_connection(Role::Reader)?;
+        schema::user_version(&conn)
+    }
+
+    /// The database file, or `None` for [`SqliteStore::open_in_memory`].
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner.location {
+            Location::File(path) => Some(path),
+            Location::Memory(_) => None,
+        }
+    }
+
+    /// A reader connection: the first idle one, or else a turn on one of them.
+    async fn reader(&self) -> MutexGuard<'_, Option<Connection>> {
+        let readers = &self.inner.readers;
+        for reader in readers.iter() {
+            if let Ok(guard) = reader.try_lock() {
+                return guard;
+            }
+        }
+        let i = self.inner.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        readers[i].lock().await
+    }
+
+    /// Runs `f` on a reader connection, inline: a statement takes microseconds, less than
+    /// a hop to another thread would.
+    async fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let mut guard = self.reader().await;
+        let conn = match &mut *guard {
+            Some(conn) => conn,
+            slot => slot.insert(self.inner.open_connection(Role::Reader)?),
+        };
+        f(conn).map_err(sql_error)
+    }
+}
+
+/// `u64` bounds as SQLite integers (which stop at `i64::MAX`).
+fn bound(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn limit(value: Option<usize>) -> i64 {
+    value.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX))
+}
+
+/// Reads `version, topic, timestamp, state` starting at column `first`.
+fn read_record(row: &Row<'_>, stream_id: String, first: usize) -> rusqlite::Result<StoredEvent> {
+    let state = match row.get_ref(first + 3)? {
+        ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes.to_vec(),
+        other => {
+            return Err(rusqlite::Error::FromSqlConversionFailure(
+                first + 3,
+                other.data_type(),
+                "state is neither a BLOB nor TEXT".into(),
+            ))
+        }
+    };
+    Ok(StoredEvent {
+        stream_id,
+        version: row.get(first)?,
+        topic: row.get(first + 1)?,
+        timestamp: Timestamp::from_micros(row.get(first + 2)?),
+        state,
+    })
+}
+
+fn select_stream(
+    conn: &Connection,
+    sql: &str,
+    stream_id: &str,
+    query: StreamQuery,
+) -> rusqlite::Result<Vec<StoredEvent>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params![
+        stream_id,
+        bound(query.after.unwrap_or(0)),
+        bound(query.up_to.unwrap_or(u64::MAX)),
+        limit(query.limit),
+    ])?;
+    let mut records = Vec::new();
+    while let Some(row) = rows.next()? {
+        records.push(read_record(row, stream_id.to_owned(), 0)?);
+    }
+    Ok(records)
+}
+
+/// True for a violated UNIQUE or PRIMARY KEY constraint: the typed code, not the message.
+fn is_unique_violation(error: &rusqlite::Error) -> bool {
+    match error {
+        rusqlite::Error::SqliteFailure(e, _) => {
+            e.code == ErrorCode::ConstraintViolation
+                && (e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+        }
+        _ => false,
+    }
+}
+
+/// The conflict for a failed recording: each of its streams with the version it expected
+/// to be the latest (its first new version minus one).
+fn conflict(recording: &Recording) -> Error {
+    let mut expected: Vec<(String, u64)> = Vec::new();
+    for event in &recording.events {
+        let before = event.version.saturating_sub(1);
+        match expected.iter_mut().find(|(s, _)| *s == event.stream_id) {
+            Some((_, v)) => *v = (*v).min(before),
+            None => expected.push((event.stream_id.clone(), before)),
+        }
+    }
+    Error::Conflict(Conflict::new(expected))
+}
+
+/// Moves a follower forward inside the caller's transaction, or fails with a conflict
+/// when the stored position is already at or past the new one.
+fn move_tracking(conn: &Connection, tracking: &Tracking) -> Result<()> {
+    let changed = conn
+        .prepare_cached(schema::MOVE_TRACKING)
+        .and_then(|mut stmt| stmt.execute(params![tracking.follower, tracking.position]))
+        .map_err(sql_error)?;
+    if changed == 0 {
+        let current: u64 = conn
+            .prepare_cached(schema::TRACKING_POSITION)
+            .and_then(|mut stmt| stmt.query_row([&tracking.follower], |row| row.get(0)))
+            .map_err(sql_error)?;
+        return Err(Error::Conflict(Conflict::new(vec![(
+            format!("tracking:{}", tracking.follower),
+            current,
+        )])));
+    }
+    Ok(())
+}
+
+/// Writes a recording inside an open transaction; returns the new notification ids.
+fn write_recording(conn: &Connection, recording: &Recording) -> Result<Vec<u64>> {
+    let mut ids = Vec::with_capacity(recording.events.len());
+    if !recording.events.is_empty() {
+        let mut insert = conn
+            .prepare_cached(schema::INSERT_EVENT)
+            .map_err(sql_error)?;
+        for (i, event) in recording.events.iter().enumerate() {
+            // Versions must continue the stream without a gap: from the previous event of
+            // the same stream in this recording, or else from what is stored. The unique
+            // key below catches the other half (a version that already exists).
+            let previous = recording.events[..i]
+                .iter()
+                .rev()
+                .find(|e| e.stream_id == event.stream_id);
+            let continues = match (previous, event.version) {
+                (Some(previous), version) => previous.version.checked_add(1) == Some(version),
+                (None, 0) => false,
+                (None, 1) => true,
+                (None, version) => conn
+                    .prepare_cached(schema::EVENT_EXISTS)
+                    .and_then(|mut stmt| stmt.exists(params![event.stream_id, version - 1]))
+                    .map_err(sql_error)?,
+            };
+            if !continues {
+                return Err(conflict(recording));
+            }
+            match insert.execute(params![
+                event.stream_id,
+                event.version,
+                event.topic,
+                event.timestamp.as_micros(),
+                event.state,
+            ]) {
+                Ok(_) => ids.push(conn.last_insert_rowid() as u64),
+                Err(e) if is_unique_violation(&e) => return Err(conflict(recording)),
+                Err(e) => return Err(sql_error(e)),
+            }
+        }
+    }
+    if !recording.snapshots.is_empty() {
+        let mut insert = conn
+            .prepare_cached(schema::INSERT_SNAPSHOT)
+            .map_err(sql_error)?;
+        for snapshot in &recording.snapshots {
+            insert
+                .execute(params![
+                    snapshot.stream_id,
+                    snapshot.version,
+                    snapshot.topic,
+                    snapshot.timestamp.as_micros(),
+                    snapshot.state,
+                ])
+                .map_err(sql_error)?;
+        }
+    }
+    if let Some(tracking) = &recording.tracking {
+        move_tracking(conn, tracking)?;
+    }
+    Ok(ids)
+}
+
+#[async_trait]
+impl EventReader for SqliteStore {
+    async fn select_events(&self, stream_id: &str, query: StreamQuery) -> Result<Vec<StoredEvent>> {
+        let sql = if query.descending {
+            schema::EVENTS_DESC
+        } else {
+            schema::EVENTS_ASC
+        };
+        self.read(|conn| select_stream(conn, sql, stream_id, query))
+            .await
+    }
+
+    async fn select_snapshots(
+        &self,
+        stream_id: &str,
+        query: StreamQuery,
+    ) -> Result<Vec<StoredEvent>> {
+        let sql = if query.descending {
+            schema::SNAPSHOTS_DESC
+        } else {
+            schema::SNAPSHOTS_ASC
+        };
+        self.read(|conn| select_stream(conn, sql, stream_id, query))
+            .await
+    }
+
+    /// One statement: the latest snapshot at or below `up_to` and the events after it,
+    /// read in one consistent snapshot of the database.
+    async fn load(&self, stream_id: &str, up_to: Option<u64>) -> Result<Loaded> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(schema::LOAD)?;
+            let mut rows = stmt.query(params![stream_id, bound(up_to.unwrap_or(u64::MAX))])?;
+            let mut loaded = Loaded::default();
+            while let Some(row) = rows.next()? {
+                let is_snapshot: bool = row.get(0)?;
+                let record = read_record(row, stream_id.to_owned(), 1)?;
+                if is_snapshot {
+                    loaded.snapshot = Some(record);
+                } else {
+                    loaded.events.push(record);
+                }
+            }
+            // The index yields versions in order; SQL does not promise it for UNION ALL.
+            if !loaded.events.is_sorted_by_key(|e| e.version) {
+                loaded.events.sort_by_key(|e| e.version);
+            }
+            Ok(loaded)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EventWriter for SqliteStore {
+    /// `BEGIN IMMEDIATE`, the inserts, `COMMIT`: one commit per recording, all or nothing.
+    async fn record(&self, recording: &Recording) -> Result<Vec<u64>> {
+        let ids = {
+            let conn = self.inner.writer.lock().await;
+            conn.prepare_cached(schema::BEGIN_IMMEDIATE)
+                .and_then(|mut stmt| stmt.execute([]))
+                .map_err(sql_error)?;
+            let committed = write_recording(&conn, recording).and_then(|ids| {
+                conn.prepare_cached(schema::COMMIT)
+                    .and_then(|mut stmt| stmt.execute([]))
+                    .map_err(sql_error)?;
+                Ok(ids)
+            });
+            if committed.is_err() {
+                schema::rollback_quietly(&conn);
+            }
+            committed?
+        };
+        if !ids.is_empty() {
+            self.inner.wakeups.notify_waiters();
+        }
+        Ok(ids)
+    }
+}
+
+fn read_notification(row: &Row<'_>) -> rusqlite::Result<Notification> {
+    Ok(Notification {
+        id: row.get(0)?,
+        event: read_record(row, row.get(1)?, 2)?,
+    })
+}
+
+#[async_trait]
+impl NotificationReader for SqliteStore {
+    /// Gap-safe because SQLite has one writer at a time: ids are given in commit order.
+    async fn select_notifications(&self, query: &NotificationQuery) -> Result<Vec<Notification>> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let topics = if query.topics.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&query.topics).map_err(|e| Error::backend("sqlite", e))?)
+        };
+        let after = bound(query.after);
+        let limit = limit(Some(query.limit));
+        self.read(|conn| {
+            let mut stmt;
+            let mut rows = match &topics {
+                None => {
+                    stmt = conn.prepare_cached(schema::NOTIFICATIONS)?;
+                    stmt.query(params![after, limit])?
+                }
+                Some(topics) => {
+                    stmt = conn.prepare_cached(schema::NOTIFICATIONS_BY_TOPIC)?;
+                    stmt.query(params![after, limit, topics])?
+                }
+            };
+            let mut notifications = Vec::with_capacity(query.limit.min(1024));
+            while let Some(row) = rows.next()? {
+                notifications.push(read_notification(row)?);
+            }
+            Ok(notifications)
+        })
+        .await
+    }
+
+    async fn max_notification_id(&self) -> Result<u64> {
+        self.read(|conn| {
+            conn.prepare_cached(schema::MAX_NOTIFICATION_ID)?
+                .query_row([], |row| row.get(0))
+        })
+        .await
+    }
+
+    /// Notified after every commit of this process that recorded events. Other processes
+    /// writing the same file are seen by polling.
+    fn wakeups(&self) -> Option<Arc<Notify>> {
+        Some(self.inner.wakeups.clone())
+    }
+}
+
+#[async_trait]
+impl TrackingReader for SqliteStore {
+    async fn tracking_position(&self, follower: &str) -> Result<Option<u64>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(schema::TRACKING_POSITION)?;
+            let mut rows = stmt.query([follower])?;
+            rows.next()?.map(|row| row.get(0)).transpose()
+        })
+        .await
+    }
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+#[async_trait]
+impl ProjectionStore for SqliteStore {
+    type Transaction = SqliteTransaction;
+
+    /// Takes the write connection (waiting for in-process writers) and runs
+    /// `BEGIN IMMEDIATE` on it.
+    async fn begin(&self) -> Result<SqliteTransaction> {
+        let conn = self.inner.writer.clone().lock_owned().await;
+        SqliteTransaction::begin(conn).map_err(sql_error)
+    }
+
+    async fn commit(&self, tx: SqliteTransaction, tracking: &Tracking) -> Result<()> {
+        // On any error `tx` drops here and rolls back.
+        move_tracking(tx.connection(), tracking)?;
+        tx.commit().map_err(sql_error)
+    }
+
+    async fn position(&self, follower: &str) -> Result<Option<u64>> {
+        self.tracking_position(follower).await
+    }
+}
