@@ -3,6 +3,7 @@
 //! `zlib` and AES-GCM can read what we write).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -63,45 +64,85 @@ pub trait Cipher: Send + Sync + 'static {
 }
 
 /// zlib (RFC 1950) compression: the bytes Python's `zlib.decompress` reads.
+///
+/// Backed by libdeflate with one reusable compressor per thread: a streaming deflate
+/// state costs microseconds to set up for every record, more than the whole rest of a
+/// command. The default level is 1: on event-sized JSON (tens to hundreds of bytes),
+/// level 6 (Python's default) was measured to save under 10% of the bytes for up to 100x
+/// the CPU time. Use [`Zlib::with_level`] for more.
 #[derive(Debug, Clone, Copy)]
 pub struct Zlib {
-    level: u32,
+    level: i32,
 }
 
 impl Zlib {
-    /// zlib at the given level (0-9).
+    /// zlib at the given level (0-12; libdeflate's 10-12 are slower and smaller, still zlib).
     pub fn with_level(level: u32) -> Self {
         Zlib {
-            level: level.min(9),
+            level: level.min(12) as i32,
         }
     }
 }
 
 impl Default for Zlib {
-    /// Level 6, Python's `zlib.compress` default.
     fn default() -> Self {
-        Zlib::with_level(6)
+        Zlib::with_level(1)
     }
 }
 
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, libdeflater::Compressor)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<libdeflater::Decompressor>> = const { RefCell::new(None) };
+}
+
+/// Refuses to inflate beyond this: a corrupt or hostile record must not exhaust memory.
+const MAX_INFLATED: usize = 1 << 30;
+
 impl Compressor for Zlib {
     fn compress(&self, plain: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::ZlibEncoder::new(
-            Vec::with_capacity(plain.len() / 2 + 16),
-            flate2::Compression::new(self.level),
-        );
-        encoder
-            .write_all(plain)
-            .expect("writing to a Vec cannot fail");
-        encoder.finish().expect("writing to a Vec cannot fail")
+        COMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let compressor = match &mut *cell {
+                Some((level, compressor)) if *level == self.level => compressor,
+                slot => {
+                    let level = libdeflater::CompressionLvl::new(self.level)
+                        .expect("level is clamped to libdeflate's range");
+                    &mut slot
+                        .insert((self.level, libdeflater::Compressor::new(level)))
+                        .1
+                }
+            };
+            let mut out = vec![0; compressor.zlib_compress_bound(plain.len())];
+            let len = compressor
+                .zlib_compress(plain, &mut out)
+                .expect("the output buffer has the bound libdeflate asked for");
+            out.truncate(len);
+            out
+        })
     }
 
     fn decompress(&self, compressed: &[u8]) -> Result<Vec<u8>, CodecError> {
-        let mut decoder = flate2::write::ZlibDecoder::new(Vec::with_capacity(compressed.len() * 3));
-        decoder
-            .write_all(compressed)
-            .and_then(|()| decoder.finish())
-            .map_err(|e| CodecError::Compression(e.to_string()))
+        DECOMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let decompressor = cell.get_or_insert_with(libdeflater::Decompressor::new);
+            // zlib does not record the inflated size: guess, and grow on demand.
+            let mut capacity = (compressed.len() * 4).max(256);
+            loop {
+                let mut out = vec![0; capacity];
+                match decompressor.zlib_decompress(compressed, &mut out) {
+                    Ok(len) => {
+                        out.truncate(len);
+                        return Ok(out);
+                    }
+                    Err(libdeflater::DecompressionError::InsufficientSpace)
+                        if capacity < MAX_INFLATED =>
+                    {
+                        capacity *= 4;
+                    }
+                    Err(e) => return Err(CodecError::Compression(e.to_string())),
+                }
+            }
+        })
     }
 }
 

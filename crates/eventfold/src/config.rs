@@ -22,6 +22,27 @@ pub enum StoreConfig {
     Postgres(eventfold_postgres::PostgresConfig),
 }
 
+impl std::fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Memory => f.write_str("memory (nothing survives the process)"),
+            #[cfg(feature = "sqlite")]
+            StoreConfig::Sqlite(c) => write!(
+                f,
+                "sqlite file {} (WAL, synchronous={:?})",
+                c.path.display(),
+                c.synchronous
+            ),
+            #[cfg(feature = "postgres")]
+            StoreConfig::Postgres(c) => write!(
+                f,
+                "postgres schema {:?}, tables {}*",
+                c.schema, c.table_prefix
+            ),
+        }
+    }
+}
+
 /// An opened store, keeping its concrete type for backend-specific use (projections,
 /// joining a host transaction), convertible to `Arc<dyn Store>`.
 #[derive(Clone)]

@@ -1,0 +1,296 @@
+//! `eventfold bench worlds`: the peers' Worlds workload (shared harness shape), printing
+//! readable lines and then one JSON line with the peers' keys.
+//!
+//! Steps, sequential with one command in flight, as in the peers' `es_bench.py`:
+//! create N worlds; M commands round-robin (get + make_it_so + save, snapshot every 5,
+//! zlib); read every world and check its history; then raw appends on one aggregate of an
+//! application without snapshots (`raw_app`, `raw_store`, `raw_single`).
+
+use std::time::Instant;
+
+use eventfold::{Config, Recording, Root, StoreHandle};
+use serde_json::json;
+use worlds_example::{World, WorldEvent, Worlds};
+
+use crate::StoreArgs;
+
+/// Benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// The Worlds workload of the peers' harness.
+    Worlds(WorldsArgs),
+}
+
+/// Options of `eventfold bench worlds`.
+#[derive(Debug, clap::Args)]
+pub struct WorldsArgs {
+    /// memory, sqlite or postgres.
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// N aggregates.
+    #[arg(long, default_value_t = 200)]
+    worlds: usize,
+    /// M commands per aggregate.
+    #[arg(long, default_value_t = 20)]
+    commands: usize,
+    /// R events in raw_app and raw_store.
+    #[arg(long, default_value_t = 10_000)]
+    raw_events: usize,
+    /// B events per save in raw_app and raw_store.
+    #[arg(long, default_value_t = 100)]
+    raw_batch: usize,
+    /// S single-event transactions in raw_single.
+    #[arg(long, default_value_t = 500)]
+    raw_single: usize,
+    /// Skip the raw append micro-benchmark.
+    #[arg(long)]
+    no_raw: bool,
+    /// Aggregate cache size (0 = off, as in the peers' runs).
+    #[arg(long, default_value_t = 0)]
+    cache: usize,
+    /// SQLite file for the sqlite backend (deleted first).
+    #[arg(long, default_value = "/tmp/eventfold_bench.sqlite3")]
+    bench_sqlite_path: String,
+}
+
+pub async fn run(store: &StoreArgs, command: &BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Worlds(args) => worlds(store, args).await,
+    }
+}
+
+/// The peers' percentile: nearest rank, rounded half up.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64 + 0.5).round() as isize - 1;
+    sorted[rank.clamp(0, sorted.len() as isize - 1) as usize]
+}
+
+/// Four significant digits, as the peers print them.
+fn sig4(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let digits = 3 - x.abs().log10().floor() as i32;
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+/// A fresh, empty store for one benchmark phase.
+async fn fresh_config(store: &StoreArgs, args: &WorldsArgs, phase: &str) -> anyhow::Result<Config> {
+    let mut vars = store.vars();
+    vars.insert("EVENTFOLD_STORE".into(), args.backend.clone());
+    vars.insert("EVENTFOLD_CREATE_TABLES".into(), "true".into());
+    match args.backend.as_str() {
+        "sqlite" => {
+            let path = format!("{}.{phase}", args.bench_sqlite_path);
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+            vars.insert("EVENTFOLD_SQLITE_PATH".into(), path);
+        }
+        "postgres" => {
+            let prefix = format!("eventfold_bench_{phase}_");
+            vars.insert("EVENTFOLD_TABLE_PREFIX".into(), prefix);
+        }
+        _ => {}
+    }
+    Ok(Config::from_vars(vars)?.zlib().cache_size(args.cache))
+}
+
+/// Drops whatever a previous run left, so every run starts empty.
+async fn reset(handle: &StoreHandle) -> anyhow::Result<()> {
+    match handle {
+        #[cfg(feature = "postgres")]
+        StoreHandle::Postgres(pg) => pg.truncate_all().await?,
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
+    let (n, m) = (args.worlds, args.commands);
+    let config = fresh_config(store, args, "worlds")
+        .await?
+        .snapshot_every::<World>(5);
+    let handle = config.open_store().await?;
+    reset(&handle).await?;
+    let worlds = Worlds::new(config.application_on(&handle)?);
+
+    let t0 = Instant::now();
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(worlds.create_world().await?);
+    }
+    let t_create = t0.elapsed().as_secs_f64();
+
+    let mut latencies = Vec::with_capacity(n * m);
+    let t0 = Instant::now();
+    for j in 0..m {
+        for (i, id) in ids.iter().enumerate() {
+            let what = format!("thing-{j}-{i}");
+            let started = Instant::now();
+            worlds.make_it_so(*id, &what).await?;
+            latencies.push(started.elapsed().as_secs_f64());
+        }
+    }
+    let t_cmd = t0.elapsed().as_secs_f64();
+
+    let t0 = Instant::now();
+    let mut mismatches = 0;
+    for id in &ids {
+        if worlds.get_world_history(*id).await?.len() != m {
+            mismatches += 1;
+        }
+    }
+    let t_read = t0.elapsed().as_secs_f64();
+    let snapshots_world0 = match ids.first() {
+        Some(id) => worlds
+            .app()
+            .store()
+            .select_snapshots(&id.to_string(), eventfold::StreamQuery::all())
+            .await?
+            .len(),
+        None => 0,
+    };
+
+    latencies.sort_by(f64::total_cmp);
+    let commands = n * m;
+    let mut result = json!({
+        "creates_per_s": sig4(n as f64 / t_create),
+        "commands": commands,
+        "commands_per_s": sig4(commands as f64 / t_cmd),
+        "events_appended_per_s": sig4(commands as f64 / t_cmd),
+        "snapshots_written": n * ((m + 1) / 5),
+        "snapshots_seen_for_world0": snapshots_world0,
+        "cmd_p50_ms": sig4(percentile(&latencies, 50.0) * 1e3),
+        "cmd_p99_ms": sig4(percentile(&latencies, 99.0) * 1e3),
+        "cmd_mean_ms": sig4(latencies.iter().sum::<f64>() / latencies.len().max(1) as f64 * 1e3),
+        "cmd_max_ms": sig4(latencies.last().copied().unwrap_or(f64::NAN) * 1e3),
+        "reads": n,
+        "gets_per_s": sig4(n as f64 / t_read),
+        "read_mismatches": mismatches,
+        "phase_s": {"create": sig4(t_create), "commands": sig4(t_cmd), "read": sig4(t_read)},
+    });
+    drop(worlds);
+    if !args.no_raw {
+        let raw = raw(store, args).await?;
+        result
+            .as_object_mut()
+            .expect("an object")
+            .extend(raw.as_object().expect("an object").clone());
+    }
+
+    let backend = format!("eventfold-{}", args.backend);
+    let r = &result;
+    let mut line = format!(
+        "[{backend:15}] cmds/s={} ev/s={} p50={}ms p99={}ms gets/s={} creates/s={} mism={}",
+        r["commands_per_s"],
+        r["events_appended_per_s"],
+        r["cmd_p50_ms"],
+        r["cmd_p99_ms"],
+        r["gets_per_s"],
+        r["creates_per_s"],
+        r["read_mismatches"]
+    );
+    if !args.no_raw {
+        line += &format!(
+            " | raw_app={} ev/s raw_store={} ev/s raw_single={} ev/s (p50 {}ms)",
+            r["raw_app_events_per_s"],
+            r["raw_store_events_per_s"],
+            r["raw_single_events_per_s"],
+            r["raw_single_p50_ms"]
+        );
+    }
+    println!("{line}");
+    println!("store: {}", config.store_config());
+    let out = json!({
+        "bench": "eventfold_bench",
+        "workload": "worlds",
+        "params": {
+            "worlds": n, "commands": m, "snapshot_interval": 5, "compressor": "zlib",
+            "raw_events": args.raw_events, "raw_batch": args.raw_batch,
+            "raw_single": args.raw_single, "cache": args.cache,
+        },
+        "versions": {"eventfold": env!("CARGO_PKG_VERSION")},
+        "results": {backend: result},
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// One aggregate's worth of pre-encoded events, `count` long, as a recording.
+fn encoded_events(app: &eventfold::Application, count: usize) -> eventfold::Result<Recording> {
+    let mut world = Root::<World>::new(WorldEvent::Created);
+    for q in 1..count {
+        world.trigger(world.make_it_so(&format!("raw-{q}")));
+    }
+    app.prepare(&[&mut world])
+}
+
+async fn raw(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<serde_json::Value> {
+    let config = fresh_config(store, args, "raw").await?;
+    let handle = config.open_store().await?;
+    reset(&handle).await?;
+    let app = config.application_on(&handle)?;
+    let (r, b, s) = (args.raw_events, args.raw_batch.max(1), args.raw_single);
+
+    // raw_app: through the application layer, B events per save, aggregate kept in memory.
+    let mut world = Root::<World>::new(WorldEvent::Created);
+    app.save(&mut world).await?;
+    let t0 = Instant::now();
+    let mut k = 0;
+    while k < r {
+        for _ in 0..b.min(r - k) {
+            world.trigger(world.make_it_so(&format!("raw-{k}")));
+            k += 1;
+        }
+        app.save(&mut world).await?;
+    }
+    let t_app = t0.elapsed().as_secs_f64();
+
+    // raw_store: pre-encoded before the clock starts, B per transaction.
+    let encoded = encoded_events(&app, r)?;
+    let batches: Vec<Recording> = encoded
+        .events
+        .chunks(b)
+        .map(|chunk| Recording {
+            events: chunk.to_vec(),
+            ..Recording::default()
+        })
+        .collect();
+    let t0 = Instant::now();
+    for batch in &batches {
+        app.store().record(batch).await?;
+    }
+    let t_store = t0.elapsed().as_secs_f64();
+
+    // raw_single: one pre-encoded event per transaction.
+    let singles: Vec<Recording> = encoded_events(&app, s)?
+        .events
+        .into_iter()
+        .map(|event| Recording {
+            events: vec![event],
+            ..Recording::default()
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(s);
+    let t0 = Instant::now();
+    for single in &singles {
+        let started = Instant::now();
+        app.store().record(single).await?;
+        latencies.push(started.elapsed().as_secs_f64());
+    }
+    let t_single = t0.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    Ok(json!({
+        "raw_app_events_per_s": sig4(r as f64 / t_app),
+        "raw_store_events_per_s": sig4(encoded.events.len() as f64 / t_store),
+        "raw_single_events_per_s": sig4(singles.len() as f64 / t_single),
+        "raw_single_p50_ms": sig4(percentile(&latencies, 50.0) * 1e3),
+        "raw_single_p99_ms": sig4(percentile(&latencies, 99.0) * 1e3),
+        "raw_event_state_bytes": singles.last().map_or(0, |e| e.events[0].state.len()),
+    }))
+}
