@@ -7,7 +7,7 @@
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use eventfold_core::{Application, InMemoryStore, JsonMapper, Zlib};
+//! use eventfold::{Application, InMemoryStore, JsonMapper, Zlib};
 //! use worlds_example::{World, Worlds};
 //!
 //! let app = Application::builder(InMemoryStore::new())
@@ -20,11 +20,15 @@
 //!     worlds.make_it_so(id, what).await?;
 //! }
 //! assert_eq!(worlds.get_world_history(id).await?, ["dinosaurs", "trucks", "internet", "covid"]);
-//! # Ok::<(), eventfold_core::Error>(())
+//! # Ok::<(), eventfold::Error>(())
 //! # }).unwrap();
 //! ```
 
-use eventfold_core::{Aggregate, Application, JsonMapper, Mapper, Result, Root};
+use async_trait::async_trait;
+use eventfold::sqlite::{SqliteStore, SqliteTransaction};
+use eventfold::{
+    Aggregate, Application, BoxError, JsonMapper, Mapper, Notification, Projection, Result, Root,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -110,5 +114,72 @@ impl<M: Mapper> Worlds<M> {
             .state()
             .history
             .clone())
+    }
+}
+
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS world_event_counts \
+    (world_id TEXT PRIMARY KEY, events INTEGER NOT NULL)";
+
+/// A projection into the SQLite table `world_event_counts(world_id, events)`: how many
+/// events each world has. Its rows commit with its tracked position, so every event is
+/// counted exactly once, across restarts.
+#[derive(Debug, Default)]
+pub struct EventsPerWorld {
+    table_ready: bool,
+}
+
+impl EventsPerWorld {
+    /// The projection's name, which keys its tracked position.
+    pub const NAME: &'static str = "events-per-world";
+
+    /// Events counted for `world` so far (0 if none).
+    pub async fn count(store: &SqliteStore, world: uuid::Uuid) -> Result<u64> {
+        use eventfold::ProjectionStore;
+        // Read inside a transaction that is then dropped, i.e. rolled back: the table is
+        // created for the read if the projection never ran, and left as it was.
+        let tx = store.begin().await?;
+        tx.execute(CREATE_TABLE, [])
+            .map_err(|e| eventfold::Error::backend("sqlite", e))?;
+        let count = tx
+            .connection()
+            .query_row(
+                "SELECT events FROM world_event_counts WHERE world_id = ?1",
+                [world.to_string()],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .or_else(|e| match e {
+                eventfold::sqlite::rusqlite::Error::QueryReturnedNoRows => Ok(0),
+                other => Err(eventfold::Error::backend("sqlite", other)),
+            })?;
+        Ok(count)
+    }
+}
+
+#[async_trait]
+impl Projection<SqliteStore> for EventsPerWorld {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec!["World.Created".into(), "World.SomethingHappened".into()]
+    }
+
+    async fn process(
+        &mut self,
+        tx: &mut SqliteTransaction,
+        notification: &Notification,
+    ) -> std::result::Result<(), BoxError> {
+        if !self.table_ready {
+            tx.execute(CREATE_TABLE, [])?;
+            self.table_ready = true;
+        }
+        tx.execute(
+            "INSERT INTO world_event_counts (world_id, events) VALUES (?1, 1) \
+             ON CONFLICT (world_id) DO UPDATE SET events = events + 1",
+            [&notification.event.stream_id],
+        )?;
+        Ok(())
     }
 }
