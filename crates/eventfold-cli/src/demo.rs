@@ -72,6 +72,21 @@ pub async fn run(store: &StoreArgs, args: &DemoArgs) -> anyhow::Result<()> {
     for n in &tail {
         println!("{}", format_notification(n));
     }
+    if let eventfold::StoreHandle::Sqlite(sqlite) = &handle {
+        let mut follower = eventfold::Follower::builder(
+            store.clone(),
+            sqlite.clone(),
+            worlds_example::EventsPerWorld::default(),
+        )
+        .build();
+        let counted = follower.catch_up().await?;
+        println!(
+            "\nprojection {}: processed {counted} new notifications; world {id} has {} events \
+             (table world_event_counts, position committed with the rows)",
+            worlds_example::EventsPerWorld::NAME,
+            worlds_example::EventsPerWorld::count(sqlite, id).await?
+        );
+    }
     anyhow::ensure!(
         history == ["dinosaurs", "trucks", "internet", "covid"] && snapshots.len() == 1,
         "the scenario did not produce the expected history and one snapshot"

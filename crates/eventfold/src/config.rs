@@ -181,6 +181,10 @@ impl Config {
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
         let get = |name: &str| vars.get(name).map(String::as_str).filter(|v| !v.is_empty());
+        #[cfg_attr(
+            not(any(feature = "sqlite", feature = "postgres")),
+            allow(unused_variables)
+        )]
         let create_tables = get("EVENTFOLD_CREATE_TABLES")
             .map(|v| parse_bool("EVENTFOLD_CREATE_TABLES", v))
             .transpose()?
