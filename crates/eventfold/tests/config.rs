@@ -13,7 +13,8 @@ fn error_of(vars: &[(&str, &str)]) -> (String, String) {
 
 #[test]
 fn bad_values_name_their_variable() {
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
         (
             &[("EVENTFOLD_STORE", "cassandra")],
             "EVENTFOLD_STORE",
