@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Medians of bench-results/*.json (Worlds shape) and eventfold's ratios against the peers."""
+import glob
+import json
+import os
+import statistics
+import sys
+
+KEYS = [
+    ("commands_per_s", "cmds/s"), ("cmd_p50_ms", "p50 ms"), ("cmd_p99_ms", "p99 ms"),
+    ("gets_per_s", "gets/s"), ("creates_per_s", "creates/s"),
+    ("raw_app_events_per_s", "raw_app ev/s"), ("raw_store_events_per_s", "raw_store ev/s"),
+    ("raw_single_events_per_s", "raw_single ev/s"), ("read_mismatches", "mismatches (max)"),
+]
+RATIOS = [  # ours, peer, what
+    ("eventfold-memory", "cqrs-es-mem", "commands_per_s"),
+    ("eventfold-memory", "popo", "commands_per_s"),
+    ("eventfold-sqlite", "sqlite", "commands_per_s"),
+    ("eventfold-sqlite", "sqlite", "raw_store_events_per_s"),
+    ("eventfold-postgres", "postgres", "commands_per_s"),
+    ("eventfold-postgres", "cqrs-es-postgres", "commands_per_s"),
+    ("eventfold-postgres", "postgres", "raw_store_events_per_s"),
+    ("eventfold-postgres", "cqrs-es-postgres", "raw_store_events_per_s"),
+]
+
+
+def main(folder: str) -> None:
+    runs: dict[str, list[dict]] = {}
+    extra: dict[str, list[dict]] = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        with open(path) as f:
+            try:
+                doc = json.loads(f.read())
+            except json.JSONDecodeError:
+                continue
+        if "results" in doc and doc.get("workload") in ("worlds", None):
+            for backend, res in doc["results"].items():
+                if "error" not in res:
+                    runs.setdefault(backend, []).append(res)
+        else:
+            extra.setdefault(doc.get("bench", path), []).append(doc)
+
+    def med(backend: str, key: str):
+        vals = [r[key] for r in runs.get(backend, []) if isinstance(r.get(key), (int, float))]
+        if not vals:
+            return None
+        return max(vals) if key == "read_mismatches" else statistics.median(vals)
+
+    print("| backend | runs | " + " | ".join(label for _, label in KEYS) + " |")
+    print("|---" * (len(KEYS) + 2) + "|")
+    for backend in sorted(runs):
+        cells = []
+        for key, _ in KEYS:
+            v = med(backend, key)
+            cells.append("-" if v is None else f"{v:,.4g}")
+        print(f"| {backend} | {len(runs[backend])} | " + " | ".join(cells) + " |")
+    print()
+    for ours, peer, key in RATIOS:
+        a, b = med(ours, key), med(peer, key)
+        if a and b:
+            print(f"{ours} / {peer} {key}: {a:,.4g} / {b:,.4g} = {a / b:.2f}x")
+    out = {"ratios": {f"{o}/{p}/{k}": (med(o, k) / med(p, k)) for o, p, k in RATIOS if med(o, k) and med(p, k)}}
+    for name, docs in extra.items():
+        print(f"\n{name}: {len(docs)} runs; last: {json.dumps(docs[-1].get('results', docs[-1]))}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "bench-results")
