@@ -1,0 +1,158 @@
+//! The `eventfold` binary, run as a user would.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn eventfold(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_eventfold"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("EVENTFOLD_STORE")
+        .env_remove("EVENTFOLD_SQLITE_PATH")
+        .env_remove("EVENTFOLD_CIPHER_KEY")
+        .output()
+        .expect("the eventfold binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[test]
+fn demo_runs_the_worlds_scenario_on_sqlite_and_log_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = stdout(&eventfold(dir.path(), &["demo"]));
+    assert!(
+        first.contains(r#"get_world_history() -> ["dinosaurs", "trucks", "internet", "covid"]"#),
+        "{first}"
+    );
+    assert!(
+        first.contains("sqlite file eventfold.sqlite3 (WAL, synchronous=Normal)"),
+        "{first}"
+    );
+    assert!(first.contains("snapshots of world"), "{first}");
+    assert!(first.contains("notification log: 5 in all"), "{first}");
+    assert!(first.contains("processed 5 new notifications"), "{first}");
+    assert!(dir.path().join("eventfold.sqlite3").exists());
+
+    // A second run adds a second world to the same file; the projection resumes.
+    let second = stdout(&eventfold(dir.path(), &["demo"]));
+    assert!(second.contains("notification log: 10 in all"), "{second}");
+    assert!(second.contains("processed 5 new notifications"), "{second}");
+
+    let log = stdout(&eventfold(dir.path(), &["log", "--topic", "World.Created"]));
+    assert_eq!(log.lines().count(), 2, "{log}");
+    let all = stdout(&eventfold(dir.path(), &["log", "--after", "8"]));
+    let ids: Vec<&str> = all
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(ids, ["9", "10"], "newest last: {all}");
+
+    let migrate = stdout(&eventfold(dir.path(), &["migrate"]));
+    assert!(!migrate.trim().is_empty());
+}
+
+#[test]
+fn bench_prints_figures_then_one_json_line_with_the_peers_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = stdout(&eventfold(
+        dir.path(),
+        &[
+            "bench",
+            "worlds",
+            "--backend",
+            "memory",
+            "--worlds",
+            "10",
+            "--commands",
+            "6",
+            "--raw-events",
+            "50",
+            "--raw-batch",
+            "10",
+            "--raw-single",
+            "5",
+        ],
+    ));
+    let last = out.lines().last().unwrap();
+    let json: serde_json::Value = serde_json::from_str(last).unwrap();
+    let result = &json["results"]["eventfold-memory"];
+    for key in [
+        "commands_per_s",
+        "events_appended_per_s",
+        "cmd_p50_ms",
+        "cmd_p99_ms",
+        "gets_per_s",
+        "creates_per_s",
+        "read_mismatches",
+        "raw_app_events_per_s",
+        "raw_store_events_per_s",
+        "raw_single_events_per_s",
+        "raw_single_p50_ms",
+    ] {
+        assert!(result[key].is_number(), "{key} missing in {last}");
+    }
+    assert_eq!(result["read_mismatches"], 0);
+    assert_eq!(result["commands"], 60);
+    assert_eq!(
+        result["snapshots_seen_for_world0"], 1,
+        "version 7: one snapshot at 5"
+    );
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error_and_a_failing_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_eventfold"))
+        .args(["log"])
+        .current_dir(dir.path())
+        .env("EVENTFOLD_STORE", "cassandra")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("EVENTFOLD_STORE") && err.contains("cassandra"),
+        "{err}"
+    );
+
+    let output = eventfold(
+        dir.path(),
+        &[
+            "--store",
+            "sqlite",
+            "--sqlite-path",
+            "/nonexistent/dir/x.db",
+            "log",
+        ],
+    );
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("/nonexistent/dir/x.db"),
+        "the error names the file: {err}"
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--help"],
+        vec!["demo", "--help"],
+        vec!["migrate", "--help"],
+        vec!["log", "--help"],
+        vec!["bench", "--help"],
+        vec!["bench", "worlds", "--help"],
+    ] {
+        let out = stdout(&eventfold(dir.path(), &args));
+        assert!(out.contains("Usage:"), "{args:?}: {out}");
+    }
+}
