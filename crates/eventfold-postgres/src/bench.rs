@@ -1,0 +1,236 @@
+//! Benchmark building blocks, called by `eventfold bench` (the CLI prints and compares).
+//!
+//! Each function works in a scratch schema `eventfold_bench_<random>` that it creates and
+//! drops, so it never touches application tables. Figures are plain numbers; latencies
+//! are per statement (per commit), measured on the client.
+
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection};
+
+use eventfold_core::{Error, EventWriter, Recording, Result, StoredEvent, Timestamp};
+
+use crate::config::{Ordering, PostgresConfig};
+use crate::error::{sqlx_error, Target};
+use crate::store::PostgresStore;
+
+/// The bytes of one benchmark event (about the size of a Worlds event after JSON).
+const PAYLOAD: usize = 100;
+
+/// What a loop of single-row INSERT commits achieved: the fsync-bound limit of this
+/// server, which no store that commits per command can beat.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CommitRate {
+    /// Commits made.
+    pub commits: u64,
+    /// Wall-clock seconds for all of them.
+    pub seconds: f64,
+    /// Commits per second.
+    pub per_second: f64,
+    /// Median commit latency, milliseconds.
+    pub p50_ms: f64,
+    /// 99th-percentile commit latency, milliseconds.
+    pub p99_ms: f64,
+}
+
+/// How long a writer benchmark runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchLength {
+    /// Each writer makes this many recordings.
+    Count(u64),
+    /// Writers record until this much time has passed.
+    Duration(Duration),
+}
+
+/// What [`concurrent_writers`] measured.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WriterThroughput {
+    /// Concurrent writer tasks (each with its own connection and its own stream).
+    pub writers: usize,
+    /// How the writers kept the log gap-safe.
+    pub ordering: Ordering,
+    /// Recordings (= transactions = commits) made in all.
+    pub recordings: u64,
+    /// Events written in all (one per recording).
+    pub events: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Recordings per second, all writers together.
+    pub recordings_per_second: f64,
+    /// Events per second, all writers together.
+    pub events_per_second: f64,
+    /// Median `record` latency, milliseconds.
+    pub p50_ms: f64,
+    /// 99th-percentile `record` latency, milliseconds.
+    pub p99_ms: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn scratch_schema() -> String {
+    format!(
+        "eventfold_bench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+async fn connect(url: &str) -> Result<PgConnection> {
+    let target = Target(crate::config::redact_url(url));
+    PgConnection::connect(url)
+        .await
+        .map_err(|e| sqlx_error(e, &target))
+}
+
+/// The fsync-bound limit: `n` single-row INSERTs into a plain table (a bigserial key and
+/// 100 bytes), each its own transaction, one after another on one connection.
+pub async fn bare_insert_commit_rate(url: &str, n: u64) -> Result<CommitRate> {
+    let target = Target(crate::config::redact_url(url));
+    let err = |e| sqlx_error(e, &target);
+    let mut conn = connect(url).await?;
+    let schema = scratch_schema();
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA {schema}; \
+         CREATE TABLE {schema}.bare (id bigserial PRIMARY KEY, payload bytea NOT NULL)"
+    ))
+    .execute(&mut conn)
+    .await
+    .map_err(err)?;
+    let insert = format!("INSERT INTO {schema}.bare (payload) VALUES ($1)");
+    let payload = vec![b'x'; PAYLOAD];
+    let mut latencies = Vec::with_capacity(n as usize);
+    let started = Instant::now();
+    let mut outcome = Ok(());
+    for _ in 0..n {
+        let t = Instant::now();
+        if let Err(e) = sqlx::query(&insert).bind(&payload).execute(&mut conn).await {
+            outcome = Err(err(e));
+            break;
+        }
+        latencies.push(t.elapsed());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let dropped = sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut conn)
+        .await;
+    outcome?;
+    dropped.map_err(err)?;
+    latencies.sort_unstable();
+    Ok(CommitRate {
+        commits: n,
+        seconds,
+        per_second: n as f64 / seconds,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+    })
+}
+
+/// `writers` tasks record one 100-byte event per recording, each on its own stream, all
+/// at once, with `ordering`; in a scratch schema on the server of `config.url` (the
+/// schema and prefix of `config` are not used). Returns the combined throughput.
+pub async fn concurrent_writers(
+    config: &PostgresConfig,
+    writers: usize,
+    ordering: Ordering,
+    length: BenchLength,
+) -> Result<WriterThroughput> {
+    let writers = writers.max(1);
+    let mut scratch = config.clone();
+    scratch.schema = scratch_schema();
+    scratch.table_prefix = "eventfold_".to_owned();
+    scratch.create_tables = true;
+    scratch.ordering = ordering;
+    scratch.max_connections = u32::try_from(writers + 2).unwrap_or(u32::MAX);
+    let store = PostgresStore::connect(&scratch).await?;
+    let result = run_writers(&store, writers, length).await;
+    let dropped = sqlx::raw_sql(&format!("DROP SCHEMA \"{}\" CASCADE", scratch.schema))
+        .execute(store.pool())
+        .await;
+    let (recordings, seconds, mut latencies) = result?;
+    dropped.map_err(|e| Error::backend(crate::BACKEND, e))?;
+    latencies.sort_unstable();
+    Ok(WriterThroughput {
+        writers,
+        ordering,
+        recordings,
+        events: recordings,
+        seconds,
+        recordings_per_second: recordings as f64 / seconds,
+        events_per_second: recordings as f64 / seconds,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+    })
+}
+
+async fn run_writers(
+    store: &PostgresStore,
+    writers: usize,
+    length: BenchLength,
+) -> Result<(u64, f64, Vec<Duration>)> {
+    // Open the connections before the clock starts.
+    let warm: Vec<_> = (0..writers)
+        .map(|_| store.pool().acquire())
+        .collect::<Vec<_>>();
+    let mut held = Vec::new();
+    for acquire in warm {
+        held.push(
+            acquire
+                .await
+                .map_err(|e| Error::backend(crate::BACKEND, e))?,
+        );
+    }
+    drop(held);
+
+    let started = Instant::now();
+    let deadline = match length {
+        BenchLength::Duration(d) => Some(started + d),
+        BenchLength::Count(_) => None,
+    };
+    let count = match length {
+        BenchLength::Count(n) => n,
+        BenchLength::Duration(_) => u64::MAX,
+    };
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream_id = format!("writer-{w}");
+                let mut latencies = Vec::new();
+                let mut version = 0u64;
+                while version < count && deadline.is_none_or(|d| Instant::now() < d) {
+                    version += 1;
+                    let recording = Recording {
+                        events: vec![StoredEvent {
+                            stream_id: stream_id.clone(),
+                            version,
+                            topic: "Bench.Happened".to_owned(),
+                            timestamp: Timestamp::now(),
+                            state: vec![b'x'; PAYLOAD],
+                        }],
+                        ..Recording::default()
+                    };
+                    let t = Instant::now();
+                    store.record(&recording).await?;
+                    latencies.push(t.elapsed());
+                }
+                Ok::<_, Error>(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        let latencies = task
+            .await
+            .map_err(|e| Error::backend(crate::BACKEND, e))??;
+        all.extend(latencies);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((all.len() as u64, seconds, all))
+}

@@ -1,0 +1,565 @@
+//! Table names, migrations and the SQL text of every statement the store sends.
+//!
+//! Names are validated by [`PostgresConfig::validate`] (ASCII letters, digits, `_`), so
+//! they are safe to splice into SQL; they are double-quoted anyway to keep their case.
+
+use sqlx::{Connection, PgConnection};
+
+use eventfold_core::Result;
+
+use crate::config::PostgresConfig;
+use crate::error::{sqlx_error, Target};
+
+/// The schema version this build writes and expects.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Advisory-lock class (first key of the two-key form) for the id allocation section.
+const LOCK_CLASS_ALLOCATE: i32 = 0x4546_0001; // "EF" 1
+/// Advisory-lock class for migrations.
+pub(crate) const LOCK_CLASS_MIGRATE: i32 = 0x4546_0002;
+
+/// Every name and statement of one store, computed once from its configuration.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    pub schema_ident: String,
+    pub schema_version: String,
+    pub schema_version_regclass: String,
+    pub events: String,
+    pub snapshots: String,
+    pub tracking: String,
+    pub id_seq: String,
+    pub stamp_seq: String,
+    pub record_fn: String,
+    pub tracking_constraint: String,
+    pub contiguity_constraint: String,
+    pub channel: String,
+    pub lock_key: i32,
+    pub writer_class: i32,
+    pub horizon_fn: String,
+    pub notifications_fn: String,
+    pub max_fn: String,
+
+    pub record: String,
+    pub select_events_asc: String,
+    pub select_events_desc: String,
+    pub select_snapshots_asc: String,
+    pub select_snapshots_desc: String,
+    pub load: String,
+    pub notifications: String,
+    pub max_notification_id: String,
+    pub tracking_position: String,
+    pub move_tracking: String,
+    pub notify: String,
+}
+
+/// 32-bit FNV-1a, as a stable key for advisory locks.
+fn fnv1a(text: &str) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in text.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    i32::from_ne_bytes(hash.to_ne_bytes())
+}
+
+impl Sql {
+    pub fn new(config: &PostgresConfig) -> Self {
+        let schema = &config.schema;
+        let p = &config.table_prefix;
+        let q = |name: &str| format!("\"{schema}\".\"{p}{name}\"");
+        let events = q("events");
+        let snapshots = q("snapshots");
+        let tracking = q("tracking");
+        let record_fn = q("record");
+        let key_text = format!("{schema}.{p}");
+        let mut channel = format!("{schema}.{p}events");
+        if channel.len() > 63 {
+            // NOTIFY channels are identifiers: at most 63 bytes. Keep a readable start and
+            // make the rest unique.
+            channel = format!("{}~{:08x}", &channel[..50], fnv1a(&channel));
+        }
+        let record_columns = "stream_id, version, topic, occurred_at, state";
+        let notifications_fn = q("notifications");
+        let max_fn = q("max_notification_id");
+        Sql {
+            schema_ident: format!("\"{schema}\""),
+            schema_version: q("schema_version"),
+            schema_version_regclass: q("schema_version"),
+            record: format!(
+                "SELECT {record_fn}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            ),
+            select_events_asc: format!(
+                "SELECT {record_columns} FROM {events} \
+                 WHERE stream_id = $1 AND version > $2 AND version <= $3 \
+                 ORDER BY version LIMIT $4"
+            ),
+            select_events_desc: format!(
+                "SELECT {record_columns} FROM {events} \
+                 WHERE stream_id = $1 AND version > $2 AND version <= $3 \
+                 ORDER BY version DESC LIMIT $4"
+            ),
+            select_snapshots_asc: format!(
+                "SELECT {record_columns} FROM {snapshots} \
+                 WHERE stream_id = $1 AND version > $2 AND version <= $3 \
+                 ORDER BY version LIMIT $4"
+            ),
+            select_snapshots_desc: format!(
+                "SELECT {record_columns} FROM {snapshots} \
+                 WHERE stream_id = $1 AND version > $2 AND version <= $3 \
+                 ORDER BY version DESC LIMIT $4"
+            ),
+            // One round trip: the newest snapshot at or below $2, then the events after it.
+            load: format!(
+                "WITH snap AS ( \
+                     SELECT version, topic, occurred_at, state FROM {snapshots} \
+                     WHERE stream_id = $1 AND version <= $2 \
+                     ORDER BY version DESC LIMIT 1) \
+                 SELECT true AS is_snapshot, version, topic, occurred_at, state FROM snap \
+                 UNION ALL \
+                 (SELECT false, version, topic, occurred_at, state FROM {events} \
+                  WHERE stream_id = $1 AND version <= $2 \
+                    AND version > coalesce((SELECT version FROM snap), 0) \
+                  ORDER BY version)"
+            ),
+            notifications: format!("SELECT * FROM {notifications_fn}($1, $2, $3)"),
+            max_notification_id: format!("SELECT {max_fn}()"),
+            tracking_position: format!("SELECT position FROM {tracking} WHERE follower = $1"),
+            move_tracking: format!(
+                "WITH moved AS ( \
+                     INSERT INTO {tracking} AS t (follower, position) VALUES ($1, $2) \
+                     ON CONFLICT (follower) DO UPDATE SET position = excluded.position \
+                     WHERE t.position < excluded.position \
+                     RETURNING position) \
+                 SELECT (SELECT position FROM moved) AS moved, \
+                        (SELECT position FROM {tracking} WHERE follower = $1) AS current"
+            ),
+            // A wake-up needs no durability: skip the WAL flush of its commit.
+            notify: "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')"
+                .to_owned(),
+            id_seq: q("notification_id_seq"),
+            stamp_seq: q("notification_stamp_seq"),
+            tracking_constraint: format!("{p}tracking_pkey"),
+            contiguity_constraint: format!("{p}events_contiguous"),
+            lock_key: fnv1a(&key_text),
+            writer_class: fnv1a(&format!("writers:{key_text}")),
+            horizon_fn: q("horizon"),
+            notifications_fn,
+            max_fn,
+            channel,
+            events,
+            snapshots,
+            tracking,
+            record_fn,
+        }
+    }
+
+    /// The migrations, oldest first: `(version, description, SQL)`.
+    fn migrations(&self) -> Vec<(i64, &'static str, String)> {
+        vec![(1, "events, snapshots, tracking, record function", self.v1())]
+    }
+
+    fn v1(&self) -> String {
+        let Sql {
+            events,
+            snapshots,
+            tracking,
+            id_seq,
+            stamp_seq,
+            record_fn,
+            horizon_fn,
+            notifications_fn,
+            max_fn,
+            channel,
+            lock_key,
+            writer_class,
+            tracking_constraint,
+            contiguity_constraint,
+            ..
+        } = self;
+        let p = tracking_constraint.trim_end_matches("tracking_pkey");
+        // The writer lock of a transaction: (writer_class, low 32 bits of its xid as int4).
+        let writer_key = |xid: &str| {
+            format!("({xid}::text::bigint % 4294967296 - 2147483648)::integer")
+        };
+        let own_writer_key = writer_key("v_xid");
+        let candidate_key = writer_key("v_candidate");
+        format!(
+            r#"
+CREATE SEQUENCE {id_seq} AS bigint CACHE 1;
+CREATE SEQUENCE {stamp_seq} AS bigint MINVALUE 0 START 0 CACHE 1;
+
+CREATE TABLE {events} (
+    id          bigint      NOT NULL,
+    stamp       xid8        NOT NULL,
+    stream_id   text        NOT NULL,
+    version     bigint      NOT NULL,
+    topic       text        NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    state       bytea       NOT NULL,
+    CONSTRAINT "{p}events_pkey" PRIMARY KEY (id) INCLUDE (stamp),
+    CONSTRAINT "{p}events_stream_version_key" UNIQUE (stream_id, version)
+);
+ALTER SEQUENCE {id_seq} OWNED BY {events}.id;
+COMMENT ON TABLE {events} IS 'eventfold: events of every stream; id orders the notification log. Write only through {record_fn}, read the log only through {notifications_fn}.';
+COMMENT ON COLUMN {events}.stamp IS 'greatest(id of the inserting transaction, stamp of every lower id)';
+
+CREATE TABLE {snapshots} (
+    stream_id   text        NOT NULL,
+    version     bigint      NOT NULL,
+    topic       text        NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    state       bytea       NOT NULL,
+    CONSTRAINT "{p}snapshots_pkey" PRIMARY KEY (stream_id, version)
+);
+
+CREATE TABLE {tracking} (
+    follower text   NOT NULL,
+    position bigint NOT NULL,
+    CONSTRAINT "{tracking_constraint}" PRIMARY KEY (follower) INCLUDE (position)
+);
+
+-- Records a whole recording in the caller's transaction and returns the notification ids.
+-- The crate documentation of eventfold-postgres ("Gap-safe order") explains the locks.
+CREATE FUNCTION {record_fn}(
+    p_stream_ids text[], p_versions bigint[], p_topics text[],
+    p_occurred_at timestamptz[], p_states bytea[],
+    p_snap_stream_ids text[], p_snap_versions bigint[], p_snap_topics text[],
+    p_snap_occurred_at timestamptz[], p_snap_states bytea[],
+    p_follower text, p_position bigint,
+    p_table_lock boolean, p_notify boolean)
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    n integer := coalesce(cardinality(p_stream_ids), 0);
+    v_ids bigint[] := '{{}}';
+    v_xid xid8;
+    v_stamp xid8;
+BEGIN
+    IF p_table_lock THEN
+        LOCK TABLE {events} IN EXCLUSIVE MODE;
+    END IF;
+
+    IF p_follower IS NOT NULL THEN
+        INSERT INTO {tracking} AS t (follower, position) VALUES (p_follower, p_position)
+        ON CONFLICT (follower) DO UPDATE SET position = excluded.position
+        WHERE t.position < excluded.position;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'unique_violation',
+                CONSTRAINT = '{tracking_constraint}',
+                MESSAGE = format('follower %s is already at or past position %s', p_follower, p_position);
+        END IF;
+    END IF;
+
+    IF n > 0 THEN
+        -- A stream continues only from a version that exists: no gaps, as in the other stores.
+        IF EXISTS (
+            SELECT 1
+            FROM (SELECT r.stream_id, min(r.version) AS first
+                  FROM unnest(p_stream_ids, p_versions) AS r(stream_id, version)
+                  GROUP BY r.stream_id) f
+            WHERE f.first > 1
+              AND NOT EXISTS (SELECT 1 FROM {events} e
+                              WHERE e.stream_id = f.stream_id AND e.version = f.first - 1)
+        ) THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'unique_violation',
+                CONSTRAINT = '{contiguity_constraint}',
+                MESSAGE = 'a stream of this recording does not continue from its latest version';
+        END IF;
+
+        -- The writer lock: held from before the allocation until this transaction ends, so
+        -- readers can tell that a transaction holding ids is still in flight.
+        v_xid := pg_current_xact_id();
+        PERFORM pg_advisory_xact_lock({writer_class}, {own_writer_key});
+
+        -- The allocation section: ids and the stamp are taken under a transaction-level
+        -- advisory lock inside a subtransaction that is then rolled back, which releases
+        -- the lock at once (not at commit) while keeping the sequence values (sequences
+        -- are not transactional). Nothing in it waits for another transaction's commit.
+        BEGIN
+            PERFORM pg_advisory_xact_lock({LOCK_CLASS_ALLOCATE}, {lock_key});
+            v_stamp := greatest(v_xid, (SELECT last_value FROM {stamp_seq})::text::xid8);
+            PERFORM setval('{stamp_seq}', v_stamp::text::bigint);
+            v_ids := ARRAY(SELECT nextval('{id_seq}') FROM generate_series(1, n));
+            RAISE SQLSTATE 'EF000';
+        EXCEPTION WHEN SQLSTATE 'EF000' THEN
+            NULL;
+        END;
+
+        INSERT INTO {events} (id, stamp, stream_id, version, topic, occurred_at, state)
+        SELECT r.id, v_stamp, r.stream_id, r.version, r.topic, r.occurred_at, r.state
+        FROM unnest(v_ids, p_stream_ids, p_versions, p_topics, p_occurred_at, p_states)
+             AS r(id, stream_id, version, topic, occurred_at, state);
+
+        IF p_notify THEN
+            PERFORM pg_notify('{channel}', '');
+        END IF;
+    END IF;
+
+    IF coalesce(cardinality(p_snap_stream_ids), 0) > 0 THEN
+        INSERT INTO {snapshots} (stream_id, version, topic, occurred_at, state)
+        SELECT * FROM unnest(p_snap_stream_ids, p_snap_versions, p_snap_topics,
+                             p_snap_occurred_at, p_snap_states)
+        ON CONFLICT DO NOTHING;
+    END IF;
+
+    RETURN v_ids;
+END
+$fn$;
+
+-- How far the log may be read now: rows with id <= last_id and stamp < horizon are
+-- final (no transaction can still commit a lower id). Each step is its own statement, so
+-- each sees a newer snapshot than the one before; the order of the steps matters.
+CREATE FUNCTION {horizon_fn}(OUT last_id bigint, OUT horizon xid8)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_register xid8;
+    v_snapshot pg_snapshot;
+    v_candidates xid8[];
+    v_candidate xid8;
+    v_blocking xid8;
+BEGIN
+    -- 1. Every id up to last_id has been allocated, every stamp so far is <= v_register.
+    SELECT CASE WHEN is_called THEN last_value ELSE 0 END INTO last_id FROM {id_seq};
+    SELECT last_value::text::xid8 INTO v_register FROM {stamp_seq};
+    -- 2. A snapshot taken after that: a writer of those ids still in flight is listed in
+    --    it (or lies between its xmax and v_register).
+    v_snapshot := pg_current_snapshot();
+    v_candidates := ARRAY(
+        SELECT x FROM (
+            SELECT x FROM pg_snapshot_xip(v_snapshot) AS x WHERE x <= v_register
+            UNION
+            SELECT s::text::xid8
+            FROM generate_series(pg_snapshot_xmax(v_snapshot)::text::bigint,
+                                 v_register::text::bigint) AS s
+        ) c
+        ORDER BY x);
+    horizon := (v_register::text::bigint + 1)::text::xid8;
+    -- 3. The oldest candidate that still holds its writer lock bounds the horizon. The
+    --    probes run in a subtransaction that is rolled back, which releases any lock they
+    --    took at once.
+    IF cardinality(v_candidates) > 0 THEN
+        BEGIN
+            FOREACH v_candidate IN ARRAY v_candidates LOOP
+                IF NOT pg_try_advisory_xact_lock({writer_class}, {candidate_key}) THEN
+                    v_blocking := v_candidate;
+                    EXIT;
+                END IF;
+            END LOOP;
+            RAISE SQLSTATE 'EF000';
+        EXCEPTION WHEN SQLSTATE 'EF000' THEN
+            NULL;
+        END;
+        IF v_blocking IS NOT NULL THEN
+            horizon := v_blocking;
+        END IF;
+    END IF;
+END
+$fn$;
+
+-- The gap-safe log read (4. runs with a snapshot newer than the probes of {horizon_fn}).
+CREATE FUNCTION {notifications_fn}(p_after bigint, p_limit bigint, p_topics text[])
+RETURNS TABLE (id bigint, stream_id text, version bigint, topic text,
+               occurred_at timestamptz, state bytea)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    h record;
+BEGIN
+    SELECT * INTO h FROM {horizon_fn}();
+    RETURN QUERY
+        SELECT e.id, e.stream_id, e.version, e.topic, e.occurred_at, e.state
+        FROM {events} e
+        WHERE e.id > p_after AND e.id <= h.last_id AND e.stamp < h.horizon
+          AND (p_topics IS NULL OR e.topic = ANY (p_topics))
+        ORDER BY e.id
+        LIMIT p_limit;
+END
+$fn$;
+
+CREATE FUNCTION {max_fn}()
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    h record;
+    v_id bigint;
+BEGIN
+    SELECT * INTO h FROM {horizon_fn}();
+    SELECT e.id INTO v_id FROM {events} e
+    WHERE e.id <= h.last_id AND e.stamp < h.horizon
+    ORDER BY e.id DESC LIMIT 1;
+    RETURN coalesce(v_id, 0);
+END
+$fn$;
+"#
+        )
+    }
+}
+
+/// What [`crate::PostgresStore::migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MigrationReport {
+    /// The schema (PostgreSQL namespace) migrated.
+    pub schema: String,
+    /// The table prefix.
+    pub table_prefix: String,
+    /// Schema version before (0 = no tables).
+    pub from_version: i64,
+    /// Schema version after.
+    pub to_version: i64,
+    /// The migrations applied now, as `(version, description)`; empty when up to date.
+    pub applied: Vec<(i64, String)>,
+}
+
+impl std::fmt::Display for MigrationReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.applied.is_empty() {
+            write!(
+                f,
+                "schema {:?} tables {}*: up to date at version {}",
+                self.schema, self.table_prefix, self.to_version
+            )
+        } else {
+            write!(
+                f,
+                "schema {:?} tables {}*: migrated from version {} to {}",
+                self.schema, self.table_prefix, self.from_version, self.to_version
+            )
+        }
+    }
+}
+
+/// The schema version found in the database (0 when the version table does not exist).
+pub(crate) async fn current_version(
+    conn: &mut PgConnection,
+    sql: &Sql,
+    target: &Target,
+) -> Result<i64> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&sql.schema_version_regclass)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| sqlx_error(e, target))?;
+    if !exists {
+        return Ok(0);
+    }
+    let version: Option<i64> =
+        sqlx::query_scalar(&format!("SELECT max(version) FROM {}", sql.schema_version))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| sqlx_error(e, target))?;
+    Ok(version.unwrap_or(0))
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], in one transaction, serialised with any
+/// concurrent migration of the same schema and prefix.
+pub(crate) async fn migrate(
+    conn: &mut PgConnection,
+    sql: &Sql,
+    config: &PostgresConfig,
+    target: &Target,
+) -> Result<MigrationReport> {
+    let err = |e| sqlx_error(e, target);
+    let mut tx = conn.begin().await.map_err(err)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(LOCK_CLASS_MIGRATE)
+        .bind(sql.lock_key)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; \
+         CREATE TABLE IF NOT EXISTS {table} ( \
+             version bigint PRIMARY KEY, \
+             description text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now())",
+        schema = sql.schema_ident,
+        table = sql.schema_version,
+    ))
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?;
+    let from_version = current_version(&mut tx, sql, target).await?;
+    if from_version > SCHEMA_VERSION {
+        return Err(newer_schema(from_version));
+    }
+    let mut applied = Vec::new();
+    for (version, description, text) in sql.migrations() {
+        if version <= from_version {
+            continue;
+        }
+        sqlx::raw_sql(&text).execute(&mut *tx).await.map_err(err)?;
+        sqlx::query(&format!(
+            "INSERT INTO {} (version, description) VALUES ($1, $2)",
+            sql.schema_version
+        ))
+        .bind(version)
+        .bind(description)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        applied.push((version, description.to_owned()));
+    }
+    tx.commit().await.map_err(err)?;
+    if !applied.is_empty() {
+        tracing::info!(
+            schema = %config.schema,
+            prefix = %config.table_prefix,
+            from_version,
+            to_version = SCHEMA_VERSION,
+            "migrated eventfold tables"
+        );
+    }
+    Ok(MigrationReport {
+        schema: config.schema.clone(),
+        table_prefix: config.table_prefix.clone(),
+        from_version,
+        to_version: SCHEMA_VERSION,
+        applied,
+    })
+}
+
+pub(crate) fn newer_schema(found: i64) -> eventfold_core::Error {
+    eventfold_core::Error::SchemaVersion {
+        backend: crate::BACKEND,
+        found,
+        expected: SCHEMA_VERSION,
+        hint: "the database was migrated by a newer eventfold; upgrade this program".to_owned(),
+    }
+}
+
+pub(crate) fn older_schema(found: i64) -> eventfold_core::Error {
+    eventfold_core::Error::SchemaVersion {
+        backend: crate::BACKEND,
+        found,
+        expected: SCHEMA_VERSION,
+        hint: "run `eventfold migrate` (or connect with create_tables = true)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_quoted_and_channel_fits() {
+        let mut config = PostgresConfig::new("postgres://x");
+        let sql = Sql::new(&config);
+        assert_eq!(sql.events, "\"public\".\"eventfold_events\"");
+        assert_eq!(sql.channel, "public.eventfold_events");
+        config.schema = "s".repeat(60);
+        let long = Sql::new(&config);
+        assert!(long.channel.len() <= 63, "{}", long.channel);
+        config.schema = "t".repeat(60);
+        assert_ne!(Sql::new(&config).channel, long.channel);
+    }
+}

@@ -1,0 +1,104 @@
+//! Wake-ups for followers: a background LISTEN task that reconnects with backoff, and a
+//! coalescing NOTIFY sender for commits made by [`crate::PostgresStore::record`].
+
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::Notify;
+
+/// First and longest pause before reconnecting the LISTEN connection.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The `application_name` of the LISTEN connection (visible in `pg_stat_activity`).
+pub const LISTENER_APPLICATION_NAME: &str = "eventfold-listener";
+
+/// Counters of the LISTEN task, for tests and diagnostics.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerStats {
+    /// Times the task started listening (first connect and every reconnect).
+    pub listening_since: AtomicU64,
+    /// Notifications received.
+    pub received: AtomicU64,
+}
+
+/// Listens on `channel` forever, waking `wakeups` on every notification and after every
+/// (re)connection, since notifications sent while it was not listening are lost.
+pub(crate) async fn listen(
+    options: PgConnectOptions,
+    connect_timeout: Duration,
+    channel: String,
+    wakeups: Arc<Notify>,
+    stats: Arc<ListenerStats>,
+) {
+    let pool: PgPool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .test_before_acquire(false)
+        .acquire_timeout(connect_timeout)
+        .connect_lazy_with(options.application_name(LISTENER_APPLICATION_NAME));
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match start_listening(&pool, &channel).await {
+            Ok(mut listener) => {
+                stats.listening_since.fetch_add(1, AtomicOrdering::Relaxed);
+                backoff = BACKOFF_MIN;
+                tracing::debug!(%channel, "listening for eventfold notifications");
+                wakeups.notify_waiters();
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(_)) => {
+                            stats.received.fetch_add(1, AtomicOrdering::Relaxed);
+                            wakeups.notify_waiters();
+                        }
+                        Ok(None) => {
+                            // The connection was lost and sqlx re-established it (and its
+                            // LISTEN); whatever was sent in between is gone: catch up.
+                            tracing::info!(%channel, "LISTEN connection lost and re-established");
+                            stats.listening_since.fetch_add(1, AtomicOrdering::Relaxed);
+                            wakeups.notify_waiters();
+                        }
+                        Err(error) => {
+                            tracing::warn!(%channel, %error, "LISTEN connection failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%channel, %error, ?backoff, "cannot LISTEN; retrying");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn start_listening(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.ignore_pool_close_event(true);
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
+/// Sends one NOTIFY per burst of commits: each commit calls `signal.notify_one()`, which
+/// leaves at most one permit, so commits that land while a NOTIFY is in flight are covered
+/// by the next one.
+pub(crate) async fn send_notifications(
+    pool: PgPool,
+    statement: String,
+    channel: String,
+    signal: Arc<Notify>,
+) {
+    loop {
+        signal.notified().await;
+        if let Err(error) = sqlx::query(&statement).bind(&channel).execute(&pool).await {
+            // Followers poll as well; a lost wake-up only delays them.
+            tracing::debug!(%channel, %error, "NOTIFY failed");
+        }
+    }
+}

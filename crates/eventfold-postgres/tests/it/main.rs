@@ -1,0 +1,6 @@
+//! Integration tests against a real PostgreSQL (`EVENTFOLD_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). Each test uses its own schema and
+//! drops it at the end.
+
+mod conformance;
+mod support;

@@ -1,0 +1,183 @@
+//! Test helpers: every test works in its own schema, dropped by a guard even on failure.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use eventfold_core::{
+    EventReader, EventWriter, Loaded, Notification, NotificationQuery, NotificationReader,
+    ProjectionStore, Recording, Result, Store, StoredEvent, StreamQuery, Timestamp, Tracking,
+    TrackingReader,
+};
+use eventfold_postgres::{PostgresConfig, PostgresStore, PostgresTransaction};
+use sqlx::{Connection, PgConnection};
+
+/// `EVENTFOLD_TEST_DATABASE_URL`, or the local server.
+pub fn database_url() -> String {
+    std::env::var("EVENTFOLD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A schema name no other test uses.
+pub fn unique_schema(tag: &str) -> String {
+    format!(
+        "eventfold_test_{tag}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+pub fn config(schema: &str) -> PostgresConfig {
+    let mut config = PostgresConfig::new(database_url());
+    config.schema = schema.to_owned();
+    config
+}
+
+/// Drops its schema (and everything in it) when dropped, also when the test panics.
+#[derive(Debug)]
+pub struct SchemaGuard {
+    pub schema: String,
+}
+
+impl SchemaGuard {
+    pub fn new(schema: &str) -> Self {
+        SchemaGuard {
+            schema: schema.to_owned(),
+        }
+    }
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let url = database_url();
+        let schema = self.schema.clone();
+        // Drop runs inside the test's runtime: use a thread with its own.
+        let outcome = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut conn = PgConnection::connect(&url).await?;
+                sqlx::raw_sql(&format!(
+                    "SET lock_timeout = '20s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                ))
+                .execute(&mut conn)
+                .await?;
+                conn.close().await
+            })
+        })
+        .join();
+        if !matches!(outcome, Ok(Ok(()))) {
+            eprintln!("could not drop test schema {}: {outcome:?}", self.schema);
+        }
+    }
+}
+
+/// A fresh store in its own schema, and the guard that drops the schema.
+pub async fn fresh(tag: &str) -> (PostgresStore, SchemaGuard) {
+    let schema = unique_schema(tag);
+    let guard = SchemaGuard::new(&schema);
+    let store = PostgresStore::connect(&config(&schema))
+        .await
+        .expect("connect to the test database");
+    (store, guard)
+}
+
+/// A test event: topic `Test.<name>`, state `<stream>@<version>`.
+pub fn event(stream_id: &str, version: u64, name: &str) -> StoredEvent {
+    StoredEvent {
+        stream_id: stream_id.to_owned(),
+        version,
+        topic: format!("Test.{name}"),
+        timestamp: Timestamp::now(),
+        state: format!("{stream_id}@{version}").into_bytes(),
+    }
+}
+
+pub fn events_only(events: Vec<StoredEvent>) -> Recording {
+    Recording {
+        events,
+        ..Recording::default()
+    }
+}
+
+/// A [`PostgresStore`] that drops its schema when its last clone is dropped: what the
+/// conformance suite gets from `make_store`.
+#[derive(Clone, Debug)]
+pub struct GuardedStore {
+    pub store: PostgresStore,
+    _guard: Arc<SchemaGuard>,
+}
+
+impl GuardedStore {
+    pub async fn fresh(tag: &str) -> Self {
+        let (store, guard) = fresh(tag).await;
+        GuardedStore {
+            store,
+            _guard: Arc::new(guard),
+        }
+    }
+}
+
+#[async_trait]
+impl EventReader for GuardedStore {
+    async fn select_events(&self, stream_id: &str, query: StreamQuery) -> Result<Vec<StoredEvent>> {
+        self.store.select_events(stream_id, query).await
+    }
+    async fn select_snapshots(
+        &self,
+        stream_id: &str,
+        query: StreamQuery,
+    ) -> Result<Vec<StoredEvent>> {
+        self.store.select_snapshots(stream_id, query).await
+    }
+    async fn load(&self, stream_id: &str, up_to: Option<u64>) -> Result<Loaded> {
+        self.store.load(stream_id, up_to).await
+    }
+}
+
+#[async_trait]
+impl EventWriter for GuardedStore {
+    async fn record(&self, recording: &Recording) -> Result<Vec<u64>> {
+        self.store.record(recording).await
+    }
+}
+
+#[async_trait]
+impl NotificationReader for GuardedStore {
+    async fn select_notifications(&self, query: &NotificationQuery) -> Result<Vec<Notification>> {
+        self.store.select_notifications(query).await
+    }
+    async fn max_notification_id(&self) -> Result<u64> {
+        self.store.max_notification_id().await
+    }
+    fn wakeups(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.store.wakeups()
+    }
+}
+
+#[async_trait]
+impl TrackingReader for GuardedStore {
+    async fn tracking_position(&self, follower: &str) -> Result<Option<u64>> {
+        self.store.tracking_position(follower).await
+    }
+}
+
+impl Store for GuardedStore {
+    fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+}
+
+#[async_trait]
+impl ProjectionStore for GuardedStore {
+    type Transaction = PostgresTransaction;
+    async fn begin(&self) -> Result<PostgresTransaction> {
+        self.store.begin().await
+    }
+    async fn commit(&self, tx: PostgresTransaction, tracking: &Tracking) -> Result<()> {
+        self.store.commit(tx, tracking).await
+    }
+    async fn position(&self, follower: &str) -> Result<Option<u64>> {
+        self.store.position(follower).await
+    }
+}
