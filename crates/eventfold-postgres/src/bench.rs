@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, Executor, PgConnection};
 
 use eventfold_core::{Error, EventWriter, Recording, Result, StoredEvent, Timestamp};
 
@@ -96,13 +96,11 @@ pub async fn bare_insert_commit_rate(url: &str, n: u64) -> Result<CommitRate> {
     let err = |e| sqlx_error(e, &target);
     let mut conn = connect(url).await?;
     let schema = scratch_schema();
-    sqlx::raw_sql(&format!(
+    let create = format!(
         "CREATE SCHEMA {schema}; \
          CREATE TABLE {schema}.bare (id bigserial PRIMARY KEY, payload bytea NOT NULL)"
-    ))
-    .execute(&mut conn)
-    .await
-    .map_err(err)?;
+    );
+    conn.execute(create.as_str()).await.map_err(err)?;
     let insert = format!("INSERT INTO {schema}.bare (payload) VALUES ($1)");
     let payload = vec![b'x'; PAYLOAD];
     let mut latencies = Vec::with_capacity(n as usize);
@@ -117,9 +115,8 @@ pub async fn bare_insert_commit_rate(url: &str, n: u64) -> Result<CommitRate> {
         latencies.push(t.elapsed());
     }
     let seconds = started.elapsed().as_secs_f64();
-    let dropped = sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&mut conn)
-        .await;
+    let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+    let dropped = conn.execute(drop_schema.as_str()).await;
     outcome?;
     dropped.map_err(err)?;
     latencies.sort_unstable();
@@ -150,9 +147,8 @@ pub async fn concurrent_writers(
     scratch.max_connections = u32::try_from(writers + 2).unwrap_or(u32::MAX);
     let store = PostgresStore::connect(&scratch).await?;
     let result = run_writers(&store, writers, length).await;
-    let dropped = sqlx::raw_sql(&format!("DROP SCHEMA \"{}\" CASCADE", scratch.schema))
-        .execute(store.pool())
-        .await;
+    let drop_schema = format!("DROP SCHEMA \"{}\" CASCADE", scratch.schema);
+    let dropped = store.pool().execute(drop_schema.as_str()).await;
     let (recordings, seconds, mut latencies) = result?;
     dropped.map_err(|e| Error::backend(crate::BACKEND, e))?;
     latencies.sort_unstable();

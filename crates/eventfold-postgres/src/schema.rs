@@ -3,7 +3,7 @@
 //! Names are validated by [`PostgresConfig::validate`] (ASCII letters, digits, `_`), so
 //! they are safe to splice into SQL; they are double-quoted anyway to keep their case.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, Executor, PgConnection};
 
 use eventfold_core::Result;
 
@@ -468,15 +468,14 @@ pub(crate) async fn migrate(
     config: &PostgresConfig,
     target: &Target,
 ) -> Result<MigrationReport> {
-    let err = |e| sqlx_error(e, target);
-    let mut tx = conn.begin().await.map_err(err)?;
+    let mut tx = conn.begin().await.map_err(|e| sqlx_error(e, target))?;
     sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(LOCK_CLASS_MIGRATE)
         .bind(sql.lock_key)
         .execute(&mut *tx)
         .await
-        .map_err(err)?;
-    sqlx::raw_sql(&format!(
+        .map_err(|e| sqlx_error(e, target))?;
+    let create = format!(
         "CREATE SCHEMA IF NOT EXISTS {schema}; \
          CREATE TABLE IF NOT EXISTS {table} ( \
              version bigint PRIMARY KEY, \
@@ -484,10 +483,12 @@ pub(crate) async fn migrate(
              applied_at timestamptz NOT NULL DEFAULT now())",
         schema = sql.schema_ident,
         table = sql.schema_version,
-    ))
-    .execute(&mut *tx)
-    .await
-    .map_err(err)?;
+    );
+    // A plain string runs as a simple query: several statements in one round trip.
+    (&mut *tx)
+        .execute(create.as_str())
+        .await
+    .map_err(|e| sqlx_error(e, target))?;
     let from_version = current_version(&mut tx, sql, target).await?;
     if from_version > SCHEMA_VERSION {
         return Err(newer_schema(from_version));
@@ -497,7 +498,7 @@ pub(crate) async fn migrate(
         if version <= from_version {
             continue;
         }
-        sqlx::raw_sql(&text).execute(&mut *tx).await.map_err(err)?;
+        (&mut *tx).execute(text.as_str()).await.map_err(|e| sqlx_error(e, target))?;
         sqlx::query(&format!(
             "INSERT INTO {} (version, description) VALUES ($1, $2)",
             sql.schema_version
@@ -506,10 +507,10 @@ pub(crate) async fn migrate(
         .bind(description)
         .execute(&mut *tx)
         .await
-        .map_err(err)?;
+        .map_err(|e| sqlx_error(e, target))?;
         applied.push((version, description.to_owned()));
     }
-    tx.commit().await.map_err(err)?;
+    tx.commit().await.map_err(|e| sqlx_error(e, target))?;
     if !applied.is_empty() {
         tracing::info!(
             schema = %config.schema,

@@ -3,4 +3,8 @@
 //! drops it at the end.
 
 mod conformance;
+mod faults;
+mod followers;
+mod gap_safety;
+mod host_tx;
 mod support;

@@ -1,0 +1,224 @@
+//! Schema versions, migrations, an unreachable server, and connections killed mid-command.
+
+use std::time::Duration;
+
+use eventfold_core::{Error, EventReader, EventWriter, NotificationQuery, NotificationReader, StreamQuery};
+use eventfold_postgres::{PostgresConfig, PostgresStore, SCHEMA_VERSION};
+
+use crate::support::{config, event, events_only, fresh, unique_schema, SchemaGuard};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_server_is_unavailable_without_password() {
+    let mut cfg = PostgresConfig::new("postgres://app:s3cret@127.0.0.1:1/orders");
+    cfg.connect_timeout = Duration::from_secs(2);
+    let err = PostgresStore::connect(&cfg).await.unwrap_err();
+    match &err {
+        Error::Unavailable {
+            backend, target, ..
+        } => {
+            assert_eq!(*backend, "postgres");
+            assert_eq!(target, "postgres://app:***@127.0.0.1:1/orders");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(!message.contains("s3cret"), "{message}");
+    assert!(!format!("{cfg:?}").contains("s3cret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_names_are_config_errors() {
+    let mut cfg = config("bad\"schema");
+    assert!(matches!(
+        PostgresStore::connect(&cfg).await.unwrap_err(),
+        Error::Config { .. }
+    ));
+    cfg = config("ok");
+    cfg.table_prefix = "drop table;".into();
+    assert!(matches!(
+        PostgresStore::connect(&cfg).await.unwrap_err(),
+        Error::Config { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_versions_and_migrate() {
+    let schema = unique_schema("version");
+    let _guard = SchemaGuard::new(&schema);
+    let mut cfg = config(&schema);
+
+    // No tables and create_tables off: a clear error pointing at `eventfold migrate`.
+    cfg.create_tables = false;
+    match PostgresStore::connect(&cfg).await.unwrap_err() {
+        Error::SchemaVersion {
+            found,
+            expected,
+            hint,
+            ..
+        } => {
+            assert_eq!((found, expected), (0, SCHEMA_VERSION));
+            assert!(hint.contains("eventfold migrate"), "{hint}");
+        }
+        other => panic!("expected SchemaVersion, got {other:?}"),
+    }
+
+    // `eventfold migrate`, twice: the second run has nothing to do.
+    let first = PostgresStore::migrate_with(&cfg).await.unwrap();
+    assert_eq!((first.from_version, first.to_version), (0, SCHEMA_VERSION));
+    assert_eq!(first.applied.len(), 1);
+    let store = PostgresStore::connect(&cfg).await.unwrap();
+    let again = store.migrate().await.unwrap();
+    assert!(again.applied.is_empty(), "{again}");
+    assert!(again.to_string().contains("up to date"));
+
+    // Concurrent migrations of a fresh prefix take turns.
+    let mut other = cfg.clone();
+    other.table_prefix = "other_".into();
+    let (o1, o2) = (other.clone(), other.clone());
+    let runs = futures_join(
+        async move { PostgresStore::migrate_with(&o1).await },
+        async move { PostgresStore::migrate_with(&o2).await },
+    )
+    .await;
+    let applied: usize = runs.iter().map(|r| r.as_ref().unwrap().applied.len()).sum();
+    assert_eq!(applied, 1, "exactly one of two concurrent migrations applies v1");
+
+    // A database migrated by a newer build.
+    sqlx::query(&format!(
+        "INSERT INTO {} (version, description) VALUES (99, 'from the future')",
+        store.table_name("schema_version")
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    cfg.create_tables = true;
+    match PostgresStore::connect(&cfg).await.unwrap_err() {
+        Error::SchemaVersion { found, hint, .. } => {
+            assert_eq!(found, 99);
+            assert!(hint.contains("upgrade"), "{hint}");
+        }
+        other => panic!("expected SchemaVersion, got {other:?}"),
+    }
+}
+
+async fn futures_join<A, B>(a: A, b: B) -> Vec<A::Output>
+where
+    A: std::future::Future + Send + 'static,
+    B: std::future::Future<Output = A::Output> + Send + 'static,
+    A::Output: Send + 'static,
+{
+    let a = tokio::spawn(a);
+    let b = tokio::spawn(b);
+    vec![a.await.unwrap(), b.await.unwrap()]
+}
+
+/// Two applications share one schema under different prefixes and see nothing of each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_isolate_applications() {
+    let schema = unique_schema("prefix");
+    let _guard = SchemaGuard::new(&schema);
+    let mut a = config(&schema);
+    a.table_prefix = "billing_".into();
+    let mut b = config(&schema);
+    b.table_prefix = "shipping_".into();
+    let a = PostgresStore::connect(&a).await.unwrap();
+    let b = PostgresStore::connect(&b).await.unwrap();
+    assert_ne!(a.channel(), b.channel());
+    a.record(&events_only(vec![event("x", 1, "A")])).await.unwrap();
+    b.record(&events_only(vec![event("x", 1, "B"), event("x", 2, "B")]))
+        .await
+        .unwrap();
+    assert_eq!(a.max_notification_id().await.unwrap(), 1);
+    assert_eq!(b.max_notification_id().await.unwrap(), 2);
+    assert_eq!(
+        a.select_events("x", StreamQuery::all()).await.unwrap()[0].topic,
+        "Test.A"
+    );
+}
+
+/// The server ends a command's connection while the command waits: the command fails
+/// with a typed error, nothing of it is written, and the store carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_command_is_typed_and_writes_nothing() {
+    let (store, _guard) = fresh("killed").await;
+    let schema = store.config().schema.clone();
+
+    // A host transaction holds version 1 of "s" uncommitted, so a second writer of it
+    // waits on the unique index.
+    let mut holder = store.pool().begin().await.unwrap();
+    store
+        .record_in(&mut holder, &events_only(vec![event("s", 1, "Holder")]))
+        .await
+        .unwrap();
+    let blocked = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .record(&events_only(vec![event("s", 1, "Blocked"), event("t", 1, "Blocked")]))
+                .await
+        })
+    };
+    let mut killed = 0i64;
+    for _ in 0..200 {
+        killed = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND state = 'active' AND position($1 in query) > 0",
+        )
+        .bind(format!("\"{schema}\""))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if killed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(killed, 1, "found the waiting backend");
+    let err = blocked.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable { .. }),
+        "a killed session is Unavailable, got {err:?}"
+    );
+    holder.rollback().await.unwrap();
+    assert!(store.select_events("t", StreamQuery::all()).await.unwrap().is_empty());
+    assert!(store.select_events("s", StreamQuery::all()).await.unwrap().is_empty());
+
+    // A host transaction whose connection dies before COMMIT leaves nothing either.
+    let mut host = store.pool().begin().await.unwrap();
+    store
+        .record_in(&mut host, &events_only(vec![event("u", 1, "Lost")]))
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *host)
+        .await
+        .unwrap();
+    let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(host.commit().await.is_err());
+    assert!(store.select_events("u", StreamQuery::all()).await.unwrap().is_empty());
+
+    // The pool replaces dead connections: the store keeps working (a command may meet
+    // one dead connection first, and says so with a typed error).
+    let mut recorded = None;
+    for _ in 0..5 {
+        match store.record(&events_only(vec![event("s", 1, "After")])).await {
+            Ok(ids) => {
+                recorded = Some(ids);
+                break;
+            }
+            Err(Error::Unavailable { .. }) => continue,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    let ids = recorded.expect("the store recovers");
+    let log = store
+        .select_notifications(&NotificationQuery::after(0, 10))
+        .await
+        .unwrap();
+    assert_eq!(log.iter().map(|n| n.id).collect::<Vec<_>>(), ids);
+}
