@@ -62,8 +62,16 @@
 //!
 //! The file runs in WAL mode, so readers and the writer do not block each other. A store
 //! holds one write connection behind an async lock (in-process writers take turns without
-//! blocking threads) and up to four read-only connections, opened on first use. Clones
-//! share them.
+//! blocking a thread), up to four read-only connections opened on first use, and one
+//! connection on a checkpoint thread. Clones share them all. A single connection would be
+//! simpler but would make every read wait for every write and for projection
+//! transactions; many write connections would only queue in SQLite's busy handler.
+//!
+//! Short reads (`load`, stream selects, positions) run on the write connection when it is
+//! idle: after a commit by another connection SQLite drops that connection's whole page
+//! cache, so a reader would reread every page of the lookup from the file, while the writer
+//! still has them. When the writer is busy they go to a reader. Notification batches always
+//! go to a reader, so a follower catching up never holds up writers.
 //!
 //! Statements run inline on the calling task. A typical statement here takes a few
 //! microseconds; handing it to a blocking thread and back would cost more than the
@@ -71,6 +79,11 @@
 //! write connection inside a [`SqliteTransaction`], which is an async lock. The one case that
 //! blocks a thread is another *process* (or another `SqliteStore` on the same file) holding
 //! the write lock: SQLite then waits up to [`SqliteConfig::busy_timeout`].
+//!
+//! With `synchronous = NORMAL` the disk syncs happen at checkpoints, which SQLite would run
+//! inside every few hundredth commit. The store's checkpoint thread runs them instead,
+//! shortly after commits, without making writers wait (except for a short final pass now
+//! and then that lets the log start over), which keeps the syncs off the commit path.
 //!
 //! # Durability
 //!
@@ -92,6 +105,7 @@
 //! projection writes its own tables (with [`rusqlite`], re-exported here) and the follower's
 //! position then moves and commits. Dropped uncommitted, it rolls back.
 
+mod checkpoint;
 mod config;
 mod schema;
 mod store;

@@ -16,6 +16,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::config::{SqliteConfig, Synchronous};
 use crate::schema::{self, MigrationReport};
 use crate::transaction::SqliteTransaction;
@@ -45,6 +46,8 @@ struct Inner {
     readers: Box<[Mutex<Option<Connection>>]>,
     next_reader: AtomicUsize,
     wakeups: Arc<Notify>,
+    /// Checkpoints the log in the background (files only).
+    checkpointer: Option<Checkpointer>,
 }
 
 /// The embedded event store: events, snapshots, the notification log and follower
@@ -105,6 +108,9 @@ fn open_connection(
                     }
                 }
                 conn.execute_batch(synchronous.pragma())?;
+                if let Location::File(_) = location {
+                    conn.execute_batch(checkpoint::WRITER_AUTOCHECKPOINT)?;
+                }
             }
             Role::Reader => conn.execute_batch("PRAGMA query_only = ON")?,
         }
@@ -186,17 +192,45 @@ impl SqliteStore {
             schema::require_current(&writer)?;
         }
         schema::check_statements(&writer)?;
+        let writer = Arc::new(Mutex::new(writer));
+        let checkpointer = match location {
+            Location::File(_) => {
+                let conn = open_connection(&location, synchronous, busy_timeout, Role::Writer)?;
+                match Checkpointer::start(conn, Arc::downgrade(&writer)) {
+                    Ok(checkpointer) => Some(checkpointer),
+                    Err(e) => {
+                        // Not fatal: SQLite checkpoints inside commits as it normally does.
+                        tracing::warn!(error = %e, "no sqlite checkpoint thread");
+                        writer
+                            .try_lock()
+                            .map_err(|e| Error::backend("sqlite", e))?
+                            .execute_batch("PRAGMA wal_autocheckpoint = 1000")
+                            .map_err(sql_error)?;
+                        None
+                    }
+                }
+            }
+            Location::Memory(_) => None,
+        };
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 location,
                 synchronous,
                 busy_timeout,
-                writer: Arc::new(Mutex::new(writer)),
+                writer,
                 readers: (0..READERS).map(|_| Mutex::new(None)).collect(),
                 next_reader: AtomicUsize::new(0),
                 wakeups: Arc::new(Notify::new()),
+                checkpointer,
             }),
         })
+    }
+
+    /// After a commit: let the checkpoint thread know the log grew.
+    fn committed(&self) {
+        if let Some(checkpointer) = &self.inner.checkpointer {
+            checkpointer.poke();
+        }
     }
 
     /// Brings the schema to the version this build expects, in one transaction.
@@ -233,6 +267,16 @@ impl SqliteStore {
         }
         let i = self.inner.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
         readers[i].lock().await
+    }
+
+    /// Runs a short read inline: on the write connection if it is idle (its page cache is
+    /// still valid after its own commits, where another connection would have to reread
+    /// the pages), else on a reader.
+    async fn read_short<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        if let Ok(conn) = self.inner.writer.try_lock() {
+            return f(&conn).map_err(sql_error);
+        }
+        self.read(f).await
     }
 
     /// Runs `f` on a reader connection, inline: a statement takes microseconds, less than
@@ -413,7 +457,7 @@ impl EventReader for SqliteStore {
         } else {
             schema::EVENTS_ASC
         };
-        self.read(|conn| select_stream(conn, sql, stream_id, query))
+        self.read_short(|conn| select_stream(conn, sql, stream_id, query))
             .await
     }
 
@@ -427,14 +471,14 @@ impl EventReader for SqliteStore {
         } else {
             schema::SNAPSHOTS_ASC
         };
-        self.read(|conn| select_stream(conn, sql, stream_id, query))
+        self.read_short(|conn| select_stream(conn, sql, stream_id, query))
             .await
     }
 
     /// One statement: the latest snapshot at or below `up_to` and the events after it,
     /// read in one consistent snapshot of the database.
     async fn load(&self, stream_id: &str, up_to: Option<u64>) -> Result<Loaded> {
-        self.read(|conn| {
+        self.read_short(|conn| {
             let mut stmt = conn.prepare_cached(schema::LOAD)?;
             let mut rows = stmt.query(params![stream_id, bound(up_to.unwrap_or(u64::MAX))])?;
             let mut loaded = Loaded::default();
@@ -477,6 +521,7 @@ impl EventWriter for SqliteStore {
             }
             committed?
         };
+        self.committed();
         if !ids.is_empty() {
             self.inner.wakeups.notify_waiters();
         }
@@ -527,7 +572,7 @@ impl NotificationReader for SqliteStore {
     }
 
     async fn max_notification_id(&self) -> Result<u64> {
-        self.read(|conn| {
+        self.read_short(|conn| {
             conn.prepare_cached(schema::MAX_NOTIFICATION_ID)?
                 .query_row([], |row| row.get(0))
         })
@@ -544,7 +589,7 @@ impl NotificationReader for SqliteStore {
 #[async_trait]
 impl TrackingReader for SqliteStore {
     async fn tracking_position(&self, follower: &str) -> Result<Option<u64>> {
-        self.read(|conn| {
+        self.read_short(|conn| {
             let mut stmt = conn.prepare_cached(schema::TRACKING_POSITION)?;
             let mut rows = stmt.query([follower])?;
             rows.next()?.map(|row| row.get(0)).transpose()
@@ -573,7 +618,9 @@ impl ProjectionStore for SqliteStore {
     async fn commit(&self, tx: SqliteTransaction, tracking: &Tracking) -> Result<()> {
         // On any error `tx` drops here and rolls back.
         move_tracking(tx.connection(), tracking)?;
-        tx.commit().map_err(sql_error)
+        tx.commit().map_err(sql_error)?;
+        self.committed();
+        Ok(())
     }
 
     async fn position(&self, follower: &str) -> Result<Option<u64>> {

@@ -579,3 +579,27 @@ async fn the_store_is_usable_as_a_trait_object() {
     assert_eq!(store.load("s", None).await.unwrap().events.len(), 1);
     assert!(store.wakeups().is_some());
 }
+
+#[tokio::test]
+async fn the_log_is_copied_into_the_database_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.db");
+    let store = open(&path);
+    let before = std::fs::metadata(&path).unwrap().len();
+    for v in 1..=50 {
+        store
+            .record(&events(vec![event("s", v, "A")]))
+            .await
+            .unwrap();
+    }
+    // SQLite alone would leave these commits in the log until 10,000 pages.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&path).unwrap().len() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint happened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.max_notification_id().await.unwrap(), 50);
+}
