@@ -19,6 +19,25 @@ use crate::StoreArgs;
 pub enum BenchCommand {
     /// The Worlds workload of the peers' harness.
     Worlds(WorldsArgs),
+    /// PostgreSQL: the bare single-row commit rate, and concurrent writers (1, 4, 16) with
+    /// the snapshot-xmin ordering against the table lock Python eventsourcing takes.
+    #[cfg(feature = "postgres")]
+    PgWriters(PgWritersArgs),
+}
+
+/// Options of `eventfold bench pg-writers`.
+#[cfg(feature = "postgres")]
+#[derive(Debug, clap::Args)]
+pub struct PgWritersArgs {
+    /// Single-row commits for the bare rate.
+    #[arg(long, default_value_t = 2000)]
+    commits: u64,
+    /// Seconds per writer-count and ordering.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Writer counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    writers: Vec<usize>,
 }
 
 /// Options of `eventfold bench worlds`.
@@ -56,6 +75,8 @@ pub struct WorldsArgs {
 pub async fn run(store: &StoreArgs, command: &BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Worlds(args) => worlds(store, args).await,
+        #[cfg(feature = "postgres")]
+        BenchCommand::PgWriters(args) => pg_writers(store, args).await,
     }
 }
 
@@ -100,13 +121,74 @@ async fn fresh_config(store: &StoreArgs, args: &WorldsArgs, phase: &str) -> anyh
     Ok(Config::from_vars(vars)?.zlib().cache_size(args.cache))
 }
 
-/// Drops whatever a previous run left, so every run starts empty.
+/// Empties what a previous run left, so every run starts from empty tables.
 async fn reset(handle: &StoreHandle) -> anyhow::Result<()> {
-    match handle {
-        #[cfg(feature = "postgres")]
-        StoreHandle::Postgres(pg) => pg.truncate_all().await?,
-        _ => {}
+    #[cfg(feature = "postgres")]
+    if let StoreHandle::Postgres(pg) = handle {
+        let tables = ["events", "snapshots", "tracking"].map(|t| pg.table_name(t));
+        sqlx::query(&format!("TRUNCATE {}", tables.join(", ")))
+            .execute(pg.pool())
+            .await?;
     }
+    let _ = handle;
+    Ok(())
+}
+
+#[cfg(feature = "postgres")]
+async fn pg_writers(store: &StoreArgs, args: &PgWritersArgs) -> anyhow::Result<()> {
+    use eventfold::postgres::bench::{self, BenchLength};
+    use eventfold::postgres::Ordering;
+
+    let eventfold::StoreConfig::Postgres(config) = Config::from_vars({
+        let mut vars = store.vars();
+        vars.insert("EVENTFOLD_STORE".into(), "postgres".into());
+        vars
+    })?
+    .store_config()
+    .clone() else {
+        anyhow::bail!("this build has no PostgreSQL store");
+    };
+    let bare = bench::bare_insert_commit_rate(&config.url, args.commits).await?;
+    println!(
+        "[bare commits   ] {:.0} commits/s p50={:.3}ms p99={:.3}ms ({} single-row INSERT commits)",
+        bare.per_second, bare.p50_ms, bare.p99_ms, bare.commits
+    );
+    let mut writers = serde_json::Map::new();
+    for &n in &args.writers {
+        for ordering in [Ordering::SnapshotXmin, Ordering::TableLock] {
+            let r = bench::concurrent_writers(
+                &config,
+                n,
+                ordering,
+                BenchLength::Duration(std::time::Duration::from_secs(args.seconds)),
+            )
+            .await?;
+            println!(
+                "[{n:>2} writers {ordering:<12}] {:.0} recordings/s {:.0} events/s p50={:.3}ms p99={:.3}ms",
+                r.recordings_per_second, r.events_per_second, r.p50_ms, r.p99_ms
+            );
+            writers.insert(
+                format!("{ordering}/{n}"),
+                json!({
+                    "writers": n, "ordering": ordering.to_string(),
+                    "recordings_per_s": sig4(r.recordings_per_second),
+                    "events_per_s": sig4(r.events_per_second),
+                    "p50_ms": sig4(r.p50_ms), "p99_ms": sig4(r.p99_ms),
+                }),
+            );
+        }
+    }
+    println!(
+        "{}",
+        json!({
+            "bench": "eventfold_pg_writers",
+            "results": {
+                "bare_commits_per_s": sig4(bare.per_second),
+                "bare_p50_ms": sig4(bare.p50_ms),
+                "writers": writers,
+            },
+        })
+    );
     Ok(())
 }
 
