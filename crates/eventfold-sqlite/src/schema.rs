@@ -47,10 +47,12 @@ pub(crate) const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
 pub(crate) const COMMIT: &str = "COMMIT";
 pub(crate) const ROLLBACK: &str = "ROLLBACK";
 
+/// Inserts one event if it continues its stream (version 1, or the previous version
+/// exists): 0 rows changed means a gap, a unique violation means the version is taken.
 pub(crate) const INSERT_EVENT: &str =
     "INSERT INTO events (stream_id, version, topic, timestamp, state) \
-     VALUES (?1, ?2, ?3, ?4, ?5)";
-pub(crate) const EVENT_EXISTS: &str = "SELECT 1 FROM events WHERE stream_id = ?1 AND version = ?2";
+     SELECT ?1, ?2, ?3, ?4, ?5 \
+     WHERE ?2 = 1 OR EXISTS (SELECT 1 FROM events WHERE stream_id = ?1 AND version = ?2 - 1)";
 pub(crate) const INSERT_SNAPSHOT: &str =
     "INSERT INTO snapshots (stream_id, version, topic, timestamp, state) \
      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (stream_id, version) DO NOTHING";
@@ -91,7 +93,6 @@ pub(crate) const MAX_NOTIFICATION_ID: &str = "SELECT COALESCE(MAX(id), 0) FROM e
 /// Every statement the store runs, to check the schema and warm a connection's cache.
 const STATEMENTS: &[&str] = &[
     INSERT_EVENT,
-    EVENT_EXISTS,
     INSERT_SNAPSHOT,
     MOVE_TRACKING,
     TRACKING_POSITION,

@@ -394,26 +394,9 @@ fn write_recording(conn: &Connection, recording: &Recording) -> Result<Vec<u64>>
         let mut insert = conn
             .prepare_cached(schema::INSERT_EVENT)
             .map_err(sql_error)?;
-        for (i, event) in recording.events.iter().enumerate() {
-            // Versions must continue the stream without a gap: from the previous event of
-            // the same stream in this recording, or else from what is stored. The unique
-            // key below catches the other half (a version that already exists).
-            let previous = recording.events[..i]
-                .iter()
-                .rev()
-                .find(|e| e.stream_id == event.stream_id);
-            let continues = match (previous, event.version) {
-                (Some(previous), version) => previous.version.checked_add(1) == Some(version),
-                (None, 0) => false,
-                (None, 1) => true,
-                (None, version) => conn
-                    .prepare_cached(schema::EVENT_EXISTS)
-                    .and_then(|mut stmt| stmt.exists(params![event.stream_id, version - 1]))
-                    .map_err(sql_error)?,
-            };
-            if !continues {
-                return Err(conflict(recording));
-            }
+        for event in &recording.events {
+            // One statement checks both halves of "continues the stream": no gap (the
+            // insert selects no row) and no taken version (the unique key).
             match insert.execute(params![
                 event.stream_id,
                 event.version,
@@ -421,7 +404,8 @@ fn write_recording(conn: &Connection, recording: &Recording) -> Result<Vec<u64>>
                 event.timestamp.as_micros(),
                 event.state,
             ]) {
-                Ok(_) => ids.push(conn.last_insert_rowid() as u64),
+                Ok(1) => ids.push(conn.last_insert_rowid() as u64),
+                Ok(_) => return Err(conflict(recording)),
                 Err(e) if is_unique_violation(&e) => return Err(conflict(recording)),
                 Err(e) => return Err(sql_error(e)),
             }
