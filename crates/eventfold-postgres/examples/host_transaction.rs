@@ -85,14 +85,21 @@ async fn run(store: &PostgresStore) -> anyhow::Result<()> {
         .await?;
     let ids = save_in(&app, store, &mut tx, &mut [&mut order]).await?;
     tx.commit().await?;
-    println!("committed order {} with notification ids {ids:?}", order.id());
+    println!(
+        "committed order {} with notification ids {ids:?}",
+        order.id()
+    );
 
     let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {orders}"))
         .fetch_one(store.pool())
         .await?;
     let loaded = app.repository().get::<Order>(order.id()).await?;
     ensure!(rows == 1 && loaded.lines == ["teapot"] && loaded.version() == 2);
-    println!("  orders table: {rows} row; aggregate at version {} with lines {:?}", loaded.version(), loaded.lines);
+    println!(
+        "  orders table: {rows} row; aggregate at version {} with lines {:?}",
+        loaded.version(),
+        loaded.lines
+    );
 
     // 2. Roll back: neither the row nor the events exist afterwards.
     let mut second = Root::<Order>::new(OrderEvent::Placed {
@@ -118,7 +125,10 @@ async fn run(store: &PostgresStore) -> anyhow::Result<()> {
     ))
     .fetch_one(store.pool())
     .await?;
-    ensure!(rows == 1 && streams == 1, "the rollback left something behind");
+    ensure!(
+        rows == 1 && streams == 1,
+        "the rollback left something behind"
+    );
     println!("rolled back a second order: still {rows} order row and {streams} event stream");
     let events = store
         .select_events(&order.id().to_string(), StreamQuery::all())

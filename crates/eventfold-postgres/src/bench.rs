@@ -138,6 +138,28 @@ pub async fn concurrent_writers(
     ordering: Ordering,
     length: BenchLength,
 ) -> Result<WriterThroughput> {
+    writers_bench(config, writers, ordering, length, false).await
+}
+
+/// Like [`concurrent_writers`], but each recording sends its wake-up NOTIFY inside its
+/// own transaction (as [`PostgresStore::record_in`] does), to measure what that costs.
+#[doc(hidden)]
+pub async fn concurrent_writers_notify_in_transaction(
+    config: &PostgresConfig,
+    writers: usize,
+    ordering: Ordering,
+    length: BenchLength,
+) -> Result<WriterThroughput> {
+    writers_bench(config, writers, ordering, length, true).await
+}
+
+async fn writers_bench(
+    config: &PostgresConfig,
+    writers: usize,
+    ordering: Ordering,
+    length: BenchLength,
+    notify_in_transaction: bool,
+) -> Result<WriterThroughput> {
     let writers = writers.max(1);
     let mut scratch = config.clone();
     scratch.schema = scratch_schema();
@@ -146,6 +168,7 @@ pub async fn concurrent_writers(
     scratch.ordering = ordering;
     scratch.max_connections = u32::try_from(writers + 2).unwrap_or(u32::MAX);
     let store = PostgresStore::connect(&scratch).await?;
+    store.set_notify_in_transaction(notify_in_transaction);
     let result = run_writers(&store, writers, length).await;
     let drop_schema = format!("DROP SCHEMA \"{}\" CASCADE", scratch.schema);
     let dropped = store.pool().execute(drop_schema.as_str()).await;

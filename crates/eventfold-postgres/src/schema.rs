@@ -178,9 +178,8 @@ impl Sql {
         } = self;
         let p = tracking_constraint.trim_end_matches("tracking_pkey");
         // The writer lock of a transaction: (writer_class, low 32 bits of its xid as int4).
-        let writer_key = |xid: &str| {
-            format!("({xid}::text::bigint % 4294967296 - 2147483648)::integer")
-        };
+        let writer_key =
+            |xid: &str| format!("({xid}::text::bigint % 4294967296 - 2147483648)::integer");
         let own_writer_key = writer_key("v_xid");
         let candidate_key = writer_key("v_candidate");
         format!(
@@ -488,7 +487,7 @@ pub(crate) async fn migrate(
     (&mut *tx)
         .execute(create.as_str())
         .await
-    .map_err(|e| sqlx_error(e, target))?;
+        .map_err(|e| sqlx_error(e, target))?;
     let from_version = current_version(&mut tx, sql, target).await?;
     if from_version > SCHEMA_VERSION {
         return Err(newer_schema(from_version));
@@ -498,7 +497,10 @@ pub(crate) async fn migrate(
         if version <= from_version {
             continue;
         }
-        (&mut *tx).execute(text.as_str()).await.map_err(|e| sqlx_error(e, target))?;
+        (&mut *tx)
+            .execute(text.as_str())
+            .await
+            .map_err(|e| sqlx_error(e, target))?;
         sqlx::query(&format!(
             "INSERT INTO {} (version, description) VALUES ($1, $2)",
             sql.schema_version

@@ -85,9 +85,13 @@ async fn start_listening(pool: &PgPool, channel: &str) -> Result<PgListener, sql
     Ok(listener)
 }
 
+/// The least time between two NOTIFYs of one store: commits in between share the next
+/// one. Followers in this process are woken directly; this only delays other processes'.
+pub(crate) const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Sends one NOTIFY per burst of commits: each commit calls `signal.notify_one()`, which
-/// leaves at most one permit, so commits that land while a NOTIFY is in flight are covered
-/// by the next one.
+/// leaves at most one permit, so commits that land while a NOTIFY is in flight (or during
+/// the [`NOTIFY_INTERVAL`] after it) are covered by the next one.
 pub(crate) async fn send_notifications(
     pool: PgPool,
     statement: String,
@@ -96,9 +100,11 @@ pub(crate) async fn send_notifications(
 ) {
     loop {
         signal.notified().await;
+        let next_allowed = tokio::time::Instant::now() + NOTIFY_INTERVAL;
         if let Err(error) = sqlx::query(&statement).bind(&channel).execute(&pool).await {
             // Followers poll as well; a lost wake-up only delays them.
             tracing::debug!(%channel, %error, "NOTIFY failed");
         }
+        tokio::time::sleep_until(next_allowed).await;
     }
 }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use eventfold_core::{Error, EventReader, EventWriter, NotificationQuery, NotificationReader, StreamQuery};
+use eventfold_core::{
+    Error, EventReader, EventWriter, NotificationQuery, NotificationReader, StreamQuery,
+};
 use eventfold_postgres::{PostgresConfig, PostgresStore, SCHEMA_VERSION};
 
 use crate::support::{config, event, events_only, fresh, unique_schema, SchemaGuard};
@@ -82,7 +84,10 @@ async fn schema_versions_and_migrate() {
     )
     .await;
     let applied: usize = runs.iter().map(|r| r.as_ref().unwrap().applied.len()).sum();
-    assert_eq!(applied, 1, "exactly one of two concurrent migrations applies v1");
+    assert_eq!(
+        applied, 1,
+        "exactly one of two concurrent migrations applies v1"
+    );
 
     // A database migrated by a newer build.
     sqlx::query(&format!(
@@ -125,7 +130,9 @@ async fn prefixes_isolate_applications() {
     let a = PostgresStore::connect(&a).await.unwrap();
     let b = PostgresStore::connect(&b).await.unwrap();
     assert_ne!(a.channel(), b.channel());
-    a.record(&events_only(vec![event("x", 1, "A")])).await.unwrap();
+    a.record(&events_only(vec![event("x", 1, "A")]))
+        .await
+        .unwrap();
     b.record(&events_only(vec![event("x", 1, "B"), event("x", 2, "B")]))
         .await
         .unwrap();
@@ -155,7 +162,10 @@ async fn killed_mid_command_is_typed_and_writes_nothing() {
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .record(&events_only(vec![event("s", 1, "Blocked"), event("t", 1, "Blocked")]))
+                .record(&events_only(vec![
+                    event("s", 1, "Blocked"),
+                    event("t", 1, "Blocked"),
+                ]))
                 .await
         })
     };
@@ -181,8 +191,16 @@ async fn killed_mid_command_is_typed_and_writes_nothing() {
         "a killed session is Unavailable, got {err:?}"
     );
     holder.rollback().await.unwrap();
-    assert!(store.select_events("t", StreamQuery::all()).await.unwrap().is_empty());
-    assert!(store.select_events("s", StreamQuery::all()).await.unwrap().is_empty());
+    assert!(store
+        .select_events("t", StreamQuery::all())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .select_events("s", StreamQuery::all())
+        .await
+        .unwrap()
+        .is_empty());
 
     // A host transaction whose connection dies before COMMIT leaves nothing either.
     let mut host = store.pool().begin().await.unwrap();
@@ -200,13 +218,20 @@ async fn killed_mid_command_is_typed_and_writes_nothing() {
         .await
         .unwrap();
     assert!(host.commit().await.is_err());
-    assert!(store.select_events("u", StreamQuery::all()).await.unwrap().is_empty());
+    assert!(store
+        .select_events("u", StreamQuery::all())
+        .await
+        .unwrap()
+        .is_empty());
 
     // The pool replaces dead connections: the store keeps working (a command may meet
     // one dead connection first, and says so with a typed error).
     let mut recorded = None;
     for _ in 0..5 {
-        match store.record(&events_only(vec![event("s", 1, "After")])).await {
+        match store
+            .record(&events_only(vec![event("s", 1, "After")]))
+            .await
+        {
             Ok(ids) => {
                 recorded = Some(ids);
                 break;

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use eventfold_core::{
-    BoxError, EventWriter, Follower, Notification, NotificationReader, Projection,
-    TrackingReader,
+    BoxError, EventWriter, Follower, Notification, NotificationReader, Projection, TrackingReader,
 };
 use eventfold_postgres::{PostgresStore, PostgresTransaction, LISTENER_APPLICATION_NAME};
 
@@ -162,7 +161,10 @@ async fn follower_survives_a_killed_listen_connection() {
                 .unwrap(),
         );
     }
-    wait_for("the last 2 events", Duration::from_secs(20), || count() == 12).await;
+    wait_for("the last 2 events", Duration::from_secs(20), || {
+        count() == 12
+    })
+    .await;
 
     let _ = stop.send(());
     running.await.unwrap().unwrap();

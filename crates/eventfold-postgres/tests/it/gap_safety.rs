@@ -34,10 +34,7 @@ const STREAMS: u64 = 12;
 /// first (so its transaction id is older than its notification ids) and lingers before
 /// committing. Retries on conflict. Returns the number of events written.
 async fn save_once(store: &PostgresStore, rng: &mut Lcg, writer: usize) -> u64 {
-    let app_rows = format!(
-        "\"{}\".app_rows",
-        store.config().schema
-    );
+    let app_rows = format!("\"{}\".app_rows", store.config().schema);
     loop {
         let stream = format!("stream-{}", rng.next(STREAMS));
         let count = 1 + rng.next(3);
@@ -226,7 +223,10 @@ async fn concurrent_writers_one_follower(ordering: Ordering, writers: usize, sav
     );
     assert_eq!(seen_ids, truth_ids);
     for (n, (id, stream, version)) in seen.iter().zip(&truth) {
-        assert_eq!((n.id, &n.event.stream_id, n.event.version), (*id, stream, *version));
+        assert_eq!(
+            (n.id, &n.event.stream_id, n.event.version),
+            (*id, stream, *version)
+        );
     }
 
     // Per stream, versions arrive 1, 2, 3, ... with nothing missing.
@@ -275,10 +275,12 @@ async fn four_writers_one_follower_table_lock() {
 async fn an_older_transaction_cannot_hide_a_lower_id() {
     let (store, _guard) = fresh("early").await;
     let schema = store.config().schema.clone();
-    sqlx::query(&format!("CREATE TABLE \"{schema}\".orders (id int PRIMARY KEY)"))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE \"{schema}\".orders (id int PRIMARY KEY)"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
 
     // H takes its transaction id first, by writing an application row.
     let mut host = store.pool().begin().await.unwrap();

@@ -32,10 +32,12 @@ impl Aggregate for Account {
 async fn commit_writes_both_rollback_neither() {
     let (store, _guard) = fresh("host").await;
     let ledger = format!("\"{}\".ledger", store.config().schema);
-    sqlx::query(&format!("CREATE TABLE {ledger} (account uuid PRIMARY KEY, note text)"))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE {ledger} (account uuid PRIMARY KEY, note text)"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
     let app = Application::builder(store.clone())
         .snapshot_every::<Account>(2)
         .cache(10)
@@ -71,11 +73,13 @@ async fn commit_writes_both_rollback_neither() {
     // (through the cache, too) is a conflict rather than a gap in the stream.
     account.trigger(AccountEvent::Deposited { amount: 7 });
     let mut tx = store.pool().begin().await.unwrap();
-    sqlx::query(&format!("UPDATE {ledger} SET note = 'deposit' WHERE account = $1"))
-        .bind(account.id())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query(&format!(
+        "UPDATE {ledger} SET note = 'deposit' WHERE account = $1"
+    ))
+    .bind(account.id())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
     save_in(&app, &store, &mut tx, &mut [&mut account])
         .await
         .unwrap();
@@ -95,12 +99,20 @@ async fn commit_writes_both_rollback_neither() {
         2
     );
     let mut stale = app.repository().get::<Account>(account.id()).await.unwrap();
-    assert_eq!(stale.version(), 3, "the cache holds the rolled-back version");
+    assert_eq!(
+        stale.version(),
+        3,
+        "the cache holds the rolled-back version"
+    );
     stale.trigger(AccountEvent::Deposited { amount: 1 });
     let err = app.save(&mut stale).await.unwrap_err();
     assert!(err.is_conflict(), "{err:?}");
     let mut fresh = app.repository().get::<Account>(account.id()).await.unwrap();
-    assert_eq!((fresh.balance, fresh.version()), (5, 2), "reloaded from the store");
+    assert_eq!(
+        (fresh.balance, fresh.version()),
+        (5, 2),
+        "reloaded from the store"
+    );
     fresh.trigger(AccountEvent::Deposited { amount: 1 });
     app.save(&mut fresh).await.unwrap();
     assert_eq!(

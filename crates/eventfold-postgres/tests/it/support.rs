@@ -17,12 +17,53 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-/// A schema name no other test uses.
+/// A schema name no other test uses: `eventfold_test_<tag>_<unix seconds, hex>_<random>`.
 pub fn unique_schema(tag: &str) -> String {
     format!(
-        "eventfold_test_{tag}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
+        "eventfold_test_{tag}_{:x}_{}",
+        unix_seconds(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Drops test schemas more than an hour old: left behind by a test process that was
+/// killed before its guards ran. Runs once per test process.
+async fn sweep_stale_schemas() {
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| async {
+            let Ok(mut conn) = PgConnection::connect(&database_url()).await else {
+                return;
+            };
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'eventfold\\_test\\_%'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+            let now = unix_seconds();
+            for name in names {
+                let mut parts = name.rsplitn(3, '_');
+                let (Some(_random), Some(secs)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let Ok(secs) = u64::from_str_radix(secs, 16) else {
+                    continue;
+                };
+                if now.saturating_sub(secs) > 3600 {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            }
+        })
+        .await;
 }
 
 pub fn config(schema: &str) -> PostgresConfig {
@@ -74,6 +115,7 @@ impl Drop for SchemaGuard {
 
 /// A fresh store in its own schema, and the guard that drops the schema.
 pub async fn fresh(tag: &str) -> (PostgresStore, SchemaGuard) {
+    sweep_stale_schemas().await;
     let schema = unique_schema(tag);
     let guard = SchemaGuard::new(&schema);
     let store = PostgresStore::connect(&config(&schema))
