@@ -149,10 +149,13 @@ async fn pg_writers(store: &StoreArgs, args: &PgWritersArgs) -> anyhow::Result<(
         anyhow::bail!("this build has no PostgreSQL store");
     };
     let bare = bench::bare_insert_commit_rate(&config.url, args.commits).await?;
-    println!(
+    outln!(
         "[bare commits   ] {:.0} commits/s p50={:.3}ms p99={:.3}ms ({} single-row INSERT commits)",
-        bare.per_second, bare.p50_ms, bare.p99_ms, bare.commits
-    );
+        bare.per_second,
+        bare.p50_ms,
+        bare.p99_ms,
+        bare.commits
+    )?;
     let mut writers = serde_json::Map::new();
     for &n in &args.writers {
         for ordering in [Ordering::SnapshotXmin, Ordering::TableLock] {
@@ -163,10 +166,10 @@ async fn pg_writers(store: &StoreArgs, args: &PgWritersArgs) -> anyhow::Result<(
                 BenchLength::Duration(std::time::Duration::from_secs(args.seconds)),
             )
             .await?;
-            println!(
+            outln!(
                 "[{n:>2} writers {ordering:<12}] {:.0} recordings/s {:.0} events/s p50={:.3}ms p99={:.3}ms",
                 r.recordings_per_second, r.events_per_second, r.p50_ms, r.p99_ms
-            );
+            )?;
             writers.insert(
                 format!("{ordering}/{n}"),
                 json!({
@@ -178,7 +181,7 @@ async fn pg_writers(store: &StoreArgs, args: &PgWritersArgs) -> anyhow::Result<(
             );
         }
     }
-    println!(
+    outln!(
         "{}",
         json!({
             "bench": "eventfold_pg_writers",
@@ -188,7 +191,7 @@ async fn pg_writers(store: &StoreArgs, args: &PgWritersArgs) -> anyhow::Result<(
                 "writers": writers,
             },
         })
-    );
+    )?;
     Ok(())
 }
 
@@ -286,8 +289,8 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
             r["raw_single_p50_ms"]
         );
     }
-    println!("{line}");
-    println!("store: {}", config.store_config());
+    outln!("{line}")?;
+    outln!("store: {}", config.store_config())?;
     let out = json!({
         "bench": "eventfold_bench",
         "workload": "worlds",
@@ -299,7 +302,7 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
         "versions": {"eventfold": env!("CARGO_PKG_VERSION")},
         "results": {backend: result},
     });
-    println!("{out}");
+    outln!("{out}")?;
     Ok(())
 }
 

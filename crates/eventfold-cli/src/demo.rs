@@ -17,45 +17,45 @@ pub struct DemoArgs {
 pub async fn run(store: &StoreArgs, args: &DemoArgs) -> anyhow::Result<()> {
     let config = store.config()?.zlib().snapshot_every::<World>(5);
     let handle = config.open_store().await?;
-    println!("store: {}", config.store_config());
-    println!("mapper: JSON + zlib; snapshot World every 5 versions\n");
+    outln!("store: {}", config.store_config())?;
+    outln!("mapper: JSON + zlib; snapshot World every 5 versions\n")?;
     let worlds = Worlds::new(config.application_on(&handle)?);
 
     let id = worlds.create_world().await?;
-    println!("create_world() -> {id}");
+    outln!("create_world() -> {id}")?;
     for what in ["dinosaurs", "trucks", "internet", "covid"] {
         worlds.make_it_so(id, what).await?;
-        println!("make_it_so({what:?})");
+        outln!("make_it_so({what:?})")?;
     }
     let history = worlds.get_world_history(id).await?;
-    println!("get_world_history() -> {history:?}\n");
+    outln!("get_world_history() -> {history:?}\n")?;
 
     let store = worlds.app().store();
     let stream_id = id.to_string();
     let events = store.select_events(&stream_id, StreamQuery::all()).await?;
-    println!("events of world {id}: {}", events.len());
+    outln!("events of world {id}: {}", events.len())?;
     for stored in &events {
         let event = worlds.app().repository().decode_event::<World>(stored)?;
-        println!(
+        outln!(
             "  v{}  {:<24} {}  {} bytes stored  {:?}",
             stored.version,
             stored.topic,
             stored.timestamp,
             stored.state.len(),
             event
-        );
+        )?;
     }
     let snapshots = store
         .select_snapshots(&stream_id, StreamQuery::all())
         .await?;
-    println!("snapshots of world {id}: {}", snapshots.len());
+    outln!("snapshots of world {id}: {}", snapshots.len())?;
     for snapshot in &snapshots {
-        println!(
+        outln!(
             "  v{}  {}  {} bytes stored",
             snapshot.version,
             snapshot.timestamp,
             snapshot.state.len()
-        );
+        )?;
     }
 
     let max = store.max_notification_id().await?;
@@ -65,12 +65,12 @@ pub async fn run(store: &StoreArgs, args: &DemoArgs) -> anyhow::Result<()> {
             args.log_tail as usize,
         ))
         .await?;
-    println!(
+    outln!(
         "\nnotification log: {max} in all, the newest {}:",
         tail.len()
-    );
+    )?;
     for n in &tail {
-        println!("{}", format_notification(n));
+        outln!("{}", format_notification(n))?;
     }
     if let eventfold::StoreHandle::Sqlite(sqlite) = &handle {
         let mut follower = eventfold::Follower::builder(
@@ -80,12 +80,12 @@ pub async fn run(store: &StoreArgs, args: &DemoArgs) -> anyhow::Result<()> {
         )
         .build();
         let counted = follower.catch_up().await?;
-        println!(
+        outln!(
             "\nprojection {}: processed {counted} new notifications; world {id} has {} events \
              (table world_event_counts, position committed with the rows)",
             worlds_example::EventsPerWorld::NAME,
             worlds_example::EventsPerWorld::count(sqlite, id).await?
-        );
+        )?;
     }
     anyhow::ensure!(
         history == ["dinosaurs", "trucks", "internet", "covid"] && snapshots.len() == 1,

@@ -77,7 +77,7 @@ pub async fn run(store: &StoreArgs, args: &LogArgs) -> anyhow::Result<()> {
             after = last.id;
             left -= page.len();
             for n in &page {
-                println!("{}", format_notification(n));
+                outln!("{}", format_notification(n))?;
             }
         }
         if !args.follow {

@@ -3,6 +3,15 @@
 //! Every command reads the store configuration from the `EVENTFOLD_*` environment
 //! variables (see `eventfold::Config`); the global flags below override them.
 
+/// `println!` that returns the write error instead of panicking, so a closed pipe
+/// (`eventfold log | head`) ends the command quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod bench;
 mod demo;
 mod log;
@@ -92,6 +101,13 @@ async fn main() -> std::process::ExitCode {
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            std::process::ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
@@ -101,6 +117,6 @@ async fn main() -> std::process::ExitCode {
 
 async fn migrate(store: &StoreArgs) -> anyhow::Result<()> {
     let handle = store.config()?.open_store().await?;
-    println!("{}", handle.migrate().await?);
+    outln!("{}", handle.migrate().await?)?;
     Ok(())
 }

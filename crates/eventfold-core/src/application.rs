@@ -58,6 +58,7 @@ impl<M: Mapper> Repository<M> {
     /// The aggregate as of its latest event.
     ///
     /// Fails with [`Error::AggregateNotFound`] if it has no events.
+    #[tracing::instrument(level = "debug", name = "eventfold.get", skip_all, fields(aggregate = A::TYPE, %id))]
     pub async fn get<A: Aggregate>(&self, id: &A::Id) -> Result<Root<A>> {
         let stream_id = id.to_string();
         if let Some(cache) = &self.cache {
@@ -295,8 +296,12 @@ impl<M: Mapper> Application<M> {
     ///
     /// On [`Error::Conflict`] nothing is written and the aggregates keep their pending
     /// events; reload them and run the command again (see [`retry_on_conflict`]).
+    #[tracing::instrument(level = "debug", name = "eventfold.save", skip_all, fields(aggregates = roots.len(), events, snapshots))]
     pub async fn save_all(&self, roots: &mut [&mut dyn Saveable<M>]) -> Result<Vec<u64>> {
         let recording = self.prepare(roots)?;
+        let span = tracing::Span::current();
+        span.record("events", recording.events.len());
+        span.record("snapshots", recording.snapshots.len());
         if recording.events.is_empty() {
             return Ok(Vec::new());
         }
@@ -306,6 +311,7 @@ impl<M: Mapper> Application<M> {
                 Ok(ids)
             }
             Err(err) => {
+                tracing::debug!(error = %err, "save failed");
                 if let Some(cache) = &self.repository.cache {
                     for root in roots.iter() {
                         cache.evict(&(root.aggregate_type(), root.expected().0));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tracing::Instrument;
 
 use crate::error::{BoxError, Error, Result};
 use crate::store::{
@@ -114,29 +115,43 @@ impl<S: ProjectionStore, P: Projection<S>> Follower<S, P> {
             let Some(last) = batch.last().map(|n| n.id) else {
                 return Ok(processed);
             };
-            let mut tx = self.store.begin().await?;
-            for notification in &batch {
-                self.projection
-                    .process(&mut tx, notification)
-                    .await
-                    .map_err(|source| Error::Projection {
-                        follower: name.clone(),
-                        notification_id: notification.id,
-                        source,
-                    })?;
-            }
-            self.store
-                .commit(
-                    tx,
-                    &Tracking {
-                        follower: name.clone(),
-                        position: last,
-                    },
-                )
+            let span = tracing::debug_span!(
+                "eventfold.follower.batch",
+                follower = %name,
+                from = position,
+                to = last,
+                notifications = batch.len()
+            );
+            self.apply_batch(&name, &batch, last)
+                .instrument(span)
                 .await?;
             processed += batch.len() as u64;
             position = last;
         }
+    }
+
+    /// Processes one batch in one transaction and commits the new position with it.
+    async fn apply_batch(&mut self, name: &str, batch: &[Notification], last: u64) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        for notification in batch {
+            self.projection
+                .process(&mut tx, notification)
+                .await
+                .map_err(|source| Error::Projection {
+                    follower: name.to_owned(),
+                    notification_id: notification.id,
+                    source,
+                })?;
+        }
+        self.store
+            .commit(
+                tx,
+                &Tracking {
+                    follower: name.to_owned(),
+                    position: last,
+                },
+            )
+            .await
     }
 
     /// Catches up, then keeps following until `shutdown` resolves. Wakes on the log's
