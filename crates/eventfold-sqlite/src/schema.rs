@@ -11,8 +11,14 @@ use crate::sql_error;
 /// The version lives in `PRAGMA user_version`. Never edit a released step; append one.
 const MIGRATIONS: &[&str] = &[
     // 1: events (also the notification log), snapshots, follower positions.
+    //
+    // `id` is a plain rowid alias, not AUTOINCREMENT: a new row gets the largest id + 1,
+    // so ids are never reused as long as the newest event is never deleted, which the
+    // trigger enforces. AUTOINCREMENT would give the same guarantee by updating
+    // `sqlite_sequence` in every commit: one more page per commit, ~15% more CPU per
+    // command in the Worlds benchmark.
     "CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        id INTEGER PRIMARY KEY,
         stream_id TEXT NOT NULL,
         version INTEGER NOT NULL,
         topic TEXT NOT NULL,
@@ -21,6 +27,11 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (stream_id, version)
     );
     CREATE INDEX events_topic_id ON events (topic, id);
+    CREATE TRIGGER events_keep_newest BEFORE DELETE ON events
+    WHEN old.id = (SELECT MAX(id) FROM events)
+    BEGIN
+        SELECT RAISE(ABORT, 'the newest event cannot be deleted: its id would be reused');
+    END;
     CREATE TABLE snapshots (
         stream_id TEXT NOT NULL,
         version INTEGER NOT NULL,

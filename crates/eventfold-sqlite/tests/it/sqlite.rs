@@ -603,3 +603,26 @@ async fn the_log_is_copied_into_the_database_in_the_background() {
     }
     assert_eq!(store.max_notification_id().await.unwrap(), 50);
 }
+
+#[tokio::test]
+async fn notification_ids_are_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ids.db");
+    let store = open(&path);
+    store
+        .record(&events(vec![event("a", 1, "A"), event("b", 1, "B")]))
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let newest = conn.execute("DELETE FROM events WHERE id = 2", []);
+    assert!(newest.is_err(), "the newest event must stay");
+    conn.execute("DELETE FROM events WHERE id = 1", []).unwrap();
+    drop(conn);
+    assert_eq!(
+        store
+            .record(&events(vec![event("c", 1, "C")]))
+            .await
+            .unwrap(),
+        vec![3]
+    );
+}
