@@ -3,8 +3,8 @@
 //! With `synchronous = NORMAL`, a commit only appends to the write-ahead log; the disk
 //! syncs happen when the log is copied back into the database (a checkpoint). SQLite runs
 //! that checkpoint inside the commit that crosses its threshold, so every few hundred
-//! commits one of them waits for two `fsync`s and the write-back of megabytes, which on
-//! average costs more than the commits themselves.
+//! commits one of them waits for two `fsync`s and the write-back of megabytes: spread
+//! over the commits, about a third of their cost on the benchmark VM.
 //!
 //! Here a thread of the store does it instead, shortly after commits, on a connection of
 //! its own: a passive checkpoint that writers do not wait for. Under steady load commits

@@ -91,8 +91,11 @@
 //!
 //! The default is WAL with `synchronous = NORMAL` ([`Synchronous`]): a commit survives a
 //! crash of the process, and a power loss may lose the last commits but never corrupts the
-//! database or keeps half a recording. [`Synchronous::Full`] makes every commit survive a
-//! power loss at the cost of one `fsync` each.
+//! database or keeps half a recording. The store's checkpoint thread syncs the log about
+//! 10 ms after commits (plus the rest of a pass in progress), so the commits at risk are
+//! those of the last tens of milliseconds rather than of the last thousand pages.
+//! [`Synchronous::Full`] makes every commit survive a power loss at the cost of one
+//! `fsync` each.
 //!
 //! # Wake-ups
 //!
