@@ -103,6 +103,14 @@ impl Drop for Inner {
         if let Some((task, _)) = lock(&self.notifier).take() {
             task.abort();
         }
+        let hot = std::mem::take(&mut *lock(&self.hot));
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Returning a connection to sqlx's pool spawns a task, which needs a runtime:
+            // outside one, take them out of the pool and just close their sockets.
+            for conn in hot {
+                drop(conn.detach());
+            }
+        }
     }
 }
 

@@ -247,3 +247,26 @@ async fn killed_mid_command_is_typed_and_writes_nothing() {
         .unwrap();
     assert_eq!(log.iter().map(|n| n.id).collect::<Vec<_>>(), ids);
 }
+
+/// The last clone of a store may be dropped outside any Tokio runtime.
+#[test]
+fn dropping_outside_a_runtime_is_fine() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (store, guard) = runtime.block_on(async {
+        let (store, guard) = fresh("dropout").await;
+        store
+            .record(&events_only(vec![event("s", 1, "A")]))
+            .await
+            .unwrap();
+        store.select_events("s", StreamQuery::all()).await.unwrap();
+        let _ = store.wakeups();
+        (store, guard)
+    });
+    drop(runtime);
+    drop(store);
+    drop(guard);
+}
