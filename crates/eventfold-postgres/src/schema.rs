@@ -11,7 +11,7 @@ use crate::config::PostgresConfig;
 use crate::error::{sqlx_error, Target};
 
 /// The schema version this build writes and expects.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Advisory-lock class (first key of the two-key form) for the id allocation section.
 const LOCK_CLASS_ALLOCATE: i32 = 0x4546_0001; // "EF" 1
@@ -50,6 +50,11 @@ pub(crate) struct Sql {
     pub tracking_position: String,
     pub move_tracking: String,
     pub notify: String,
+}
+
+/// The second key of a transaction's writer lock: the low 32 bits of its xid, as int4.
+fn writer_key(xid: &str) -> String {
+    format!("({xid}::text::bigint % 4294967296 - 2147483648)::integer")
 }
 
 /// 32-bit FNV-1a, as a stable key for advisory locks.
@@ -155,10 +160,18 @@ impl Sql {
 
     /// The migrations, oldest first: `(version, description, SQL)`.
     fn migrations(&self) -> Vec<(i64, &'static str, String)> {
-        vec![(1, "events, snapshots, tracking, record function", self.v1())]
+        vec![
+            (1, "events, snapshots, tracking, record function", self.v1()),
+            (
+                2,
+                "record: allocate a recording's ids with one setval",
+                self.record_function(2),
+            ),
+        ]
     }
 
-    fn v1(&self) -> String {
+    /// The `record(...)` function as migration `version` defines it.
+    fn record_function(&self, version: i64) -> String {
         let Sql {
             events,
             snapshots,
@@ -166,9 +179,6 @@ impl Sql {
             id_seq,
             stamp_seq,
             record_fn,
-            horizon_fn,
-            notifications_fn,
-            max_fn,
             channel,
             lock_key,
             writer_class,
@@ -176,50 +186,46 @@ impl Sql {
             contiguity_constraint,
             ..
         } = self;
-        let p = tracking_constraint.trim_end_matches("tracking_pkey");
-        // The writer lock of a transaction: (writer_class, low 32 bits of its xid as int4).
-        let writer_key =
-            |xid: &str| format!("({xid}::text::bigint % 4294967296 - 2147483648)::integer");
         let own_writer_key = writer_key("v_xid");
-        let candidate_key = writer_key("v_candidate");
+        let (create, allocate) = if version == 1 {
+            (
+                "CREATE",
+                format!(
+                    "            v_stamp := greatest(v_xid, (SELECT last_value FROM {stamp_seq})::text::xid8);
+            PERFORM setval('{stamp_seq}', v_stamp::text::bigint);
+            v_ids := ARRAY(SELECT nextval('{id_seq}') FROM generate_series(1, n));
+            RAISE SQLSTATE 'EF000';
+        EXCEPTION WHEN SQLSTATE 'EF000' THEN
+            NULL;
+        END;
+"
+                ),
+            )
+        } else {
+            // Version 2: the whole id range with one setval (no nextval per event).
+            (
+                "CREATE OR REPLACE",
+                format!(
+                    "            SELECT greatest(v_xid, s.last_value::text::xid8),
+                   i.last_value + CASE WHEN i.is_called THEN 1 ELSE 0 END
+              INTO v_stamp, v_first
+              FROM {stamp_seq} s, {id_seq} i;
+            PERFORM setval('{stamp_seq}', v_stamp::text::bigint),
+                    setval('{id_seq}', v_first + n - 1);
+            RAISE SQLSTATE 'EF000';
+        EXCEPTION WHEN SQLSTATE 'EF000' THEN
+            NULL;
+        END;
+        v_ids := ARRAY(SELECT generate_series(v_first, v_first + n - 1));
+"
+                ),
+            )
+        };
         format!(
             r#"
-CREATE SEQUENCE {id_seq} AS bigint CACHE 1;
-CREATE SEQUENCE {stamp_seq} AS bigint MINVALUE 0 START 0 CACHE 1;
-
-CREATE TABLE {events} (
-    id          bigint      NOT NULL,
-    stamp       xid8        NOT NULL,
-    stream_id   text        NOT NULL,
-    version     bigint      NOT NULL,
-    topic       text        NOT NULL,
-    occurred_at timestamptz NOT NULL,
-    state       bytea       NOT NULL,
-    CONSTRAINT "{p}events_pkey" PRIMARY KEY (id) INCLUDE (stamp),
-    CONSTRAINT "{p}events_stream_version_key" UNIQUE (stream_id, version)
-);
-ALTER SEQUENCE {id_seq} OWNED BY {events}.id;
-COMMENT ON TABLE {events} IS 'eventfold: events of every stream; id orders the notification log. Write only through {record_fn}, read the log only through {notifications_fn}.';
-COMMENT ON COLUMN {events}.stamp IS 'greatest(id of the inserting transaction, stamp of every lower id)';
-
-CREATE TABLE {snapshots} (
-    stream_id   text        NOT NULL,
-    version     bigint      NOT NULL,
-    topic       text        NOT NULL,
-    occurred_at timestamptz NOT NULL,
-    state       bytea       NOT NULL,
-    CONSTRAINT "{p}snapshots_pkey" PRIMARY KEY (stream_id, version)
-);
-
-CREATE TABLE {tracking} (
-    follower text   NOT NULL,
-    position bigint NOT NULL,
-    CONSTRAINT "{tracking_constraint}" PRIMARY KEY (follower) INCLUDE (position)
-);
-
 -- Records a whole recording in the caller's transaction and returns the notification ids.
 -- The crate documentation of eventfold-postgres ("Gap-safe order") explains the locks.
-CREATE FUNCTION {record_fn}(
+{create} FUNCTION {record_fn}(
     p_stream_ids text[], p_versions bigint[], p_topics text[],
     p_occurred_at timestamptz[], p_states bytea[],
     p_snap_stream_ids text[], p_snap_versions bigint[], p_snap_topics text[],
@@ -235,6 +241,7 @@ DECLARE
     v_ids bigint[] := '{{}}';
     v_xid xid8;
     v_stamp xid8;
+    v_first bigint;
 BEGIN
     IF p_table_lock THEN
         LOCK TABLE {events} IN EXCLUSIVE MODE;
@@ -280,14 +287,7 @@ BEGIN
         -- are not transactional). Nothing in it waits for another transaction's commit.
         BEGIN
             PERFORM pg_advisory_xact_lock({LOCK_CLASS_ALLOCATE}, {lock_key});
-            v_stamp := greatest(v_xid, (SELECT last_value FROM {stamp_seq})::text::xid8);
-            PERFORM setval('{stamp_seq}', v_stamp::text::bigint);
-            v_ids := ARRAY(SELECT nextval('{id_seq}') FROM generate_series(1, n));
-            RAISE SQLSTATE 'EF000';
-        EXCEPTION WHEN SQLSTATE 'EF000' THEN
-            NULL;
-        END;
-
+{allocate}
         INSERT INTO {events} (id, stamp, stream_id, version, topic, occurred_at, state)
         SELECT r.id, v_stamp, r.stream_id, r.version, r.topic, r.occurred_at, r.state
         FROM unnest(v_ids, p_stream_ids, p_versions, p_topics, p_occurred_at, p_states)
@@ -308,6 +308,64 @@ BEGIN
     RETURN v_ids;
 END
 $fn$;
+"#
+        )
+    }
+
+    fn v1(&self) -> String {
+        let Sql {
+            events,
+            snapshots,
+            tracking,
+            id_seq,
+            stamp_seq,
+            record_fn,
+            horizon_fn,
+            notifications_fn,
+            max_fn,
+            writer_class,
+            tracking_constraint,
+            ..
+        } = self;
+        let p = tracking_constraint.trim_end_matches("tracking_pkey");
+        let candidate_key = writer_key("v_candidate");
+        let record_function = self.record_function(1);
+        format!(
+            r#"
+CREATE SEQUENCE {id_seq} AS bigint CACHE 1;
+CREATE SEQUENCE {stamp_seq} AS bigint MINVALUE 0 START 0 CACHE 1;
+
+CREATE TABLE {events} (
+    id          bigint      NOT NULL,
+    stamp       xid8        NOT NULL,
+    stream_id   text        NOT NULL,
+    version     bigint      NOT NULL,
+    topic       text        NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    state       bytea       NOT NULL,
+    CONSTRAINT "{p}events_pkey" PRIMARY KEY (id) INCLUDE (stamp),
+    CONSTRAINT "{p}events_stream_version_key" UNIQUE (stream_id, version)
+);
+ALTER SEQUENCE {id_seq} OWNED BY {events}.id;
+COMMENT ON TABLE {events} IS 'eventfold: events of every stream; id orders the notification log. Write only through {record_fn}, read the log only through {notifications_fn}.';
+COMMENT ON COLUMN {events}.stamp IS 'greatest(id of the inserting transaction, stamp of every lower id)';
+
+CREATE TABLE {snapshots} (
+    stream_id   text        NOT NULL,
+    version     bigint      NOT NULL,
+    topic       text        NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    state       bytea       NOT NULL,
+    CONSTRAINT "{p}snapshots_pkey" PRIMARY KEY (stream_id, version)
+);
+
+CREATE TABLE {tracking} (
+    follower text   NOT NULL,
+    position bigint NOT NULL,
+    CONSTRAINT "{tracking_constraint}" PRIMARY KEY (follower) INCLUDE (position)
+);
+
+{record_function}
 
 -- How far the log may be read now: rows with id <= last_id and stamp < horizon are
 -- final (no transaction can still commit a lower id). Each step is its own statement, so

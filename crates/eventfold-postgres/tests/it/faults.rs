@@ -68,11 +68,37 @@ async fn schema_versions_and_migrate() {
     // `eventfold migrate`, twice: the second run has nothing to do.
     let first = PostgresStore::migrate_with(&cfg).await.unwrap();
     assert_eq!((first.from_version, first.to_version), (0, SCHEMA_VERSION));
-    assert_eq!(first.applied.len(), 1);
+    assert_eq!(first.applied.len() as i64, SCHEMA_VERSION);
     let store = PostgresStore::connect(&cfg).await.unwrap();
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "{again}");
     assert!(again.to_string().contains("up to date"));
+
+    // A database one version behind: refused without create_tables, then upgraded.
+    let versions = store.table_name("schema_version");
+    sqlx::query(&format!("DELETE FROM {versions} WHERE version = $1"))
+        .bind(SCHEMA_VERSION)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    match PostgresStore::connect(&cfg).await.unwrap_err() {
+        Error::SchemaVersion { found, hint, .. } => {
+            assert_eq!(found, SCHEMA_VERSION - 1);
+            assert!(hint.contains("eventfold migrate"), "{hint}");
+        }
+        other => panic!("expected SchemaVersion, got {other:?}"),
+    }
+    let upgrade = store.migrate().await.unwrap();
+    assert_eq!(
+        (upgrade.from_version, upgrade.applied.len()),
+        (SCHEMA_VERSION - 1, 1)
+    );
+    let store = PostgresStore::connect(&cfg).await.unwrap();
+    let ids = store
+        .record(&events_only(vec![event("up", 1, "A"), event("up", 2, "B")]))
+        .await
+        .unwrap();
+    assert_eq!(store.max_notification_id().await.unwrap(), ids[1]);
 
     // Concurrent migrations of a fresh prefix take turns.
     let mut other = cfg.clone();
@@ -85,8 +111,8 @@ async fn schema_versions_and_migrate() {
     .await;
     let applied: usize = runs.iter().map(|r| r.as_ref().unwrap().applied.len()).sum();
     assert_eq!(
-        applied, 1,
-        "exactly one of two concurrent migrations applies v1"
+        applied as i64, SCHEMA_VERSION,
+        "exactly one of two concurrent migrations applies each version"
     );
 
     // A database migrated by a newer build.
