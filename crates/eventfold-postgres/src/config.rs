@@ -12,10 +12,10 @@ use eventfold_core::{Error, Result};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Ordering {
     /// The default: writers serialise only the allocation of notification ids (a few
-    /// microseconds, never across a commit) and stamp rows with a transaction id; readers
-    /// return only rows whose stamp is below the oldest transaction still in flight
-    /// (`pg_snapshot_xmin(pg_current_snapshot())`). Commits of concurrent writers overlap
-    /// and share WAL flushes.
+    /// microseconds under an advisory lock, never across a commit) and hold a per-transaction
+    /// writer lock; readers stop below the oldest writer still in flight, found from
+    /// `pg_current_snapshot()` and those locks. Commits of concurrent writers overlap and
+    /// share WAL flushes.
     #[default]
     SnapshotXmin,
     /// What the Python `eventsourcing` library does: every recording transaction takes

@@ -337,8 +337,25 @@ impl PostgresStore {
 
     /// The connection pool, for the application's own queries and transactions
     /// (`store.pool().begin()` opens a transaction to pass to [`Self::record_in`]).
+    ///
+    /// The store keeps a few of the pool's connections for its own statements; to shut
+    /// down, call [`Self::close`] rather than closing the pool (which would wait for them).
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
+    }
+
+    /// Stops the LISTEN and NOTIFY tasks and closes every connection, waiting for
+    /// connections in use to be returned. The store (and its clones) cannot be used after.
+    pub async fn close(&self) {
+        if let Some(task) = lock(&self.inner.listener).take() {
+            task.abort();
+        }
+        if let Some((task, _)) = lock(&self.inner.notifier).take() {
+            task.abort();
+        }
+        let hot = std::mem::take(&mut *lock(&self.inner.hot));
+        drop(hot);
+        self.inner.pool.close().await;
     }
 
     /// The configuration the store was opened with.

@@ -296,3 +296,24 @@ fn dropping_outside_a_runtime_is_fine() {
     drop(store);
     drop(guard);
 }
+
+/// `close` returns promptly even though the store keeps connections out of the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_does_not_hang() {
+    let (store, _guard) = fresh("close").await;
+    store
+        .record(&events_only(vec![event("s", 1, "A")]))
+        .await
+        .unwrap();
+    store.select_events("s", StreamQuery::all()).await.unwrap();
+    let _ = store.wakeups();
+    tokio::time::timeout(Duration::from_secs(10), store.close())
+        .await
+        .expect("close finishes");
+    assert!(store.pool().is_closed());
+    let err = store
+        .record(&events_only(vec![event("s", 2, "B")]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+}
