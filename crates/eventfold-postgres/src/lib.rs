@@ -199,23 +199,24 @@
 //! `examples/bench_writers.rs` prints the whole matrix.
 //!
 //! Measured on the project's 2-vCPU VM (PostgreSQL 15, default settings: `fsync` and
-//! `synchronous_commit` on), `cargo run --release --example bench_writers -- 2`, five
-//! rounds, medians; one 100-byte event per recording, each writer on its own stream.
-//! The machine was shared with other builds, so single runs moved by up to 2x; compare
-//! rows of one batch only.
+//! `synchronous_commit` on) with schema version 2: `cargo run --release --example
+//! bench_writers -- 2`, five rounds of 2 s per cell, medians; one 100-byte event per
+//! recording, each writer on its own stream. The machine was shared with other builds
+//! (single rounds moved by up to 4x), so compare rows of one batch only.
 //!
 //! | writers | snapshot-xmin (default) | table lock | snapshot-xmin, NOTIFY inside each transaction |
 //! |---|---|---|---|
-//! | 1 | 1,383 recordings/s (p50 0.53 ms) | 1,506/s (p50 0.55 ms) | 1,527/s |
-//! | 4 | 2,480/s (p50 1.28 ms) | 1,352/s (p50 2.35 ms) | 2,197/s |
-//! | 16 | 2,550/s (p50 5.9 ms, p99 12 ms) | 1,184/s (p50 10.9 ms, p99 37 ms) | 1,762/s |
+//! | 1 | 1,753 recordings/s (p50 0.46 ms) | 1,731/s (p50 0.50 ms) | 1,610/s |
+//! | 4 | 3,770/s (p50 0.93 ms, p99 3.5 ms) | 1,707/s (p50 2.2 ms, p99 6.0 ms) | 2,235/s |
+//! | 16 | 2,856/s (p50 5.3 ms, p99 15 ms) | 1,462/s (p50 9.9 ms, p99 28 ms) | 1,573/s |
 //!
-//! The bare single-row INSERT commit rate in the same batch: median 1,781/s (p50 0.50 ms;
-//! 1,431 to 3,205/s across rounds). With one writer the orderings cost the same; with
-//! concurrent writers the table lock lets one commit (one WAL flush) through at a time,
-//! while snapshot-xmin writers share flushes: 1.8x the table lock's throughput with 4
-//! writers, 2.2x with 16, at half the latency. NOTIFY inside every transaction gives
-//! back a third of that at 16 writers, which is why `record` sends it after the commit.
+//! The bare single-row INSERT commit rate in the same batch: median 2,925/s (p50
+//! 0.33 ms). With one writer the orderings cost the same; with concurrent writers the
+//! table lock lets one commit (one WAL flush) through at a time while snapshot-xmin
+//! writers share flushes: 2.2x the table lock's throughput with 4 writers and 2.0x with
+//! 16 (where the two cores are saturated), at about half the latency. A NOTIFY inside
+//! every transaction gives most of that back, which is why `record` sends it after the
+//! commit.
 
 mod config;
 mod error;
