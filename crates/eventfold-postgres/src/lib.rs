@@ -79,8 +79,8 @@
 //!
 //! **Writers** ([`Ordering::SnapshotXmin`], the default), inside the recording transaction:
 //! 1. take a *writer lock*: a transaction-level advisory lock keyed by the transaction's
-//!    own id, held until the transaction ends (nobody else ever asks for it, so it never
-//!    waits);
+//!    own id, held until the transaction ends (no other writer uses that key; readers
+//!    only probe it for an instant with a try-lock, so it never waits for long);
 //! 2. in the *allocation section*, under a second advisory lock, allocate the ids from
 //!    the sequence and compute the rows' **stamp** = `greatest(own xid, stamp register)`,
 //!    then raise the register (a sequence) to it. The section runs in a subtransaction
