@@ -119,6 +119,19 @@ impl Error {
         matches!(self, Error::Conflict(_))
     }
 
+    /// True for errors worth waiting out: the store was unreachable ([`Error::Unavailable`])
+    /// or failed a statement for a reason of its own ([`Error::Backend`]); also for a
+    /// projection error whose source is such an [`Error`]. Followers retry these.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } | Error::Backend { .. } => true,
+            Error::Projection { source, .. } => source
+                .downcast_ref::<Error>()
+                .is_some_and(Error::is_transient),
+            _ => false,
+        }
+    }
+
     /// Wraps a driver error as [`Error::Backend`].
     pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Backend {

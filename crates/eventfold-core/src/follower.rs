@@ -156,9 +156,19 @@ impl<S: ProjectionStore, P: Projection<S>> Follower<S, P> {
 
     /// Catches up, then keeps following until `shutdown` resolves. Wakes on the log's
     /// wake-ups when it has them and polls anyway, so a lost wake-up never stalls it.
+    ///
+    /// Outages do not stop it: a [transient](Error::is_transient) error (the database is
+    /// down, restarting, or dropped a connection) rolls back the batch in hand, and the
+    /// follower tries again with backoff (50 ms doubling to 5 s), resuming from its
+    /// committed position, so nothing is lost or applied twice. Any other error (a
+    /// projection bug, an undecodable record, another runner moving the same position)
+    /// ends the run with that error.
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        const FIRST_RETRY: Duration = Duration::from_millis(50);
+        const LAST_RETRY: Duration = Duration::from_secs(5);
         tokio::pin!(shutdown);
         let wakeups = self.log.wakeups();
+        let mut retry = FIRST_RETRY;
         loop {
             // Register for the wake-up before reading, so a commit that lands between the
             // read and the wait still wakes us.
@@ -167,7 +177,27 @@ impl<S: ProjectionStore, P: Projection<S>> Follower<S, P> {
             if let Some(n) = notified.as_mut().as_pin_mut() {
                 n.enable();
             }
-            self.catch_up().await?;
+            let pause = match self.catch_up().await {
+                Ok(_) => {
+                    retry = FIRST_RETRY;
+                    self.poll_interval
+                }
+                Err(err) if err.is_transient() => {
+                    tracing::warn!(
+                        follower = self.projection.name(),
+                        error = %err,
+                        retry_in_ms = retry.as_millis() as u64,
+                        "follower waits out a store error"
+                    );
+                    let pause = retry;
+                    retry = (retry * 2).min(LAST_RETRY);
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(pause) => continue,
+                    }
+                }
+                Err(err) => return Err(err),
+            };
             let wake = async {
                 match notified.as_mut().as_pin_mut() {
                     Some(n) => n.await,
@@ -177,7 +207,7 @@ impl<S: ProjectionStore, P: Projection<S>> Follower<S, P> {
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 () = wake => {}
-                () = tokio::time::sleep(self.poll_interval) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }

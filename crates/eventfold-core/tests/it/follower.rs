@@ -135,3 +135,105 @@ async fn running_follower_wakes_on_new_events_and_stops_on_shutdown() {
     stop.send(()).unwrap();
     runner.await.unwrap().unwrap();
 }
+
+/// A log that is unreachable for its first `failures` reads (a database restarting).
+struct FlakyLog {
+    inner: InMemoryStore,
+    failures: std::sync::atomic::AtomicUsize,
+    fatal: bool,
+}
+
+#[async_trait]
+impl eventfold_core::NotificationReader for FlakyLog {
+    async fn select_notifications(
+        &self,
+        query: &eventfold_core::NotificationQuery,
+    ) -> eventfold_core::Result<Vec<Notification>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .failures
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(if self.fatal {
+                Error::SchemaVersion {
+                    backend: "flaky",
+                    found: 9,
+                    expected: 1,
+                    hint: "not transient".into(),
+                }
+            } else {
+                Error::Unavailable {
+                    backend: "flaky",
+                    target: "nowhere".into(),
+                    source: "connection refused".into(),
+                }
+            });
+        }
+        self.inner.select_notifications(query).await
+    }
+
+    async fn max_notification_id(&self) -> eventfold_core::Result<u64> {
+        self.inner.max_notification_id().await
+    }
+
+    fn wakeups(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.inner.wakeups()
+    }
+}
+
+#[tokio::test]
+async fn running_follower_waits_out_an_unavailable_store() {
+    let store = InMemoryStore::new();
+    let app = Application::builder(store.clone()).build();
+    write(&app, 2, 3).await;
+    let projection = CountPerStream::default();
+    let log = Arc::new(FlakyLog {
+        inner: store.clone(),
+        failures: 3.into(),
+        fatal: false,
+    });
+    let mut follower = Follower::builder(log, store.clone(), projection.clone())
+        .poll_interval(std::time::Duration::from_millis(20))
+        .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(async move {
+        follower
+            .run(async {
+                stopped.await.ok();
+            })
+            .await
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while projection.seen.lock().unwrap().len() < 8 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the follower recovered after three failed reads");
+    stop.send(()).unwrap();
+    runner.await.unwrap().unwrap();
+    assert_eq!(
+        *projection.seen.lock().unwrap(),
+        (1..=8).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn running_follower_stops_on_a_permanent_error() {
+    let store = InMemoryStore::new();
+    let log = Arc::new(FlakyLog {
+        inner: store.clone(),
+        failures: 1.into(),
+        fatal: true,
+    });
+    let mut follower = Follower::builder(log, store.clone(), CountPerStream::default()).build();
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        follower.run(std::future::pending()),
+    )
+    .await
+    .expect("a permanent error ends the run")
+    .unwrap_err();
+    assert!(matches!(err, Error::SchemaVersion { .. }), "{err:?}");
+}

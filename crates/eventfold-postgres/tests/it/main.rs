@@ -4,6 +4,7 @@
 
 mod conformance;
 mod faults;
+mod follower_restart;
 mod followers;
 mod gap_safety;
 mod host_tx;
