@@ -268,6 +268,18 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
             .extend(raw.as_object().expect("an object").clone());
     }
 
+    #[cfg(feature = "postgres")]
+    if let StoreHandle::Postgres(pg) = &handle {
+        // The fsync-bound limit on this machine, measured in the same run.
+        let bare =
+            eventfold::postgres::bench::bare_insert_commit_rate(&pg.config().url, 1000).await?;
+        let fields = result.as_object_mut().expect("an object");
+        fields.insert("bare_commits_per_s".into(), json!(sig4(bare.per_second)));
+        fields.insert(
+            "commands_vs_bare".into(),
+            json!(sig4(commands as f64 / t_cmd / bare.per_second)),
+        );
+    }
     let backend = format!("eventfold-{}", args.backend);
     let r = &result;
     let mut line = format!(
@@ -287,6 +299,12 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
             r["raw_store_events_per_s"],
             r["raw_single_events_per_s"],
             r["raw_single_p50_ms"]
+        );
+    }
+    if let Some(bare) = result.get("bare_commits_per_s") {
+        line += &format!(
+            " | bare commits={bare}/s (commands = {}x of it)",
+            result["commands_vs_bare"]
         );
     }
     outln!("{line}")?;
