@@ -15,10 +15,107 @@
 //! # });
 //! ```
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use eventfold_core::{
-    Error, Notification, NotificationQuery, ProjectionStore, Recording, Store, StoredEvent,
-    StreamQuery, Timestamp, Tracking,
+    Error, EventReader, EventWriter, Loaded, Notification, NotificationQuery, NotificationReader,
+    ProjectionStore, Recording, Result, Store, StoredEvent, StreamQuery, Timestamp, Tracking,
+    TrackingReader,
 };
+
+/// A store under test that keeps `guard` (a temporary folder, a schema to drop) alive for
+/// as long as any clone of it exists, so the suite can hand clones to tasks freely.
+#[derive(Debug)]
+pub struct Guarded<S, G> {
+    /// The store itself.
+    pub store: S,
+    guard: Arc<G>,
+}
+
+impl<S: Clone, G> Clone for Guarded<S, G> {
+    fn clone(&self) -> Self {
+        Guarded {
+            store: self.store.clone(),
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+impl<S, G> Guarded<S, G> {
+    /// `store`, with `guard` dropped after its last clone.
+    pub fn new(store: S, guard: G) -> Self {
+        Guarded {
+            store,
+            guard: Arc::new(guard),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: EventReader, G: Send + Sync> EventReader for Guarded<S, G> {
+    async fn select_events(&self, stream_id: &str, query: StreamQuery) -> Result<Vec<StoredEvent>> {
+        self.store.select_events(stream_id, query).await
+    }
+    async fn select_snapshots(
+        &self,
+        stream_id: &str,
+        query: StreamQuery,
+    ) -> Result<Vec<StoredEvent>> {
+        self.store.select_snapshots(stream_id, query).await
+    }
+    async fn load(&self, stream_id: &str, up_to: Option<u64>) -> Result<Loaded> {
+        self.store.load(stream_id, up_to).await
+    }
+}
+
+#[async_trait]
+impl<S: EventWriter, G: Send + Sync> EventWriter for Guarded<S, G> {
+    async fn record(&self, recording: &Recording) -> Result<Vec<u64>> {
+        self.store.record(recording).await
+    }
+}
+
+#[async_trait]
+impl<S: NotificationReader, G: Send + Sync> NotificationReader for Guarded<S, G> {
+    async fn select_notifications(&self, query: &NotificationQuery) -> Result<Vec<Notification>> {
+        self.store.select_notifications(query).await
+    }
+    async fn max_notification_id(&self) -> Result<u64> {
+        self.store.max_notification_id().await
+    }
+    fn wakeups(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.store.wakeups()
+    }
+}
+
+#[async_trait]
+impl<S: TrackingReader, G: Send + Sync> TrackingReader for Guarded<S, G> {
+    async fn tracking_position(&self, follower: &str) -> Result<Option<u64>> {
+        self.store.tracking_position(follower).await
+    }
+}
+
+impl<S: Store, G: Send + Sync> Store for Guarded<S, G> {
+    fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+}
+
+#[async_trait]
+impl<S: ProjectionStore, G: Send + Sync + 'static> ProjectionStore for Guarded<S, G> {
+    type Transaction = S::Transaction;
+
+    async fn begin(&self) -> Result<S::Transaction> {
+        self.store.begin().await
+    }
+    async fn commit(&self, tx: S::Transaction, tracking: &Tracking) -> Result<()> {
+        self.store.commit(tx, tracking).await
+    }
+    async fn position(&self, follower: &str) -> Result<Option<u64>> {
+        self.store.position(follower).await
+    }
+}
 
 /// What a store under test must be.
 pub trait ConformingStore: Store + ProjectionStore + Clone + 'static {}
