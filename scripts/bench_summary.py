@@ -24,6 +24,10 @@ RATIOS = [  # ours, peer, what
 ]
 
 
+def fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
 def main(folder: str) -> None:
     runs: dict[str, list[dict]] = {}
     extra: dict[str, list[dict]] = {}
@@ -52,13 +56,13 @@ def main(folder: str) -> None:
         cells = []
         for key, _ in KEYS:
             v = med(backend, key)
-            cells.append("-" if v is None else f"{v:,.4g}")
+            cells.append("-" if v is None else fmt(v))
         print(f"| {backend} | {len(runs[backend])} | " + " | ".join(cells) + " |")
     print()
     for ours, peer, key in RATIOS:
         a, b = med(ours, key), med(peer, key)
         if a and b:
-            print(f"{ours} / {peer} {key}: {a:,.4g} / {b:,.4g} = {a / b:.2f}x")
+            print(f"{ours} / {peer} {key}: {fmt(a)} / {fmt(b)} = {a / b:.2f}x")
     out = {"ratios": {f"{o}/{p}/{k}": (med(o, k) / med(p, k)) for o, p, k in RATIOS if med(o, k) and med(p, k)}}
     for name, docs in extra.items():
         print(f"\n{name}: {len(docs)} runs; last: {json.dumps(docs[-1].get('results', docs[-1]))}")
