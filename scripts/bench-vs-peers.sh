@@ -56,6 +56,9 @@ for i in $(seq 1 "$RUNS"); do
     run "eventfold_$b" env EVENTFOLD_DATABASE_URL="$PG/peers" "$EVENTFOLD" bench worlds --backend "$b"
   done
   if [[ $BACKENDS == *postgres* ]]; then
+    # Not the peers' configuration: a single writer's aggregate cache (no read per command).
+    run eventfold_postgres_cached env EVENTFOLD_DATABASE_URL="$PG/peers" "$EVENTFOLD" bench worlds \
+      --backend postgres --cache 1000 --single-writer --no-raw
     run eventfold_pg_writers env EVENTFOLD_DATABASE_URL="$PG/peers" "$EVENTFOLD" bench pg-writers
   fi
 done

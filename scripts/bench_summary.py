@@ -19,6 +19,8 @@ RATIOS = [  # ours, peer, what
     ("eventfold-sqlite", "sqlite", "raw_store_events_per_s"),
     ("eventfold-postgres", "postgres", "commands_per_s"),
     ("eventfold-postgres", "cqrs-es-postgres", "commands_per_s"),
+    ("eventfold-postgres-cached-single-writer", "cqrs-es-postgres", "commands_per_s"),
+    ("eventfold-postgres-cached-single-writer", "postgres", "commands_per_s"),
     ("eventfold-postgres", "postgres", "raw_store_events_per_s"),
     ("eventfold-postgres", "cqrs-es-postgres", "raw_store_events_per_s"),
 ]

@@ -64,9 +64,14 @@ pub struct WorldsArgs {
     /// Skip the raw append micro-benchmark.
     #[arg(long)]
     no_raw: bool,
-    /// Aggregate cache size (0 = off, as in the peers' runs).
+    /// Aggregate cache size (0 = off, as in the peers' runs). Results are labelled
+    /// `eventfold-<backend>-cached` when it is on.
     #[arg(long, default_value_t = 0)]
     cache: usize,
+    /// With --cache: a single writer's cache, no read before each command (a cache hit
+    /// does not fast-forward).
+    #[arg(long, requires = "cache")]
+    single_writer: bool,
     /// SQLite file for the sqlite backend (deleted first).
     #[arg(long, default_value = "/tmp/eventfold_bench.sqlite3")]
     bench_sqlite_path: String,
@@ -118,7 +123,10 @@ async fn fresh_config(store: &StoreArgs, args: &WorldsArgs, phase: &str) -> anyh
         }
         _ => {}
     }
-    Ok(Config::from_vars(vars)?.zlib().cache_size(args.cache))
+    Ok(Config::from_vars(vars)?
+        .zlib()
+        .cache_size(args.cache)
+        .cache_fastforward(!args.single_writer))
 }
 
 /// Empties what a previous run left, so every run starts from empty tables.
@@ -280,7 +288,11 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
             json!(sig4(commands as f64 / t_cmd / bare.per_second)),
         );
     }
-    let backend = format!("eventfold-{}", args.backend);
+    let backend = match (args.cache, args.single_writer) {
+        (0, _) => format!("eventfold-{}", args.backend),
+        (_, false) => format!("eventfold-{}-cached", args.backend),
+        (_, true) => format!("eventfold-{}-cached-single-writer", args.backend),
+    };
     let r = &result;
     let mut line = format!(
         "[{backend:15}] cmds/s={} ev/s={} p50={}ms p99={}ms gets/s={} creates/s={} mism={}",
@@ -316,6 +328,7 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
             "worlds": n, "commands": m, "snapshot_interval": 5, "compressor": "zlib",
             "raw_events": args.raw_events, "raw_batch": args.raw_batch,
             "raw_single": args.raw_single, "cache": args.cache,
+            "cache_fastforward": !args.single_writer,
         },
         "versions": {"eventfold": env!("CARGO_PKG_VERSION")},
         "results": {backend: result},

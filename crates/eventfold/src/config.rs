@@ -99,6 +99,7 @@ impl StoreHandle {
 /// | `EVENTFOLD_CIPHER_KEY` | base64 of 32 bytes (AES-256-GCM) | none |
 /// | `EVENTFOLD_SNAPSHOT_INTERVALS` | `World=5,Dog=10` | none |
 /// | `EVENTFOLD_CACHE_SIZE` | aggregates kept in memory | `0` (off) |
+/// | `EVENTFOLD_CACHE_FASTFORWARD` | `true`: a cache hit reads newer events first; `false`: for a single writer, no read (a stale copy fails its save with a conflict) | `true` |
 #[derive(Debug, Clone)]
 pub struct Config {
     store: StoreConfig,
@@ -106,6 +107,7 @@ pub struct Config {
     cipher_key: Option<String>,
     snapshot_intervals: HashMap<String, u64>,
     cache_size: usize,
+    cache_fastforward: bool,
 }
 
 const STORE: &str = "EVENTFOLD_STORE";
@@ -136,6 +138,7 @@ impl Config {
             cipher_key: None,
             snapshot_intervals: HashMap::new(),
             cache_size: 0,
+            cache_fastforward: true,
         }
     }
 
@@ -294,6 +297,9 @@ impl Config {
                 )
             })?;
         }
+        if let Some(value) = get("EVENTFOLD_CACHE_FASTFORWARD") {
+            config.cache_fastforward = parse_bool("EVENTFOLD_CACHE_FASTFORWARD", value)?;
+        }
         Ok(config)
     }
 
@@ -325,6 +331,13 @@ impl Config {
     /// Keeps up to `size` aggregates in the application's cache.
     pub fn cache_size(mut self, size: usize) -> Self {
         self.cache_size = size;
+        self
+    }
+
+    /// Whether a cache hit first reads events newer than the cached copy (default: yes).
+    /// See [`eventfold_core::ApplicationBuilder::cache_fastforward`].
+    pub fn cache_fastforward(mut self, fastforward: bool) -> Self {
+        self.cache_fastforward = fastforward;
         self
     }
 
@@ -364,7 +377,8 @@ impl Config {
     pub fn application_on(&self, store: &StoreHandle) -> Result<Application<JsonMapper>> {
         let mut builder = Application::builder(store.as_dyn())
             .mapper(self.mapper()?)
-            .cache(self.cache_size);
+            .cache(self.cache_size)
+            .cache_fastforward(self.cache_fastforward);
         for (name, every) in &self.snapshot_intervals {
             builder = builder.snapshot_interval(name, *every);
         }
