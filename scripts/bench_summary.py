@@ -39,7 +39,9 @@ def main(folder: str) -> None:
                 doc = json.loads(f.read())
             except json.JSONDecodeError:
                 continue
-        if "results" in doc and doc.get("workload") in ("worlds", None):
+        results = doc.get("results")
+        is_worlds = isinstance(results, dict) and all(isinstance(r, dict) for r in results.values())
+        if is_worlds and doc.get("bench") != "eventfold_pg_writers":
             for backend, res in doc["results"].items():
                 if "error" not in res:
                     runs.setdefault(backend, []).append(res)
