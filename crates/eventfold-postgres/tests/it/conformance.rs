@@ -1,9 +1,9 @@
 //! The shared conformance suite, each check on a fresh schema.
 
-use crate::support::GuardedStore;
+use crate::support::{guarded, GuardedStore};
 
 async fn make_store() -> GuardedStore {
-    GuardedStore::fresh("conf").await
+    guarded("conf").await
 }
 
 eventfold_conformance::conformance_tests!(make_store);

@@ -1,14 +1,7 @@
 //! Test helpers: every test works in its own schema, dropped by a guard even on failure.
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use eventfold_core::{
-    EventReader, EventWriter, Loaded, Notification, NotificationQuery, NotificationReader,
-    ProjectionStore, Recording, Result, Store, StoredEvent, StreamQuery, Timestamp, Tracking,
-    TrackingReader,
-};
-use eventfold_postgres::{PostgresConfig, PostgresStore, PostgresTransaction};
+use eventfold_core::{Recording, StoredEvent, Timestamp};
+use eventfold_postgres::{PostgresConfig, PostgresStore};
 use sqlx::{Connection, PgConnection};
 
 /// `EVENTFOLD_TEST_DATABASE_URL`, or the local server.
@@ -144,82 +137,10 @@ pub fn events_only(events: Vec<StoredEvent>) -> Recording {
 
 /// A [`PostgresStore`] that drops its schema when its last clone is dropped: what the
 /// conformance suite gets from `make_store`.
-#[derive(Clone, Debug)]
-pub struct GuardedStore {
-    pub store: PostgresStore,
-    _guard: Arc<SchemaGuard>,
-}
+pub type GuardedStore = eventfold_conformance::Guarded<PostgresStore, SchemaGuard>;
 
-impl GuardedStore {
-    pub async fn fresh(tag: &str) -> Self {
-        let (store, guard) = fresh(tag).await;
-        GuardedStore {
-            store,
-            _guard: Arc::new(guard),
-        }
-    }
-}
-
-#[async_trait]
-impl EventReader for GuardedStore {
-    async fn select_events(&self, stream_id: &str, query: StreamQuery) -> Result<Vec<StoredEvent>> {
-        self.store.select_events(stream_id, query).await
-    }
-    async fn select_snapshots(
-        &self,
-        stream_id: &str,
-        query: StreamQuery,
-    ) -> Result<Vec<StoredEvent>> {
-        self.store.select_snapshots(stream_id, query).await
-    }
-    async fn load(&self, stream_id: &str, up_to: Option<u64>) -> Result<Loaded> {
-        self.store.load(stream_id, up_to).await
-    }
-}
-
-#[async_trait]
-impl EventWriter for GuardedStore {
-    async fn record(&self, recording: &Recording) -> Result<Vec<u64>> {
-        self.store.record(recording).await
-    }
-}
-
-#[async_trait]
-impl NotificationReader for GuardedStore {
-    async fn select_notifications(&self, query: &NotificationQuery) -> Result<Vec<Notification>> {
-        self.store.select_notifications(query).await
-    }
-    async fn max_notification_id(&self) -> Result<u64> {
-        self.store.max_notification_id().await
-    }
-    fn wakeups(&self) -> Option<Arc<tokio::sync::Notify>> {
-        self.store.wakeups()
-    }
-}
-
-#[async_trait]
-impl TrackingReader for GuardedStore {
-    async fn tracking_position(&self, follower: &str) -> Result<Option<u64>> {
-        self.store.tracking_position(follower).await
-    }
-}
-
-impl Store for GuardedStore {
-    fn backend(&self) -> &'static str {
-        self.store.backend()
-    }
-}
-
-#[async_trait]
-impl ProjectionStore for GuardedStore {
-    type Transaction = PostgresTransaction;
-    async fn begin(&self) -> Result<PostgresTransaction> {
-        self.store.begin().await
-    }
-    async fn commit(&self, tx: PostgresTransaction, tracking: &Tracking) -> Result<()> {
-        self.store.commit(tx, tracking).await
-    }
-    async fn position(&self, follower: &str) -> Result<Option<u64>> {
-        self.store.position(follower).await
-    }
+/// A fresh [`GuardedStore`].
+pub async fn guarded(tag: &str) -> GuardedStore {
+    let (store, guard) = fresh(tag).await;
+    eventfold_conformance::Guarded::new(store, guard)
 }
