@@ -158,12 +158,15 @@ impl EventWriter for InMemoryStore {
         for event in &recording.events {
             let idx = inner.log.len();
             inner.log.push(event.clone());
-            inner
-                .streams
-                .entry(event.stream_id.clone())
-                .or_default()
-                .events
-                .push(idx);
+            // Most recordings extend an existing stream: avoid cloning its id for the lookup.
+            match inner.streams.get_mut(&event.stream_id) {
+                Some(stream) => stream.events.push(idx),
+                None => {
+                    let mut stream = Stream::default();
+                    stream.events.push(idx);
+                    inner.streams.insert(event.stream_id.clone(), stream);
+                }
+            }
             ids.push(idx as u64 + 1);
         }
         for snapshot in &recording.snapshots {

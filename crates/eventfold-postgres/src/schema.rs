@@ -18,6 +18,15 @@ const LOCK_CLASS_ALLOCATE: i32 = 0x4546_0001; // "EF" 1
 /// Advisory-lock class for migrations.
 pub(crate) const LOCK_CLASS_MIGRATE: i32 = 0x4546_0002;
 
+/// A range of one stream's records from `table`, by version in `order` (`ASC`/`DESC`).
+fn select_stream(columns: &str, table: &str, order: &str) -> String {
+    format!(
+        "SELECT {columns} FROM {table} \
+         WHERE stream_id = $1 AND version > $2 AND version <= $3 \
+         ORDER BY version {order} LIMIT $4"
+    )
+}
+
 /// Every name and statement of one store, computed once from its configuration.
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -93,26 +102,10 @@ impl Sql {
             record: format!(
                 "SELECT {record_fn}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             ),
-            select_events_asc: format!(
-                "SELECT {record_columns} FROM {events} \
-                 WHERE stream_id = $1 AND version > $2 AND version <= $3 \
-                 ORDER BY version LIMIT $4"
-            ),
-            select_events_desc: format!(
-                "SELECT {record_columns} FROM {events} \
-                 WHERE stream_id = $1 AND version > $2 AND version <= $3 \
-                 ORDER BY version DESC LIMIT $4"
-            ),
-            select_snapshots_asc: format!(
-                "SELECT {record_columns} FROM {snapshots} \
-                 WHERE stream_id = $1 AND version > $2 AND version <= $3 \
-                 ORDER BY version LIMIT $4"
-            ),
-            select_snapshots_desc: format!(
-                "SELECT {record_columns} FROM {snapshots} \
-                 WHERE stream_id = $1 AND version > $2 AND version <= $3 \
-                 ORDER BY version DESC LIMIT $4"
-            ),
+            select_events_asc: select_stream(record_columns, &events, "ASC"),
+            select_events_desc: select_stream(record_columns, &events, "DESC"),
+            select_snapshots_asc: select_stream(record_columns, &snapshots, "ASC"),
+            select_snapshots_desc: select_stream(record_columns, &snapshots, "DESC"),
             // One round trip: the newest snapshot at or below $2, then the events after it.
             load: format!(
                 "WITH snap AS ( \

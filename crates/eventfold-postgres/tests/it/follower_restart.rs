@@ -3,16 +3,15 @@
 //! ends up with every event applied exactly once.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_trait::async_trait;
-use eventfold_core::{
-    BoxError, EventWriter, Follower, Notification, NotificationReader, Projection, TrackingReader,
-};
-use eventfold_postgres::{PostgresConfig, PostgresStore, PostgresTransaction};
+use eventfold_core::{EventWriter, Follower, NotificationReader, TrackingReader};
+use eventfold_postgres::{PostgresConfig, PostgresStore};
 use sqlx::{Connection, PgConnection};
 
-use crate::support::{database_url, event, events_only};
+use crate::support::{database_url, event, events_only, wait_for, CopyProjection};
+
+const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Its own database, so killing every backend in it touches no other test.
 struct DatabaseGuard {
@@ -74,30 +73,6 @@ impl Drop for DatabaseGuard {
     }
 }
 
-struct Copies {
-    processed: Arc<Mutex<Vec<u64>>>,
-}
-
-#[async_trait]
-impl Projection<PostgresStore> for Copies {
-    fn name(&self) -> &str {
-        "copies"
-    }
-
-    async fn process(
-        &mut self,
-        tx: &mut PostgresTransaction,
-        notification: &Notification,
-    ) -> Result<(), BoxError> {
-        sqlx::query("INSERT INTO copies (id) VALUES ($1)")
-            .bind(notification.id as i64)
-            .execute(&mut **tx)
-            .await?;
-        self.processed.lock().unwrap().push(notification.id);
-        Ok(())
-    }
-}
-
 /// Writes `versions` of stream `s` through a store opened for the purpose (the previous
 /// writer's connections were killed with everything else).
 async fn write(database: &DatabaseGuard, versions: std::ops::RangeInclusive<u64>) -> Vec<u64> {
@@ -117,24 +92,15 @@ async fn write(database: &DatabaseGuard, versions: std::ops::RangeInclusive<u64>
     ids
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_follower_survives_every_connection_being_killed() {
     let database = DatabaseGuard::create().await;
     let store = PostgresStore::connect(&PostgresConfig::new(database.url()))
         .await
         .unwrap();
-    sqlx::query("CREATE TABLE copies (id bigint PRIMARY KEY)")
+    sqlx::query(
+        "CREATE TABLE copies (id bigint PRIMARY KEY, stream_id text NOT NULL, version bigint NOT NULL)",
+    )
         .execute(store.pool())
         .await
         .unwrap();
@@ -144,7 +110,8 @@ async fn running_follower_survives_every_connection_being_killed() {
     let mut follower = Follower::builder(
         log,
         store.clone(),
-        Copies {
+        CopyProjection {
+            table: "copies".into(),
             processed: processed.clone(),
         },
     )
@@ -161,15 +128,15 @@ async fn running_follower_survives_every_connection_being_killed() {
     let count = || processed.lock().unwrap().len();
 
     let mut ids = write(&database, 1..=5).await;
-    wait_for("the first 5 events", || count() == 5).await;
+    wait_for("the first 5 events", DEADLINE, || count() == 5).await;
 
     assert!(database.kill_every_backend().await >= 1);
     ids.extend(write(&database, 6..=10).await);
-    wait_for("5 events after the first kill", || count() == 10).await;
+    wait_for("5 events after the first kill", DEADLINE, || count() == 10).await;
 
     assert!(database.kill_every_backend().await >= 1);
     ids.extend(write(&database, 11..=15).await);
-    wait_for("5 events after the second kill", || count() == 15).await;
+    wait_for("5 events after the second kill", DEADLINE, || count() == 15).await;
 
     let _ = stop.send(());
     running
@@ -184,7 +151,7 @@ async fn running_follower_survives_every_connection_being_killed() {
         .unwrap();
     assert_eq!(copied, ids.iter().map(|&id| id as i64).collect::<Vec<_>>());
     assert_eq!(
-        store.tracking_position("copies").await.unwrap(),
+        store.tracking_position("copy").await.unwrap(),
         ids.last().copied()
     );
     store.close().await;

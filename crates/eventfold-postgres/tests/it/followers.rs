@@ -3,58 +3,11 @@
 //! anything.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_trait::async_trait;
-use eventfold_core::{
-    BoxError, EventWriter, Follower, Notification, NotificationReader, Projection, TrackingReader,
-};
-use eventfold_postgres::{PostgresStore, PostgresTransaction, LISTENER_APPLICATION_NAME};
-
-use crate::support::{config, event, events_only, fresh};
-
-/// Copies every notification into a table, in the follower's transaction, and remembers
-/// the ids it processed (including any it would process twice).
-struct CopyProjection {
-    table: String,
-    processed: Arc<Mutex<Vec<u64>>>,
-}
-
-#[async_trait]
-impl Projection<PostgresStore> for CopyProjection {
-    fn name(&self) -> &str {
-        "copy"
-    }
-
-    async fn process(
-        &mut self,
-        tx: &mut PostgresTransaction,
-        notification: &Notification,
-    ) -> Result<(), BoxError> {
-        sqlx::query(&format!(
-            "INSERT INTO {} (id, stream_id, version) VALUES ($1, $2, $3)",
-            self.table
-        ))
-        .bind(notification.id as i64)
-        .bind(&notification.event.stream_id)
-        .bind(notification.event.version as i64)
-        .execute(&mut **tx)
-        .await?;
-        self.processed.lock().unwrap().push(notification.id);
-        Ok(())
-    }
-}
-
-async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use eventfold_core::{EventWriter, Follower, NotificationReader, TrackingReader};
+use eventfold_postgres::{PostgresStore, LISTENER_APPLICATION_NAME};
+use crate::support::{config, event, events_only, fresh, wait_for, CopyProjection};
 
 async fn terminate_listener(store: &PostgresStore) -> i64 {
     sqlx::query_scalar(

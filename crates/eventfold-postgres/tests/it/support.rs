@@ -1,7 +1,11 @@
 //! Test helpers: every test works in its own schema, dropped by a guard even on failure.
 
-use eventfold_core::{Recording, StoredEvent, Timestamp};
-use eventfold_postgres::{PostgresConfig, PostgresStore};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use eventfold_core::{BoxError, Notification, Projection, Recording, StoredEvent, Timestamp};
+use eventfold_postgres::{PostgresConfig, PostgresStore, PostgresTransaction};
 use sqlx::{Connection, PgConnection};
 
 /// `EVENTFOLD_TEST_DATABASE_URL`, or the local server.
@@ -143,4 +147,47 @@ pub type GuardedStore = eventfold_conformance::Guarded<PostgresStore, SchemaGuar
 pub async fn guarded(tag: &str) -> GuardedStore {
     let (store, guard) = fresh(tag).await;
     eventfold_conformance::Guarded::new(store, guard)
+}
+
+/// Copies every notification into a table, in the follower's transaction, and remembers
+/// the ids it processed (including any it would process twice).
+pub struct CopyProjection {
+    pub table: String,
+    pub processed: Arc<Mutex<Vec<u64>>>,
+}
+
+#[async_trait]
+impl Projection<PostgresStore> for CopyProjection {
+    fn name(&self) -> &str {
+        "copy"
+    }
+
+    async fn process(
+        &mut self,
+        tx: &mut PostgresTransaction,
+        notification: &Notification,
+    ) -> Result<(), BoxError> {
+        sqlx::query(&format!(
+            "INSERT INTO {} (id, stream_id, version) VALUES ($1, $2, $3)",
+            self.table
+        ))
+        .bind(notification.id as i64)
+        .bind(&notification.event.stream_id)
+        .bind(notification.event.version as i64)
+        .execute(&mut **tx)
+        .await?;
+        self.processed.lock().unwrap().push(notification.id);
+        Ok(())
+    }
+}
+
+pub async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
