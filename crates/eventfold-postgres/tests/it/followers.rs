@@ -5,9 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{config, event, events_only, fresh, wait_for, CopyProjection};
 use eventfold_core::{EventWriter, Follower, NotificationReader, TrackingReader};
 use eventfold_postgres::{PostgresStore, LISTENER_APPLICATION_NAME};
-use crate::support::{config, event, events_only, fresh, wait_for, CopyProjection};
 
 async fn terminate_listener(store: &PostgresStore) -> i64 {
     sqlx::query_scalar(
