@@ -166,7 +166,7 @@ async fn pg_writers(store: &StoreArgs, args: &PgWritersArgs) -> anyhow::Result<(
     )?;
     let mut writers = serde_json::Map::new();
     for &n in &args.writers {
-        for ordering in [Ordering::SnapshotXmin, Ordering::TableLock] {
+        for ordering in [Ordering::Concurrent, Ordering::TableLock] {
             let r = bench::concurrent_writers(
                 &config,
                 n,

@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("writers  ordering        wake-up       recordings/s  p50 ms  p99 ms");
     for writers in [1, 4, 16] {
-        for ordering in [Ordering::SnapshotXmin, Ordering::TableLock] {
+        for ordering in [Ordering::Concurrent, Ordering::TableLock] {
             for in_tx in [false, true] {
                 let run = if in_tx {
                     bench::concurrent_writers_notify_in_transaction(

@@ -11,17 +11,16 @@ use eventfold_core::{Error, Result};
 /// ("Gap-safe order") for the argument.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Ordering {
-    /// The default: writers serialise only the allocation of notification ids (a few
-    /// microseconds under an advisory lock, never across a commit) and hold a per-transaction
-    /// writer lock; readers stop below the oldest writer still in flight, found from
-    /// `pg_current_snapshot()` and those locks. Commits of concurrent writers overlap and
-    /// share WAL flushes.
+    /// The default: writers never wait for each other. Each recording transaction
+    /// announces, with a shared advisory lock held until it ends, that the ids it takes
+    /// are above the last id allocated before it; readers stop at the lowest announcement
+    /// still held. Commits of concurrent writers overlap and share WAL flushes.
     #[default]
-    SnapshotXmin,
+    Concurrent,
     /// What the Python `eventsourcing` library does: every recording transaction takes
     /// `LOCK TABLE events IN EXCLUSIVE MODE` and holds it through its commit, so one
     /// writer commits at a time. Kept so the two can be measured against each other
-    /// (see [`crate::bench`]); readers still apply the snapshot rule, so mixing the two
+    /// (see [`crate::bench`]); its writers announce themselves too, so mixing the two
     /// modes on one set of tables stays safe.
     TableLock,
 }
@@ -29,7 +28,7 @@ pub enum Ordering {
 impl std::fmt::Display for Ordering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Ordering::SnapshotXmin => "snapshot-xmin",
+            Ordering::Concurrent => "concurrent",
             Ordering::TableLock => "table-lock",
         })
     }
@@ -40,11 +39,12 @@ impl std::str::FromStr for Ordering {
 
     fn from_str(s: &str) -> Result<Self> {
         match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "snapshot-xmin" | "snapshotxmin" | "xmin" => Ok(Ordering::SnapshotXmin),
+            // The older names of the same setting stay accepted.
+            "concurrent" | "snapshot-xmin" | "snapshotxmin" | "xmin" => Ok(Ordering::Concurrent),
             "table-lock" | "tablelock" | "lock" => Ok(Ordering::TableLock),
             other => Err(Error::Config {
                 variable: "ordering".to_owned(),
-                message: format!("expected snapshot-xmin or table-lock, got {other:?}"),
+                message: format!("expected concurrent or table-lock, got {other:?}"),
             }),
         }
     }
@@ -60,7 +60,7 @@ impl std::str::FromStr for Ordering {
 /// config.schema = "billing".into();
 /// assert_eq!(config.table_prefix, "eventfold_");
 /// assert!(config.create_tables);
-/// assert_eq!(config.ordering, Ordering::SnapshotXmin);
+/// assert_eq!(config.ordering, Ordering::Concurrent);
 /// assert_eq!(config.redacted_url(), "postgres://app:***@db.internal/orders");
 /// ```
 #[derive(Clone, PartialEq, Eq)]
@@ -83,7 +83,7 @@ pub struct PostgresConfig {
     /// How long to wait for a connection (when connecting, and for a free pool slot)
     /// before failing with [`Error::Unavailable`]. Default 5 s.
     pub connect_timeout: Duration,
-    /// How writers keep the log gap-safe (default [`Ordering::SnapshotXmin`]).
+    /// How writers keep the log gap-safe (default [`Ordering::Concurrent`]).
     pub ordering: Ordering,
 }
 
@@ -103,7 +103,7 @@ impl std::fmt::Debug for PostgresConfig {
 
 impl PostgresConfig {
     /// Defaults for the database at `url`: schema `public`, prefix `eventfold_`, tables
-    /// created on connect, 10 connections, 5 s connect timeout, [`Ordering::SnapshotXmin`].
+    /// created on connect, 10 connections, 5 s connect timeout, [`Ordering::Concurrent`].
     pub fn new(url: impl Into<String>) -> Self {
         PostgresConfig {
             url: url.into(),
@@ -112,7 +112,7 @@ impl PostgresConfig {
             create_tables: true,
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
-            ordering: Ordering::SnapshotXmin,
+            ordering: Ordering::Concurrent,
         }
     }
 
@@ -142,7 +142,8 @@ impl PostgresConfig {
                 ),
             ));
         }
-        // The longest derived name is "<prefix>notification_stamp_seq" (23 bytes of suffix).
+        // The longest derived name was "<prefix>notification_stamp_seq" (23 bytes of
+        // suffix); older schema versions still create it before migrating past it.
         if !word(&self.table_prefix) || self.table_prefix.len() > 63 - 23 {
             return Err(bad(
                 "table_prefix",
@@ -245,8 +246,12 @@ mod tests {
             Ordering::TableLock
         );
         assert_eq!(
+            "concurrent".parse::<Ordering>().unwrap(),
+            Ordering::Concurrent
+        );
+        assert_eq!(
             "SnapshotXmin".parse::<Ordering>().unwrap(),
-            Ordering::SnapshotXmin
+            Ordering::Concurrent
         );
         assert!("nope".parse::<Ordering>().is_err());
     }

@@ -11,7 +11,7 @@ use crate::config::PostgresConfig;
 use crate::error::{sqlx_error, Target};
 
 /// The schema version this build writes and expects.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Advisory-lock class (first key of the two-key form) for the id allocation section.
 const LOCK_CLASS_ALLOCATE: i32 = 0x4546_0001; // "EF" 1
@@ -47,8 +47,22 @@ pub(crate) struct Sql {
     pub horizon_fn: String,
     pub notifications_fn: String,
     pub max_fn: String,
+    pub final_id_fn: String,
+    pub writer_announcement_class: i32,
 
-    pub record: String,
+    /// A recording of one event (the common command): no tracking, no NOTIFY.
+    pub record_one: String,
+    /// One event and one snapshot.
+    pub record_one_with_snapshot: String,
+    /// Any recording (events of several streams, snapshots, tracking), no NOTIFY.
+    pub record_any: String,
+    /// Any recording, with the wake-up NOTIFY inside the transaction.
+    pub record_any_notify: String,
+    /// Any recording inside a host transaction: NOTIFY inside, and one announcement per
+    /// transaction however many recordings it makes.
+    pub record_in_host: String,
+    /// [`crate::Ordering::TableLock`]: taken before recording.
+    pub lock_events: String,
     pub select_events_asc: String,
     pub select_events_desc: String,
     pub select_snapshots_asc: String,
@@ -95,13 +109,30 @@ impl Sql {
         let record_columns = "stream_id, version, topic, occurred_at, state";
         let notifications_fn = q("notifications");
         let max_fn = q("max_notification_id");
+        let final_id_fn = q("final_id");
+        let writer_announcement_class = fnv1a(&format!("announcements:{key_text}"));
+        let writers = Writers {
+            events: &events,
+            snapshots: &snapshots,
+            tracking: &tracking,
+            id_seq: &q("notification_id_seq"),
+            class: writer_announcement_class,
+            channel: &channel,
+            setting: format!(
+                "eventfold.announced_{:08x}",
+                u32::from_ne_bytes(writer_announcement_class.to_ne_bytes())
+            ),
+        };
         Sql {
+            record_one: writers.record_one(false),
+            record_one_with_snapshot: writers.record_one(true),
+            record_any: writers.record_any(false, false),
+            record_any_notify: writers.record_any(true, false),
+            record_in_host: writers.record_any(true, true),
+            lock_events: format!("LOCK TABLE {events} IN EXCLUSIVE MODE"),
             schema_ident: format!("\"{schema}\""),
             schema_version: q("schema_version"),
             schema_version_regclass: q("schema_version"),
-            record: format!(
-                "SELECT {record_fn}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-            ),
             select_events_asc: select_stream(record_columns, &events, "ASC"),
             select_events_desc: select_stream(record_columns, &events, "DESC"),
             select_snapshots_asc: select_stream(record_columns, &snapshots, "ASC"),
@@ -143,6 +174,8 @@ impl Sql {
             horizon_fn: q("horizon"),
             notifications_fn,
             max_fn,
+            final_id_fn,
+            writer_announcement_class,
             channel,
             events,
             snapshots,
@@ -165,7 +198,115 @@ impl Sql {
                 "record: cheaper contiguity check, nextval for one event, no SET search_path",
                 self.record_function(3),
             ),
+            (
+                4,
+                "writers announce an id floor instead of stamping rows; record is one SQL statement",
+                self.v4(),
+            ),
         ]
+    }
+
+    /// Version 4: the gap-safe protocol of the crate docs. Writers record with one plain
+    /// SQL statement (built by [`Writers`]), so the PL/pgSQL `record` function, the stamp
+    /// column and its register go; the log is read below [`Sql::final_id_fn`].
+    fn v4(&self) -> String {
+        let Sql {
+            events,
+            stamp_seq,
+            record_fn,
+            horizon_fn,
+            notifications_fn,
+            max_fn,
+            final_id_fn,
+            id_seq,
+            writer_announcement_class,
+            tracking_constraint,
+            ..
+        } = self;
+        let p = tracking_constraint.trim_end_matches("tracking_pkey");
+        let class_oid = u32::from_ne_bytes(writer_announcement_class.to_ne_bytes());
+        format!(
+            r#"
+DROP FUNCTION {record_fn}(text[], bigint[], text[], timestamptz[], bytea[], text[], bigint[],
+                          text[], timestamptz[], bytea[], text, bigint, boolean, boolean);
+DROP FUNCTION {notifications_fn}(bigint, bigint, text[]);
+DROP FUNCTION {max_fn}();
+DROP FUNCTION {horizon_fn}();
+ALTER TABLE {events} DROP CONSTRAINT "{p}events_pkey";
+ALTER TABLE {events} DROP COLUMN stamp;
+ALTER TABLE {events} ADD CONSTRAINT "{p}events_pkey" PRIMARY KEY (id);
+DROP SEQUENCE {stamp_seq};
+COMMENT ON TABLE {events} IS 'eventfold: events of every stream; id orders the notification log. Insert only as eventfold does (announcing the writer, see its docs), read the log only through {notifications_fn}.';
+
+-- The last id of the final part of the log: every id up to it was allocated by a
+-- transaction that has ended. Each step is its own statement, so each sees the server
+-- as it is after the step before; their order matters (see the eventfold-postgres docs).
+CREATE FUNCTION {final_id_fn}()
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_last bigint;
+    v_announced bigint[];
+    v_now bigint;
+BEGIN
+    -- 1. Every id up to v_last has been allocated, each by a writer already announced.
+    SELECT last_value - CASE WHEN is_called THEN 0 ELSE 1 END INTO v_last FROM {id_seq};
+    -- 2. The announcements still held: "my ids are above this one" (its low 32 bits).
+    v_announced := ARRAY(
+        SELECT l.objid::bigint FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.classid = {class_oid}::oid AND l.objsubid = 2
+          AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()));
+    IF cardinality(v_announced) = 0 THEN
+        RETURN v_last;
+    END IF;
+    -- 3. Each announced id is the largest id allocated by now with those low 32 bits.
+    SELECT last_value - CASE WHEN is_called THEN 0 ELSE 1 END INTO v_now FROM {id_seq};
+    RETURN least(v_last, (
+        SELECT min(v_now - ((v_now - (a + 2147483648) % 4294967296) % 4294967296
+                            + 4294967296) % 4294967296)
+        FROM unnest(v_announced) AS a));
+END
+$fn$;
+
+-- The gap-safe log read: it runs after {final_id_fn}() returned, so with a newer snapshot.
+CREATE FUNCTION {notifications_fn}(p_after bigint, p_limit bigint, p_topics text[])
+RETURNS TABLE (id bigint, stream_id text, version bigint, topic text,
+               occurred_at timestamptz, state bytea)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_final bigint := {final_id_fn}();
+BEGIN
+    RETURN QUERY
+        SELECT e.id, e.stream_id, e.version, e.topic, e.occurred_at, e.state
+        FROM {events} e
+        WHERE e.id > p_after AND e.id <= v_final
+          AND (p_topics IS NULL OR e.topic = ANY (p_topics))
+        ORDER BY e.id
+        LIMIT p_limit;
+END
+$fn$;
+
+CREATE FUNCTION {max_fn}()
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_final bigint := {final_id_fn}();
+    v_id bigint;
+BEGIN
+    SELECT e.id INTO v_id FROM {events} e
+    WHERE e.id <= v_final
+    ORDER BY e.id DESC LIMIT 1;
+    RETURN coalesce(v_id, 0);
+END
+$fn$;
+"#
+        )
     }
 
     /// The `record(...)` function as migration `version` defines it.
@@ -512,6 +653,185 @@ $fn$;
     }
 }
 
+/// Builds the writers' statements (schema version 4 on): one plain SQL statement per
+/// recording, so a command pays for no PL/pgSQL call (whose per-transaction setup cost more
+/// than the insert itself).
+///
+/// Every statement takes the parameters `$1..$5` (the events' stream ids, versions,
+/// topics, times, states), `$6..$10` (the snapshots'), and the general ones `$11, $12`
+/// (follower, position). It writes nothing unless every stream continues from its stored
+/// latest version (and, with a follower, the follower moved forwards), and it announces
+/// the writer before it allocates an id.
+struct Writers<'a> {
+    events: &'a str,
+    snapshots: &'a str,
+    tracking: &'a str,
+    id_seq: &'a str,
+    class: i32,
+    channel: &'a str,
+    /// A transaction-local setting remembering the announcement of a host transaction.
+    setting: String,
+}
+
+/// The last id allocated so far, from a row `s` of the id sequence.
+const LAST_ALLOCATED: &str = "(s.last_value - CASE WHEN s.is_called THEN 0 ELSE 1 END)";
+
+/// An id as the int4 key of an advisory lock (its low 32 bits).
+fn announcement_key(id: &str) -> String {
+    format!("({id} % 4294967296 - 2147483648)::integer")
+}
+
+impl Writers<'_> {
+    /// The `writer` CTE: the announcement, a shared advisory lock (writers never wait for
+    /// each other) keyed by the last id allocated before ours, held until the transaction
+    /// ends. Its `id_seq` column feeds `nextval`, so no id is taken before it exists.
+    fn announce(&self, host: bool, condition: &str) -> String {
+        let Writers {
+            id_seq,
+            class,
+            setting,
+            ..
+        } = self;
+        if host {
+            // Later recordings of the same transaction reuse its first announcement (lower,
+            // so still true), which keeps one lock per transaction, not one per recording.
+            let floor = announcement_key("f.floor");
+            format!(
+                "writer AS ( \
+                     SELECT pg_catalog.pg_advisory_xact_lock_shared({class}, {floor}) AS announced, \
+                            pg_catalog.set_config('{setting}', f.floor::text, true) AS remembered, \
+                            '{id_seq}'::regclass AS id_seq \
+                     FROM (SELECT coalesce(nullif(pg_catalog.current_setting('{setting}', true), '')::bigint, \
+                                           {LAST_ALLOCATED}) AS floor \
+                           FROM {id_seq} s) f \
+                     WHERE {condition})"
+            )
+        } else {
+            let key = announcement_key(LAST_ALLOCATED);
+            format!(
+                "writer AS ( \
+                     SELECT pg_catalog.pg_advisory_xact_lock_shared({class}, {key}) AS announced, \
+                            '{id_seq}'::regclass AS id_seq \
+                     FROM {id_seq} s \
+                     WHERE {condition})"
+            )
+        }
+    }
+
+    fn snapshots_insert(&self, condition: &str) -> String {
+        format!(
+            "snapshot AS ( \
+                 INSERT INTO {snapshots} (stream_id, version, topic, occurred_at, state) \
+                 SELECT * FROM unnest($6::text[], $7::bigint[], $8::text[], \
+                                                 $9::timestamptz[], $10::bytea[]) \
+                 WHERE {condition} \
+                 ON CONFLICT DO NOTHING)",
+            snapshots = self.snapshots
+        )
+    }
+
+    /// One event (and at most one snapshot), bound as scalars: `$1..$5` the event's
+    /// stream id, version, topic, time and state, `$6..$10` the snapshot's. Scalars keep
+    /// the statement's generic plan as cheap as a custom one, so PostgreSQL reuses it; with
+    /// arrays it plans every execution anew (~120 µs). One index probe for contiguity.
+    /// Returns `ids bigint[]`, NULL when the stream does not continue from its latest
+    /// version.
+    fn record_one(&self, with_snapshot: bool) -> String {
+        let Writers {
+            events, snapshots, ..
+        } = self;
+        let writer = self.announce(
+            false,
+            &format!(
+                "$2::bigint = 1 OR EXISTS (SELECT FROM {events} e \
+                                           WHERE e.stream_id = $1::text \
+                                             AND e.version = $2::bigint - 1)"
+            ),
+        );
+        let snapshot = if with_snapshot {
+            format!(
+                ", snapshot AS ( \
+                     INSERT INTO {snapshots} (stream_id, version, topic, occurred_at, state) \
+                     SELECT $6::text, $7::bigint, $8::text, $9::timestamptz, $10::bytea \
+                     WHERE EXISTS (SELECT FROM inserted) \
+                     ON CONFLICT DO NOTHING)"
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "WITH {writer}, \
+             inserted AS ( \
+                 INSERT INTO {events} (id, stream_id, version, topic, occurred_at, state) \
+                 SELECT pg_catalog.nextval(w.id_seq), $1::text, $2::bigint, $3::text, \
+                        $4::timestamptz, $5::bytea \
+                 FROM writer w \
+                 RETURNING id){snapshot} \
+             SELECT pg_catalog.array_agg(id) AS ids FROM inserted"
+        )
+    }
+
+    /// Any recording. Returns `(continues boolean, moved boolean, ids bigint[])`: whether
+    /// every stream continues from its latest version, whether the follower (if any) moved
+    /// forwards, and the ids in the recording's order (empty when nothing was written).
+    fn record_any(&self, notify: bool, host: bool) -> String {
+        let Writers {
+            events, tracking, ..
+        } = self;
+        let writes =
+            "(SELECT ok FROM continues) AND ($11::text IS NULL OR EXISTS (SELECT FROM moved))";
+        let writer = self.announce(host, &format!("{writes} AND EXISTS (SELECT FROM input)"));
+        let snapshot = self.snapshots_insert(writes);
+        let notified = if notify {
+            format!(
+                ", notified AS (SELECT pg_catalog.pg_notify('{}', '') \
+                                FROM (SELECT FROM inserted LIMIT 1) i)",
+                self.channel
+            )
+        } else {
+            String::new()
+        };
+        let notified_count = if notify {
+            ", (SELECT count(*) FROM notified) AS notified"
+        } else {
+            ""
+        };
+        format!(
+            "WITH input AS ( \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], \
+                                                 $4::timestamptz[], $5::bytea[]) \
+                     WITH ORDINALITY AS r(stream_id, version, topic, occurred_at, state, ord)), \
+             continues AS ( \
+                 SELECT NOT EXISTS ( \
+                     SELECT FROM (SELECT stream_id, min(version) AS first FROM input \
+                                  GROUP BY stream_id) f \
+                     WHERE f.first > 1 \
+                       AND NOT EXISTS (SELECT FROM {events} e \
+                                       WHERE e.stream_id = f.stream_id \
+                                         AND e.version = f.first - 1)) AS ok), \
+             moved AS ( \
+                 INSERT INTO {tracking} AS t (follower, position) \
+                 SELECT $11::text, $12::bigint \
+                 WHERE $11::text IS NOT NULL AND (SELECT ok FROM continues) \
+                 ON CONFLICT (follower) DO UPDATE SET position = excluded.position \
+                 WHERE t.position < excluded.position \
+                 RETURNING position), \
+             {writer}, \
+             allocated AS (SELECT pg_catalog.nextval(w.id_seq) AS id FROM writer w, input), \
+             numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS ord FROM allocated), \
+             inserted AS ( \
+                 INSERT INTO {events} (id, stream_id, version, topic, occurred_at, state) \
+                 SELECT n.id, i.stream_id, i.version, i.topic, i.occurred_at, i.state \
+                 FROM input i JOIN numbered n ON n.ord = i.ord \
+                 RETURNING id), \
+             {snapshot}{notified} \
+             SELECT (SELECT ok FROM continues) AS continues, \
+                    ($11::text IS NULL OR EXISTS (SELECT FROM moved)) AS moved, \
+                    ARRAY(SELECT id FROM inserted ORDER BY id) AS ids{notified_count}"
+        )
+    }
+}
+
 /// What [`crate::PostgresStore::migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -576,6 +896,18 @@ pub(crate) async fn migrate(
     config: &PostgresConfig,
     target: &Target,
 ) -> Result<MigrationReport> {
+    migrate_up_to(conn, sql, config, target, SCHEMA_VERSION).await
+}
+
+/// Brings the schema to `to_version` (at most [`SCHEMA_VERSION`]); tests build older
+/// schemas with it to check upgrades.
+pub(crate) async fn migrate_up_to(
+    conn: &mut PgConnection,
+    sql: &Sql,
+    config: &PostgresConfig,
+    target: &Target,
+    to_version: i64,
+) -> Result<MigrationReport> {
     let mut tx = conn.begin().await.map_err(|e| sqlx_error(e, target))?;
     sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(LOCK_CLASS_MIGRATE)
@@ -603,7 +935,7 @@ pub(crate) async fn migrate(
     }
     let mut applied = Vec::new();
     for (version, description, text) in sql.migrations() {
-        if version <= from_version {
+        if version <= from_version || version > to_version {
             continue;
         }
         (&mut *tx)
@@ -627,7 +959,7 @@ pub(crate) async fn migrate(
             schema = %config.schema,
             prefix = %config.table_prefix,
             from_version,
-            to_version = SCHEMA_VERSION,
+            to_version,
             "migrated eventfold tables"
         );
     }
@@ -635,7 +967,7 @@ pub(crate) async fn migrate(
         schema: config.schema.clone(),
         table_prefix: config.table_prefix.clone(),
         from_version,
-        to_version: SCHEMA_VERSION,
+        to_version: from_version.max(to_version),
         applied,
     })
 }

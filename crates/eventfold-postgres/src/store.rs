@@ -232,6 +232,43 @@ impl<'r> RecordArgs<'r> {
     }
 }
 
+/// Which of the writers' statements of [`Sql`] records a recording.
+#[derive(Debug, Clone, Copy)]
+enum RecordStatement {
+    /// One event and at most one snapshot, in its own transaction (the common command).
+    One { snapshot: bool },
+    /// Anything, in its own transaction.
+    Any { notify: bool },
+    /// Anything, inside a host transaction.
+    InHost,
+}
+
+impl RecordStatement {
+    fn for_own_transaction(args: &RecordArgs<'_>, notify: bool) -> Self {
+        if notify
+            || args.stream_ids.len() != 1
+            || args.snap_stream_ids.len() > 1
+            || args.follower.is_some()
+        {
+            RecordStatement::Any { notify }
+        } else {
+            RecordStatement::One {
+                snapshot: !args.snap_stream_ids.is_empty(),
+            }
+        }
+    }
+}
+
+/// What a record statement found.
+enum Recorded {
+    /// Written; the notification ids in the recording's order.
+    Ids(Vec<i64>),
+    /// A stream of the recording does not continue from its stored latest version.
+    Discontinuous,
+    /// The recording's follower is already at or past its position.
+    TrackingBehind,
+}
+
 fn stored(row: &PgRow, stream_id: &str, first_column: usize) -> Result<StoredEvent> {
     let get = |e: sqlx::Error| Error::backend(BACKEND, e);
     let version: i64 = row.try_get(first_column).map_err(get)?;
@@ -323,6 +360,13 @@ impl PostgresStore {
     /// Creates or upgrades the tables described by `config` without keeping a store open
     /// (what `eventfold migrate` runs).
     pub async fn migrate_with(config: &PostgresConfig) -> Result<MigrationReport> {
+        Self::migrate_up_to(config, SCHEMA_VERSION).await
+    }
+
+    /// Creates the tables of `config` at an older schema version, without keeping a store
+    /// open: for tests of upgrades from that version.
+    #[doc(hidden)]
+    pub async fn migrate_up_to(config: &PostgresConfig, version: i64) -> Result<MigrationReport> {
         config.validate()?;
         let target = Target(config.redacted_url());
         let options: PgConnectOptions = config.url.parse().map_err(|e| Error::Config {
@@ -330,7 +374,15 @@ impl PostgresStore {
             message: format!("cannot parse {}: {e}", target.0),
         })?;
         let mut conn = connect_once(&options, config, &target).await?;
-        let report = schema::migrate(&mut conn, &Sql::new(config), config, &target).await;
+        let sql = Sql::new(config);
+        let report = schema::migrate_up_to(
+            &mut conn,
+            &sql,
+            config,
+            &target,
+            version.min(SCHEMA_VERSION),
+        )
+        .await;
         let _ = conn.close().await;
         report
     }
@@ -390,8 +442,9 @@ impl PostgresStore {
     /// rows and the events commit or roll back together. Returns the notification ids.
     ///
     /// One round trip. The wake-up NOTIFY is part of the transaction, so followers wake
-    /// when (and only if) the caller commits. On [`Error::Conflict`] the caller's
-    /// transaction is aborted: roll it back, reload, and run the command again.
+    /// when (and only if) the caller commits. On [`Error::Conflict`] nothing of the
+    /// recording was written: roll the transaction back, reload, and run the command again
+    /// (after a conflict found by the unique key the transaction is aborted anyway).
     ///
     /// Notification ids become visible to followers only after the caller commits, and
     /// only once every transaction that started writing before it has ended (see the
@@ -405,22 +458,58 @@ impl PostgresStore {
         if args.is_empty() {
             return Ok(Vec::new());
         }
-        match self.call_record(&mut **tx, &args, true).await {
-            Ok(ids) => Ok(ids),
-            Err(e) => Err(self.record_error(e, recording).await),
+        if self.inner.config.ordering == Ordering::TableLock {
+            sqlx::query(&self.inner.sql.lock_events)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| self.err(e))?;
         }
+        let outcome = self
+            .call_record(&mut **tx, &args, RecordStatement::InHost)
+            .await;
+        self.recorded(outcome, recording).await
     }
 
+    /// Sends `statement` with `args`.
     async fn call_record<'e, E>(
         &self,
         executor: E,
         args: &RecordArgs<'_>,
-        notify: bool,
-    ) -> std::result::Result<Vec<u64>, sqlx::Error>
+        statement: RecordStatement,
+    ) -> std::result::Result<Recorded, sqlx::Error>
     where
         E: sqlx::PgExecutor<'e>,
     {
-        let ids: Vec<i64> = sqlx::query_scalar(&self.inner.sql.record)
+        let sql = &self.inner.sql;
+        if let RecordStatement::One { snapshot } = statement {
+            let text = if snapshot {
+                &sql.record_one_with_snapshot
+            } else {
+                &sql.record_one
+            };
+            let mut query = sqlx::query(text)
+                .bind(args.stream_ids[0])
+                .bind(args.versions[0])
+                .bind(args.topics[0])
+                .bind(args.occurred_at[0])
+                .bind(args.states[0]);
+            if snapshot {
+                query = query
+                    .bind(args.snap_stream_ids[0])
+                    .bind(args.snap_versions[0])
+                    .bind(args.snap_topics[0])
+                    .bind(args.snap_occurred_at[0])
+                    .bind(args.snap_states[0]);
+            }
+            let ids: Option<Vec<i64>> = query.fetch_one(executor).await?.try_get(0)?;
+            return Ok(ids.map_or(Recorded::Discontinuous, Recorded::Ids));
+        }
+        let text = match statement {
+            RecordStatement::Any { notify: false } => &sql.record_any,
+            RecordStatement::Any { notify: true } => &sql.record_any_notify,
+            _ => &sql.record_in_host,
+        };
+        let row = sqlx::query(text)
             .bind(&args.stream_ids)
             .bind(&args.versions)
             .bind(&args.topics)
@@ -433,33 +522,52 @@ impl PostgresStore {
             .bind(&args.snap_states)
             .bind(args.follower)
             .bind(args.position)
-            .bind(self.inner.config.ordering == Ordering::TableLock)
-            .bind(notify)
             .fetch_one(executor)
             .await?;
-        Ok(ids.into_iter().map(|id| id as u64).collect())
+        let continues: bool = row.try_get(0)?;
+        let moved: bool = row.try_get(1)?;
+        let ids: Vec<i64> = row.try_get(2)?;
+        Ok(if !continues {
+            Recorded::Discontinuous
+        } else if !moved {
+            Recorded::TrackingBehind
+        } else {
+            Recorded::Ids(ids)
+        })
     }
 
-    async fn record_error(&self, error: sqlx::Error, recording: &Recording) -> Error {
-        match unique_violation(&error) {
-            Some(constraint) if constraint == self.inner.sql.tracking_constraint => {
+    /// Turns what a record statement returned into ids or the caller's error.
+    async fn recorded(
+        &self,
+        outcome: std::result::Result<Recorded, sqlx::Error>,
+        recording: &Recording,
+    ) -> Result<Vec<u64>> {
+        match outcome {
+            Ok(Recorded::Ids(ids)) => Ok(ids.into_iter().map(|id| id as u64).collect()),
+            Ok(Recorded::Discontinuous) => {
+                Err(Error::Conflict(Conflict::new(expected_versions(recording))))
+            }
+            Ok(Recorded::TrackingBehind) => {
                 let tracking = recording
                     .tracking
                     .as_ref()
-                    .expect("a tracking conflict comes from a recording with tracking");
+                    .expect("only a recording with tracking can find its follower ahead");
                 let current = self
                     .tracking_position(&tracking.follower)
                     .await
                     .ok()
                     .flatten()
                     .unwrap_or(tracking.position);
-                Error::Conflict(Conflict::new(vec![(
+                Err(Error::Conflict(Conflict::new(vec![(
                     format!("tracking:{}", tracking.follower),
                     current,
-                )]))
+                )])))
             }
-            Some(_) => Error::Conflict(Conflict::new(expected_versions(recording))),
-            None => self.err(error),
+            Err(error) if unique_violation(&error).is_some() => {
+                // Another writer took one of these versions first.
+                Err(Error::Conflict(Conflict::new(expected_versions(recording))))
+            }
+            Err(error) => Err(self.err(error)),
         }
     }
 
@@ -639,7 +747,8 @@ impl EventReader for PostgresStore {
 
 #[async_trait]
 impl EventWriter for PostgresStore {
-    /// One round trip: a single statement in its own (implicit) transaction.
+    /// One round trip: a single statement in its own (implicit) transaction (with
+    /// [`Ordering::TableLock`], a transaction around `LOCK TABLE` and that statement).
     async fn record(&self, recording: &Recording) -> Result<Vec<u64>> {
         let args = RecordArgs::new(recording)?;
         if args.is_empty() {
@@ -649,28 +758,50 @@ impl EventWriter for PostgresStore {
             .inner
             .notify_in_transaction
             .load(AtomicOrdering::Relaxed);
+        let statement = RecordStatement::for_own_transaction(&args, in_tx);
         let mut lease = self.lease().await?;
-        let result = self.call_record(lease.conn(), &args, in_tx).await;
-        match lease.finish(result) {
-            Ok(ids) => {
-                if !ids.is_empty() {
-                    if in_tx {
-                        self.inner.wakeups.notify_waiters();
-                    } else {
-                        self.committed();
-                    }
-                }
-                Ok(ids)
+        let outcome = if self.inner.config.ordering == Ordering::TableLock {
+            self.record_under_table_lock(lease.conn(), &args, statement)
+                .await
+        } else {
+            self.call_record(lease.conn(), &args, statement).await
+        };
+        let outcome = lease.finish(outcome);
+        let ids = self.recorded(outcome, recording).await?;
+        if !ids.is_empty() {
+            if in_tx {
+                self.inner.wakeups.notify_waiters();
+            } else {
+                self.committed();
             }
-            Err(e) => Err(self.record_error(e, recording).await),
         }
+        Ok(ids)
+    }
+}
+
+impl PostgresStore {
+    /// What Python `eventsourcing` does: the table locked from before the ids are taken
+    /// until the commit.
+    async fn record_under_table_lock(
+        &self,
+        conn: &mut PgConnection,
+        args: &RecordArgs<'_>,
+        statement: RecordStatement,
+    ) -> std::result::Result<Recorded, sqlx::Error> {
+        let mut tx = conn.begin().await?;
+        sqlx::query(&self.inner.sql.lock_events)
+            .execute(&mut *tx)
+            .await?;
+        let recorded = self.call_record(&mut *tx, args, statement).await?;
+        tx.commit().await?;
+        Ok(recorded)
     }
 }
 
 #[async_trait]
 impl NotificationReader for PostgresStore {
-    /// Gap-safe: only rows stamped below the oldest transaction still in flight (see the
-    /// crate docs). One round trip.
+    /// Gap-safe: only ids up to the last one whose writer has ended, and so every writer
+    /// below it (see the crate docs). One round trip.
     async fn select_notifications(&self, query: &NotificationQuery) -> Result<Vec<Notification>> {
         let topics = (!query.topics.is_empty()).then_some(&query.topics);
         let statement = sqlx::query(&self.inner.sql.notifications)

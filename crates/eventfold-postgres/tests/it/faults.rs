@@ -74,31 +74,58 @@ async fn schema_versions_and_migrate() {
     assert!(again.applied.is_empty(), "{again}");
     assert!(again.to_string().contains("up to date"));
 
-    // A database one version behind: refused without create_tables, then upgraded.
-    let versions = store.table_name("schema_version");
-    sqlx::query(&format!("DELETE FROM {versions} WHERE version = $1"))
-        .bind(SCHEMA_VERSION)
+    // A database one version behind, with events written by that version: refused
+    // without create_tables, then upgraded, its log intact and its streams continuing.
+    let mut old = cfg.clone();
+    old.table_prefix = "v3_".into();
+    let built = PostgresStore::migrate_up_to(&old, SCHEMA_VERSION - 1)
+        .await
+        .unwrap();
+    assert_eq!(built.to_version, SCHEMA_VERSION - 1);
+    let old_record = format!(
+        "SELECT {schema}.v3_record(ARRAY['up','up'], ARRAY[1,2]::bigint[], ARRAY['A','B'], \
+             ARRAY[now(), now()], ARRAY['\\x01','\\x02']::bytea[], '{{}}', '{{}}', '{{}}', '{{}}', \
+             '{{}}', NULL, NULL, false, false)",
+        schema = old.schema
+    );
+    sqlx::query(&old_record)
         .execute(store.pool())
         .await
         .unwrap();
-    match PostgresStore::connect(&cfg).await.unwrap_err() {
+    match PostgresStore::connect(&old).await.unwrap_err() {
         Error::SchemaVersion { found, hint, .. } => {
             assert_eq!(found, SCHEMA_VERSION - 1);
             assert!(hint.contains("eventfold migrate"), "{hint}");
         }
         other => panic!("expected SchemaVersion, got {other:?}"),
     }
-    let upgrade = store.migrate().await.unwrap();
+    let upgrade = PostgresStore::migrate_with(&old).await.unwrap();
     assert_eq!(
         (upgrade.from_version, upgrade.applied.len()),
         (SCHEMA_VERSION - 1, 1)
     );
-    let store = PostgresStore::connect(&cfg).await.unwrap();
-    let ids = store
-        .record(&events_only(vec![event("up", 1, "A"), event("up", 2, "B")]))
+    let upgraded = PostgresStore::connect(&old).await.unwrap();
+    let before: Vec<_> = upgraded
+        .select_notifications(&NotificationQuery::after(0, 10))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.id, n.event.stream_id, n.event.version))
+        .collect();
+    assert_eq!(before, vec![(1, "up".into(), 1), (2, "up".into(), 2)]);
+    let ids = upgraded
+        .record(&events_only(vec![event("up", 3, "C"), event("up", 4, "D")]))
         .await
         .unwrap();
-    assert_eq!(store.max_notification_id().await.unwrap(), ids[1]);
+    assert_eq!(ids, vec![3, 4]);
+    assert_eq!(upgraded.max_notification_id().await.unwrap(), 4);
+    assert!(matches!(
+        upgraded
+            .record(&events_only(vec![event("up", 6, "F")]))
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    upgraded.close().await;
 
     // Concurrent migrations of a fresh prefix take turns.
     let mut other = cfg.clone();

@@ -260,7 +260,7 @@ async fn concurrent_writers_one_follower(ordering: Ordering, writers: usize, sav
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_writers_one_follower_snapshot_xmin() {
-    concurrent_writers_one_follower(Ordering::SnapshotXmin, 16, 30).await;
+    concurrent_writers_one_follower(Ordering::Concurrent, 16, 30).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,4 +396,127 @@ async fn version_gaps_are_conflicts() {
         .map(|e| e.version)
         .collect();
     assert_eq!(versions, vec![1, 2]);
+}
+
+/// The ids the log shows now, from the start.
+async fn visible_ids(store: &PostgresStore) -> Vec<u64> {
+    store
+        .select_notifications(&NotificationQuery::after(0, 100))
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect()
+}
+
+/// A host transaction announces itself once, however many recordings it makes, and a
+/// savepoint rolled back takes its announcement with it without leaving the next
+/// recording of the transaction unannounced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_transaction_announces_once_and_savepoints_stay_safe() {
+    let (store, _guard) = fresh("announce").await;
+    let mut host = store.pool().begin().await.unwrap();
+    sqlx::query("SAVEPOINT before_first")
+        .execute(&mut *host)
+        .await
+        .unwrap();
+    store
+        .record_in(&mut host, &events_only(vec![event("h", 1, "Dropped")]))
+        .await
+        .unwrap();
+    sqlx::query("ROLLBACK TO SAVEPOINT before_first")
+        .execute(&mut *host)
+        .await
+        .unwrap();
+    let mut host_ids = Vec::new();
+    for version in 1..=20 {
+        host_ids.extend(
+            store
+                .record_in(&mut host, &events_only(vec![event("h", version, "Kept")]))
+                .await
+                .unwrap(),
+        );
+    }
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    )
+    .fetch_one(&mut *host)
+    .await
+    .unwrap();
+    assert_eq!(held, 1, "one announcement for twenty recordings");
+
+    // Another writer commits higher ids while the host transaction is open.
+    let later = store
+        .record(&events_only(vec![event("other", 1, "Later")]))
+        .await
+        .unwrap();
+    assert!(later[0] > host_ids[19]);
+    assert_eq!(visible_ids(&store).await, Vec::<u64>::new());
+    assert_eq!(store.max_notification_id().await.unwrap(), 0);
+
+    host.commit().await.unwrap();
+    let mut expected = host_ids.clone();
+    expected.extend(&later);
+    assert_eq!(visible_ids(&store).await, expected);
+}
+
+/// Announcements are advisory-lock keys of 32 bits: a writer in flight holds the log back
+/// when the ids after it cross a multiple of 2^32, and one announced above 2^32 holds back
+/// only the ids above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_hold_across_the_32_bit_boundary() {
+    let (store, _guard) = fresh("wrap").await;
+    let boundary: u64 = 1 << 32;
+    let sequence = store.table_name("notification_id_seq");
+    sqlx::query(&format!(
+        "SELECT setval('{}', $1)",
+        sequence.replace('\'', "''")
+    ))
+    .bind((boundary - 3) as i64)
+    .execute(store.pool())
+    .await
+    .unwrap();
+
+    // Announced below the boundary, ids committed after it cross it.
+    let mut host = store.pool().begin().await.unwrap();
+    let host_ids = store
+        .record_in(&mut host, &events_only(vec![event("h", 1, "Open")]))
+        .await
+        .unwrap();
+    assert_eq!(host_ids, vec![boundary - 2]);
+    let mut later = Vec::new();
+    for version in 1..=4 {
+        later.extend(
+            store
+                .record(&events_only(vec![event("w", version, "Later")]))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(*later.last().unwrap() > boundary);
+    assert_eq!(visible_ids(&store).await, Vec::<u64>::new());
+    assert_eq!(store.max_notification_id().await.unwrap(), 0);
+    host.commit().await.unwrap();
+    let mut expected = host_ids;
+    expected.extend(&later);
+    assert_eq!(visible_ids(&store).await, expected);
+
+    // Announced above the boundary: what committed before it stays readable.
+    let mut host = store.pool().begin().await.unwrap();
+    let open_ids = store
+        .record_in(&mut host, &events_only(vec![event("h", 2, "Open")]))
+        .await
+        .unwrap();
+    let after = store
+        .record(&events_only(vec![event("w", 5, "After")]))
+        .await
+        .unwrap();
+    assert_eq!(visible_ids(&store).await, expected);
+    assert_eq!(
+        store.max_notification_id().await.unwrap(),
+        *expected.last().unwrap()
+    );
+    host.commit().await.unwrap();
+    expected.extend(open_ids.iter().chain(&after));
+    assert_eq!(visible_ids(&store).await, expected);
 }
