@@ -219,17 +219,31 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
     }
     let t_create = t0.elapsed().as_secs_f64();
 
+    // On PostgreSQL, slices of bare commits run between the passes, so commands and the
+    // fsync-bound limit are measured over the same stretch of time.
+    #[cfg(feature = "postgres")]
+    let mut bare = match &handle {
+        StoreHandle::Postgres(pg) => {
+            Some(eventfold::postgres::bench::BareCommits::open(&pg.config().url).await?)
+        }
+        _ => None,
+    };
     let mut latencies = Vec::with_capacity(n * m);
-    let t0 = Instant::now();
+    let mut t_cmd = 0.0;
     for j in 0..m {
+        let t0 = Instant::now();
         for (i, id) in ids.iter().enumerate() {
             let what = format!("thing-{j}-{i}");
             let started = Instant::now();
             worlds.make_it_so(*id, &what).await?;
             latencies.push(started.elapsed().as_secs_f64());
         }
+        t_cmd += t0.elapsed().as_secs_f64();
+        #[cfg(feature = "postgres")]
+        if let Some(bare) = bare.as_mut() {
+            bare.commit(n.div_ceil(2) as u64).await?;
+        }
     }
-    let t_cmd = t0.elapsed().as_secs_f64();
 
     let t0 = Instant::now();
     let mut mismatches = 0;
@@ -277,12 +291,11 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
     }
 
     #[cfg(feature = "postgres")]
-    if let StoreHandle::Postgres(pg) = &handle {
-        // The fsync-bound limit on this machine, measured in the same run.
-        let bare =
-            eventfold::postgres::bench::bare_insert_commit_rate(&pg.config().url, 1000).await?;
+    if let Some(bare) = bare {
+        let bare = bare.finish().await?;
         let fields = result.as_object_mut().expect("an object");
         fields.insert("bare_commits_per_s".into(), json!(sig4(bare.per_second)));
+        fields.insert("bare_p50_ms".into(), json!(sig4(bare.p50_ms)));
         fields.insert(
             "commands_vs_bare".into(),
             json!(sig4(commands as f64 / t_cmd / bare.per_second)),

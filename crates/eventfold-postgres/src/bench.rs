@@ -89,44 +89,87 @@ async fn connect(url: &str) -> Result<PgConnection> {
         .map_err(|e| sqlx_error(e, &target))
 }
 
-/// The fsync-bound limit: `n` single-row INSERTs into a plain table (a bigserial key and
-/// 100 bytes), each its own transaction, one after another on one connection.
-pub async fn bare_insert_commit_rate(url: &str, n: u64) -> Result<CommitRate> {
-    let target = Target(crate::config::redact_url(url));
-    let err = |e| sqlx_error(e, &target);
-    let mut conn = connect(url).await?;
-    let schema = scratch_schema();
-    let create = format!(
-        "CREATE SCHEMA {schema}; \
-         CREATE TABLE {schema}.bare (id bigserial PRIMARY KEY, payload bytea NOT NULL)"
-    );
-    conn.execute(create.as_str()).await.map_err(err)?;
-    let insert = format!("INSERT INTO {schema}.bare (payload) VALUES ($1)");
-    let payload = vec![b'x'; PAYLOAD];
-    let mut latencies = Vec::with_capacity(n as usize);
-    let started = Instant::now();
-    let mut outcome = Ok(());
-    for _ in 0..n {
-        let t = Instant::now();
-        if let Err(e) = sqlx::query(&insert).bind(&payload).execute(&mut conn).await {
-            outcome = Err(err(e));
-            break;
-        }
-        latencies.push(t.elapsed());
+/// A loop of bare single-row INSERT commits (a bigserial key and 100 bytes, each its own
+/// transaction) on one connection, in a scratch schema: the fsync-bound limit of this
+/// server, which no store that commits per command can beat. Run it in slices between
+/// the slices of another benchmark to compare the two over the same stretch of time (the
+/// machine's speed drifts).
+pub struct BareCommits {
+    conn: PgConnection,
+    target: Target,
+    schema: String,
+    insert: String,
+    payload: Vec<u8>,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl BareCommits {
+    /// Connects and creates the scratch table.
+    pub async fn open(url: &str) -> Result<Self> {
+        let target = Target(crate::config::redact_url(url));
+        let mut conn = connect(url).await?;
+        let schema = scratch_schema();
+        let create = format!(
+            "CREATE SCHEMA {schema}; \
+             CREATE TABLE {schema}.bare (id bigserial PRIMARY KEY, payload bytea NOT NULL)"
+        );
+        conn.execute(create.as_str())
+            .await
+            .map_err(|e| sqlx_error(e, &target))?;
+        Ok(BareCommits {
+            conn,
+            target,
+            insert: format!("INSERT INTO {schema}.bare (payload) VALUES ($1)"),
+            schema,
+            payload: vec![b'x'; PAYLOAD],
+            latencies: Vec::new(),
+            elapsed: Duration::ZERO,
+        })
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
-    let dropped = conn.execute(drop_schema.as_str()).await;
-    outcome?;
-    dropped.map_err(err)?;
-    latencies.sort_unstable();
-    Ok(CommitRate {
-        commits: n,
-        seconds,
-        per_second: n as f64 / seconds,
-        p50_ms: percentile(&latencies, 0.50),
-        p99_ms: percentile(&latencies, 0.99),
-    })
+
+    /// Makes `n` more commits.
+    pub async fn commit(&mut self, n: u64) -> Result<()> {
+        let started = Instant::now();
+        for _ in 0..n {
+            let t = Instant::now();
+            sqlx::query(&self.insert)
+                .bind(&self.payload)
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| sqlx_error(e, &self.target))?;
+            self.latencies.push(t.elapsed());
+        }
+        self.elapsed += started.elapsed();
+        Ok(())
+    }
+
+    /// Drops the scratch schema and reports every commit made.
+    pub async fn finish(mut self) -> Result<CommitRate> {
+        let drop_schema = format!("DROP SCHEMA {} CASCADE", self.schema);
+        self.conn
+            .execute(drop_schema.as_str())
+            .await
+            .map_err(|e| sqlx_error(e, &self.target))?;
+        let _ = self.conn.close().await;
+        self.latencies.sort_unstable();
+        let commits = self.latencies.len() as u64;
+        let seconds = self.elapsed.as_secs_f64();
+        Ok(CommitRate {
+            commits,
+            seconds,
+            per_second: commits as f64 / seconds,
+            p50_ms: percentile(&self.latencies, 0.50),
+            p99_ms: percentile(&self.latencies, 0.99),
+        })
+    }
+}
+
+/// The fsync-bound limit: `n` bare commits (see [`BareCommits`]) one after another.
+pub async fn bare_insert_commit_rate(url: &str, n: u64) -> Result<CommitRate> {
+    let mut bare = BareCommits::open(url).await?;
+    bare.commit(n).await?;
+    bare.finish().await
 }
 
 /// `writers` tasks record one 100-byte event per recording, each on its own stream, all
