@@ -20,7 +20,7 @@ pub enum BenchCommand {
     /// The Worlds workload of the peers' harness.
     Worlds(WorldsArgs),
     /// PostgreSQL: the bare single-row commit rate, and concurrent writers (1, 4, 16) with
-    /// the snapshot-xmin ordering against the table lock Python eventsourcing takes.
+    /// the concurrent ordering against the table lock Python eventsourcing takes.
     #[cfg(feature = "postgres")]
     PgWriters(PgWritersArgs),
 }

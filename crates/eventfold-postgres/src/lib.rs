@@ -42,12 +42,12 @@
 //!
 //! | object | what | keys and indexes |
 //! |---|---|---|
-//! | `events` | every stream's events; `id` is the notification log position | `PRIMARY KEY (id) INCLUDE (stamp)`, `UNIQUE (stream_id, version)` |
+//! | `events` | every stream's events; `id` is the notification log position | `PRIMARY KEY (id)`, `UNIQUE (stream_id, version)` |
 //! | `snapshots` | snapshots by stream and version | `PRIMARY KEY (stream_id, version)` |
 //! | `tracking` | follower positions | `PRIMARY KEY (follower) INCLUDE (position)` |
 //! | `schema_version` | applied migrations | `PRIMARY KEY (version)` |
-//! | `record(...)`, `notifications(...)`, `max_notification_id()`, `horizon()` | the write and read protocol below, as PL/pgSQL functions | |
-//! | `notification_id_seq`, `notification_stamp_seq` | id allocation and the stamp register | |
+//! | `notifications(...)`, `max_notification_id()`, `final_id()` | the read side of the protocol below, as PL/pgSQL functions (writers send plain SQL) | |
+//! | `notification_id_seq` | id allocation (`CACHE 1`) | |
 //!
 //! Stream reads use the unique `(stream_id, version)` index; log reads walk the primary
 //! key; [`NotificationReader::max_notification_id`](eventfold_core::NotificationReader::max_notification_id)
@@ -77,51 +77,53 @@
 //! Now xmin is 101, H's row (xid 100) passes the filter, id 1 is still in flight: skipped.
 //! (`tests/it/gap_safety.rs` builds exactly this case.) So this store does the following.
 //!
-//! **Writers** ([`Ordering::SnapshotXmin`], the default), inside the recording transaction:
-//! 1. take a *writer lock*: a transaction-level advisory lock keyed by the transaction's
-//!    own id, held until the transaction ends (no other writer uses that key; readers
-//!    only probe it for an instant with a try-lock, so it never waits for long);
-//! 2. in the *allocation section*, under a second advisory lock, allocate the ids from
-//!    the sequence and compute the rows' **stamp** = `greatest(own xid, stamp register)`,
-//!    then raise the register (a sequence) to it. The section runs in a subtransaction
-//!    that is rolled back, which releases its lock at once and keeps the sequence values
-//!    (sequences are not transactional). It holds the lock for microseconds and never
-//!    across a commit, so concurrent commits overlap and share WAL flushes;
-//! 3. insert the rows.
+//! **Writers** ([`Ordering::Concurrent`], the default), in the statement that records:
+//! 1. read `L_w`, the last id allocated so far, and take a *shared* transaction-level
+//!    advisory lock keyed by it (the low 32 bits, in this store's lock class): the
+//!    **announcement** "every id I take is above `L_w`". Shared locks never wait for each
+//!    other, and nobody takes these locks exclusively, so writers never wait for writers;
+//! 2. only then take ids from the sequence (`nextval` reads the announcement's row, so it
+//!    cannot run first), which are therefore all above `L_w`;
+//! 3. insert the rows. The announcement is held until the transaction ends. A host
+//!    transaction that records several times keeps its first announcement (a
+//!    transaction-local setting remembers it), so it holds one lock however many
+//!    recordings it makes; a savepoint rolled back releases the lock and the setting
+//!    together.
 //!
-//! Hence **stamps never decrease as ids grow**, a row's stamp is at least its own
-//! transaction's id, and a transaction holding ids holds its writer lock.
+//! **Readers** (the `final_id()` function, then the read, each a separate statement so
+//! each sees the server as it is after the step before):
+//! 1. read `L`, the last id allocated;
+//! 2. read the announcements still held (`pg_locks`), and turn each 32-bit key back into
+//!    the largest id allocated by then with those low bits (the id sequence, read after
+//!    the locks, bounds them all);
+//! 3. the final part of the log ends at `F = min(L, lowest announcement)`;
+//! 4. return rows with `id <= F`, by id.
 //!
-//! **Readers** (the `horizon()` function, then the read, each a separate statement so each
-//! sees a newer snapshot than the step before):
-//! 1. read `last_id` (the last id allocated) and the stamp register `R`;
-//! 2. take a snapshot; the candidates are its in-flight transactions with id `<= R` plus
-//!    the ids from its `xmax` up to `R` (those count as in flight too);
-//! 3. probe the candidates' writer locks, oldest first (in a rolled-back subtransaction);
-//!    the horizon `h` is the first one still held, or `R + 1` if none is;
-//! 4. return rows with `id <= last_id` and `stamp < h`, by id.
-//!
-//! **Invariant:** every row returned by step 4 has only final rows below it: each lower id
-//! was written by a transaction that had ended before step 4's snapshot, so it is either
-//! visible in that snapshot (and returned, in order) or never will be. *Why:* take a
-//! returned row `n` and a lower id `m` written by W. W allocated `m` before `n` was
-//! allocated, and `n` before step 1, so W's stamp is already in `R` and W's xid `x_W <=
-//! stamp_m <= stamp_n < h`. If W were still running at step 2's snapshot, it would be a
-//! candidate below `h` holding its writer lock, and step 3 would have set `h <= x_W`; so
-//! its lock was free at step 3, which means W had ended (locks are released after the
-//! commit becomes visible), before step 4's snapshot was taken. Rows allocated after
-//! step 1 are excluded by `id <= last_id`. Because stamps are monotonic, the rows passing
-//! step 4 form a prefix of the log, so
-//! [`max_notification_id`](eventfold_core::NotificationReader::max_notification_id) is
+//! **Invariant:** every id up to `F` was allocated by a transaction that had ended before
+//! step 4's snapshot, so its rows are either visible then (and returned, in order) or never
+//! will be. *Why:* take `m <= F` and its writer W. `m <= L` means `m` was handed out before
+//! step 1, and W announced `L_w < m` before taking it, so before step 1. Had W still held
+//! its announcement at step 2, `F <= L_w < m`; so it had released it, which PostgreSQL does
+//! only after the end of W's transaction became visible, before step 4's snapshot. Ids
+//! allocated after step 1 are above `L >= F`. The rows up to `F` form a prefix of the log,
+//! so [`max_notification_id`](eventfold_core::NotificationReader::max_notification_id) is
 //! the last row of that prefix and agrees with the reads.
 //!
-//! **What holds the log back:** only writers *of these tables* that allocated ids and have
-//! not ended, and only for ids above theirs. Unlike a plain `xmin` filter, a long
-//! transaction elsewhere in the cluster (a report, a stuck session, another application)
-//! does not delay followers; a host transaction that called [`PostgresStore::record_in`]
-//! does, until it commits or rolls back, so keep those short. Writers never wait for
-//! readers. Sequences use `CACHE 1` (a per-session cache would break the id order); do not
-//! insert into `events` except through `record(...)`.
+//! Schema versions 1–3 kept the same guarantee differently: each row carried a *stamp*
+//! (the greatest transaction id of its writer and every writer below it), allocated under
+//! an advisory lock released early by a rolled-back subtransaction, and readers probed
+//! the writer locks of the in-flight transactions of a snapshot. That needed a PL/pgSQL
+//! function on every write, whose per-transaction setup cost more than the insert itself;
+//! version 4 writes with one plain SQL statement and reads announcements instead.
+//!
+//! **What holds the log back:** only writers *of these tables* that have announced and not
+//! ended, and only for ids above their announcement. A long transaction elsewhere in the
+//! cluster (a report, a stuck session, another application) does not delay followers; a
+//! host transaction that called [`PostgresStore::record_in`] does, until it commits or
+//! rolls back, so keep those short. Writers never wait for readers or for each other
+//! (beyond the unique key of a stream both write). The sequence uses `CACHE 1` (a
+//! per-session cache would break the id order); do not insert into `events` except
+//! through this store.
 //!
 //! `tests/it/gap_safety.rs` proves it under load: 16 writer tasks (half of them host
 //! transactions that write their own row first and linger before committing) and a
@@ -160,7 +162,7 @@
 //!
 //! | operation | round trips |
 //! |---|---|
-//! | [`record`](eventfold_core::EventWriter::record) (events, snapshots, tracking, any number of streams) | 1: one function call with array arguments (UNNEST), in its own implicit transaction |
+//! | [`record`](eventfold_core::EventWriter::record) (events, snapshots, tracking, any number of streams) | 1: one SQL statement in its own implicit transaction (scalar parameters for one event, arrays and UNNEST for more) |
 //! | [`PostgresStore::record_in`] | 1 inside the caller's transaction (plus the caller's BEGIN and COMMIT) |
 //! | [`load`](eventfold_core::EventReader::load) (latest snapshot + later events) | 1 (UNION ALL) |
 //! | `select_events`, `select_snapshots`, `select_notifications`, `max_notification_id`, `tracking_position` | 1 each |
@@ -175,17 +177,16 @@
 //! `load` and per `select_notifications`, 1.4 per `record` (the extra 0.4 is the
 //! coalesced NOTIFY of the background sender and its pool ping).
 //!
-//! Server time of one `record(...)` call with one event on a continuing stream, measured
-//! with a loop of calls and commits inside the server (no client, no fsync; medians of
-//! runs on the shared 2-vCPU VM, so ±20%): schema v2 ~95 µs, v3 ~60 µs, a bare
-//! single-row INSERT into the same table ~40 µs. Schema v3 removed the two costs that
-//! mattered: the general contiguity query (unnest, GROUP BY, anti-join: ~30 µs; a
-//! recording of one stream now takes one index probe) and the function's `SET
-//! search_path` (~8 µs). The rolled-back subtransaction of the allocation section costs
-//! ~2 µs (within noise), so it stays: a session-level lock released by hand could be left
-//! held by a cancel between lock and unlock, stopping every writer. A batch of 100 events
-//! costs about what the same `INSERT ... SELECT FROM unnest(...)` costs alone (~6 µs per
-//! row: the heap and the two indexes).
+//! Where a command's time goes (`examples/anatomy.rs`: interleaved rounds of each piece,
+//! medians, on the shared 2-vCPU VM, so ±20%): a bare single-row INSERT commit ~300–340 µs,
+//! of which ~100 µs without the WAL flush (`synchronous_commit = off`); a `SELECT 1` round
+//! trip ~60–75 µs; `load` ~130 µs; `record` of one event ~430–480 µs, ~180–200 µs without
+//! the flush. Schema v3's PL/pgSQL `record(...)` took ~500–510 µs and ~225–260 µs without
+//! the flush: the function's per-transaction setup (every simple expression is prepared
+//! again in each transaction), its EXCEPTION block and the `setval` of the stamp cost
+//! ~60–70 µs per call. The one-event statement binds scalars: with array parameters
+//! PostgreSQL judged its generic plan dearer than a custom one and planned every
+//! execution again (~120 µs, measured with pgbench and `plan_cache_mode`).
 //!
 //! # Errors and faults
 //!
@@ -198,10 +199,11 @@
 //!   If the connection dies after the server committed but before the reply arrived, the
 //!   command reports `Unavailable` although it was recorded; running it again then fails
 //!   with a conflict instead of recording twice.
-//! * A version that exists, or a stream that would not continue from its latest version,
-//!   or a tracking position that does not move forward → [`Error::Conflict`](eventfold_core::Error::Conflict),
+//! * A version that exists → [`Error::Conflict`](eventfold_core::Error::Conflict),
 //!   detected with sqlx's typed `DatabaseError::is_unique_violation()` (never by
-//!   matching SQLSTATE text) and told apart by constraint name.
+//!   matching SQLSTATE text). A stream that would not continue from its latest version,
+//!   or a tracking position that does not move forward, is a conflict too: the record
+//!   statement then writes nothing and says so in its result.
 //! * Other server errors → [`Error::Backend`](eventfold_core::Error::Backend).
 //!
 //! # Benchmarks

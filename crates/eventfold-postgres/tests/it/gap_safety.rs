@@ -259,7 +259,7 @@ async fn concurrent_writers_one_follower(ordering: Ordering, writers: usize, sav
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixteen_writers_one_follower_snapshot_xmin() {
+async fn sixteen_writers_one_follower_concurrent() {
     concurrent_writers_one_follower(Ordering::Concurrent, 16, 30).await;
 }
 
