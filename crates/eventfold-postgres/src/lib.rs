@@ -213,35 +213,27 @@
 //! `examples/bench_writers.rs` prints the whole matrix.
 //!
 //! Measured on the project's 2-vCPU VM (PostgreSQL 15, default settings: `fsync` and
-//! `synchronous_commit` on) with schema version 2: `cargo run --release --example
-//! bench_writers -- 2`, five rounds of 2 s per cell, medians; one 100-byte event per
-//! recording, each writer on its own stream. The machine was shared with other builds
-//! (single rounds moved by up to 4x), so compare rows of one batch only.
+//! `synchronous_commit` on) with schema version 4, in one batch of
+//! `scripts/bench-vs-peers.sh` (five runs, medians; BENCHMARKS.md has the rest): one
+//! 100-byte event per recording, each writer on its own stream.
 //!
-//! | writers | snapshot-xmin (default) | table lock | snapshot-xmin, NOTIFY inside each transaction |
-//! |---|---|---|---|
-//! | 1 | 1,753 recordings/s (p50 0.46 ms) | 1,731/s (p50 0.50 ms) | 1,610/s |
-//! | 4 | 3,770/s (p50 0.93 ms, p99 3.5 ms) | 1,707/s (p50 2.2 ms, p99 6.0 ms) | 2,235/s |
-//! | 16 | 2,856/s (p50 5.3 ms, p99 15 ms) | 1,462/s (p50 9.9 ms, p99 28 ms) | 1,573/s |
+//! | writers | concurrent (default) | table lock (`BEGIN`, `LOCK TABLE`, insert, `COMMIT`) |
+//! |---|---|---|
+//! | 1 | 2,270 recordings/s (p50 0.44 ms) | 1,089/s (p50 0.88 ms) |
+//! | 4 | 5,689/s (p50 0.65 ms) | 1,651/s (p50 2.28 ms) |
+//! | 16 | 11,260/s (p50 1.31 ms) | 1,526/s (p50 9.93 ms) |
 //!
-//! The bare single-row INSERT commit rate in the same batch: median 2,925/s (p50
-//! 0.33 ms). With one writer the orderings cost the same; with concurrent writers the
-//! table lock lets one commit (one WAL flush) through at a time while snapshot-xmin
-//! writers share flushes: 2.2x the table lock's throughput with 4 writers and 2.0x with
-//! 16 (where the two cores are saturated), at about half the latency. A NOTIFY inside
-//! every transaction gives most of that back, which is why `record` sends it after the
-//! commit.
+//! The bare single-row INSERT commit rate in the same batch: median 4,289/s. The table
+//! lock lets one commit (one WAL flush) through at a time; concurrent writers share
+//! flushes and never wait for each other. A NOTIFY inside every transaction would
+//! serialise their commits again, which is why `record` sends it after the commit.
 //!
 //! `eventfold bench worlds --backend postgres` (one command = a `load` round trip, then a
-//! `record` round trip and its commit), schema v2 against v3 interleaved in one batch,
-//! five runs each, medians, with `eventfold bench pg-writers --seconds 1` for the bare
-//! commit rate after each pair: v2 1,760 commands/s (p50 0.55 ms, p99 0.82 ms), v3 1,937/s
-//! (p50 0.49 ms, p99 0.78 ms); raw_store 108,000 → 116,700 events/s; raw_single 2,651 →
-//! 2,737/s; bare commits 4,101/s (p50 0.22 ms). A command is two round trips and one WAL
-//! flush where a bare commit is one and one: with pgbench and no client at all, the same
-//! two statements reach ~1,650/s against ~3,300/s bare (a `SELECT 1` round trip alone
-//! costs ~0.12 ms on this VM), so ~50% of the bare rate is the ceiling of a command that
-//! loads before it records, whatever the store does inside `record`.
+//! `record` round trip and its commit) in the same batch: 1,563 commands/s (p50 0.62 ms,
+//! p99 1.17 ms), 0.49 of the bare commit rate measured between its passes, and 2.72× the
+//! Rust cqrs-es + postgres-es peer (schema v3: 2.27×). A command is two round
+//! trips and one WAL flush where a bare commit is one and one, so a store that loads
+//! before it records cannot get near the bare rate, whatever it does inside `record`.
 
 mod config;
 mod error;
