@@ -77,8 +77,8 @@ pub struct PostgresConfig {
     /// With `false`, connecting to a database whose schema is not at this build's version
     /// fails with [`Error::SchemaVersion`] telling the operator to run `eventfold migrate`.
     pub create_tables: bool,
-    /// Size of the connection pool (default 10). The LISTEN connection for wake-ups is
-    /// separate and not counted here.
+    /// Size of the connection pool (default 10). The two wake-up connections (one LISTENs,
+    /// one sends NOTIFY after commits) are separate and not counted here.
     pub max_connections: u32,
     /// How long to wait for a connection (when connecting, and for a free pool slot)
     /// before failing with [`Error::Unavailable`]. Default 5 s.

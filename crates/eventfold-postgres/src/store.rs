@@ -595,7 +595,8 @@ impl PostgresStore {
         if notifier.as_ref().is_none_or(|(task, _)| task.is_finished()) {
             let signal = Arc::new(Notify::new());
             let task = tokio::spawn(wakeup::send_notifications(
-                self.inner.pool.clone(),
+                self.inner.options.clone(),
+                self.inner.config.connect_timeout,
                 self.inner.sql.notify.clone(),
                 self.inner.sql.channel.clone(),
                 signal.clone(),

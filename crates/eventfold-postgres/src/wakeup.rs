@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
 
 /// First and longest pause before reconnecting the LISTEN connection.
@@ -89,21 +90,42 @@ async fn start_listening(pool: &PgPool, channel: &str) -> Result<PgListener, sql
 /// one. Followers in this process are woken directly; this only delays other processes'.
 pub(crate) const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 
+/// The `application_name` of the connection that sends wake-ups.
+pub const NOTIFIER_APPLICATION_NAME: &str = "eventfold-notifier";
+
 /// Sends one NOTIFY per burst of commits: each commit calls `signal.notify_one()`, which
 /// leaves at most one permit, so commits that land while a NOTIFY is in flight (or during
 /// the [`NOTIFY_INTERVAL`] after it) are covered by the next one.
+///
+/// It keeps a connection of its own: through the pool, every NOTIFY cost a second round
+/// trip (the ping sqlx sends when a connection goes back), next to the commands it
+/// interleaves with. A failed connection is dropped and made again on the next burst.
 pub(crate) async fn send_notifications(
-    pool: PgPool,
+    options: PgConnectOptions,
+    connect_timeout: Duration,
     statement: String,
     channel: String,
     signal: Arc<Notify>,
 ) {
+    let options = options.application_name(NOTIFIER_APPLICATION_NAME);
+    let mut connection: Option<PgConnection> = None;
     loop {
         signal.notified().await;
         let next_allowed = tokio::time::Instant::now() + NOTIFY_INTERVAL;
-        if let Err(error) = sqlx::query(&statement).bind(&channel).execute(&pool).await {
-            // Followers poll as well; a lost wake-up only delays them.
-            tracing::debug!(%channel, %error, "NOTIFY failed");
+        if connection.is_none() {
+            match tokio::time::timeout(connect_timeout, PgConnection::connect_with(&options)).await
+            {
+                Ok(Ok(conn)) => connection = Some(conn),
+                Ok(Err(error)) => tracing::debug!(%channel, %error, "cannot connect to NOTIFY"),
+                Err(_) => tracing::debug!(%channel, "cannot connect to NOTIFY: timed out"),
+            }
+        }
+        if let Some(conn) = connection.as_mut() {
+            if let Err(error) = sqlx::query(&statement).bind(&channel).execute(conn).await {
+                // Followers poll as well; a lost wake-up only delays them.
+                tracing::debug!(%channel, %error, "NOTIFY failed");
+                connection = None;
+            }
         }
         tokio::time::sleep_until(next_allowed).await;
     }
