@@ -684,7 +684,8 @@ fn announcement_key(id: &str) -> String {
 impl Writers<'_> {
     /// The `writer` CTE: the announcement, a shared advisory lock (writers never wait for
     /// each other) keyed by the last id allocated before ours, held until the transaction
-    /// ends. Its `id_seq` column feeds `nextval`, so no id is taken before it exists.
+    /// ends. Its `id_seq` column feeds `nextval`, so no id is taken before it exists, and
+    /// it is MATERIALIZED (evaluated once, never inlined), as is the id allocation.
     fn announce(&self, host: bool, condition: &str) -> String {
         let Writers {
             id_seq,
@@ -697,7 +698,7 @@ impl Writers<'_> {
             // so still true), which keeps one lock per transaction, not one per recording.
             let floor = announcement_key("f.floor");
             format!(
-                "writer AS ( \
+                "writer AS MATERIALIZED ( \
                      SELECT pg_catalog.pg_advisory_xact_lock_shared({class}, {floor}) AS announced, \
                             pg_catalog.set_config('{setting}', f.floor::text, true) AS remembered, \
                             '{id_seq}'::regclass AS id_seq \
@@ -709,7 +710,7 @@ impl Writers<'_> {
         } else {
             let key = announcement_key(LAST_ALLOCATED);
             format!(
-                "writer AS ( \
+                "writer AS MATERIALIZED ( \
                      SELECT pg_catalog.pg_advisory_xact_lock_shared({class}, {key}) AS announced, \
                             '{id_seq}'::regclass AS id_seq \
                      FROM {id_seq} s \
@@ -802,13 +803,20 @@ impl Writers<'_> {
                                                  $4::timestamptz[], $5::bytea[]) \
                      WITH ORDINALITY AS r(stream_id, version, topic, occurred_at, state, ord)), \
              continues AS ( \
-                 SELECT NOT EXISTS ( \
-                     SELECT FROM (SELECT stream_id, min(version) AS first FROM input \
-                                  GROUP BY stream_id) f \
-                     WHERE f.first > 1 \
-                       AND NOT EXISTS (SELECT FROM {events} e \
-                                       WHERE e.stream_id = f.stream_id \
-                                         AND e.version = f.first - 1)) AS ok), \
+                 SELECT CASE \
+                     WHEN coalesce(cardinality($1::text[]), 0) = 0 THEN true \
+                     WHEN $1[1] = ALL ($1::text[]) THEN \
+                         $2[1] = 1 OR EXISTS (SELECT FROM {events} e \
+                                              WHERE e.stream_id = $1[1] \
+                                                AND e.version = $2[1] - 1) \
+                     ELSE NOT EXISTS ( \
+                         SELECT FROM (SELECT stream_id, min(version) AS first FROM input \
+                                      GROUP BY stream_id) f \
+                         WHERE f.first > 1 \
+                           AND NOT EXISTS (SELECT FROM {events} e \
+                                           WHERE e.stream_id = f.stream_id \
+                                             AND e.version = f.first - 1)) \
+                 END AS ok), \
              moved AS ( \
                  INSERT INTO {tracking} AS t (follower, position) \
                  SELECT $11::text, $12::bigint \
@@ -817,12 +825,14 @@ impl Writers<'_> {
                  WHERE t.position < excluded.position \
                  RETURNING position), \
              {writer}, \
-             allocated AS (SELECT pg_catalog.nextval(w.id_seq) AS id FROM writer w, input), \
-             numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS ord FROM allocated), \
+             allocated AS MATERIALIZED ( \
+                 SELECT pg_catalog.array_agg(a.id ORDER BY a.id) AS ids \
+                 FROM (SELECT pg_catalog.nextval(w.id_seq) AS id FROM writer w, input) a), \
              inserted AS ( \
                  INSERT INTO {events} (id, stream_id, version, topic, occurred_at, state) \
-                 SELECT n.id, i.stream_id, i.version, i.topic, i.occurred_at, i.state \
-                 FROM input i JOIN numbered n ON n.ord = i.ord \
+                 SELECT a.ids[i.ord], i.stream_id, i.version, i.topic, i.occurred_at, i.state \
+                 FROM allocated a, input i \
+                 WHERE a.ids IS NOT NULL \
                  RETURNING id), \
              {snapshot}{notified} \
              SELECT (SELECT ok FROM continues) AS continues, \

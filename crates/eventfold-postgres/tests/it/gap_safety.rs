@@ -378,6 +378,12 @@ async fn version_gaps_are_conflicts() {
         .await
         .unwrap_err();
     assert!(err.is_conflict(), "{err:?}");
+    // Several events of one stream that start past its latest version.
+    let err = store
+        .record(&events_only(vec![event("s", 3, "C"), event("s", 4, "D")]))
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err:?}");
     // Several streams in one recording take the general check (one stream, the fast one).
     let err = store
         .record(&events_only(vec![event("s", 2, "B"), event("u", 2, "B")]))
