@@ -296,6 +296,7 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
         let fields = result.as_object_mut().expect("an object");
         fields.insert("bare_commits_per_s".into(), json!(sig4(bare.per_second)));
         fields.insert("bare_p50_ms".into(), json!(sig4(bare.p50_ms)));
+        fields.insert("bare_p99_ms".into(), json!(sig4(bare.p99_ms)));
         fields.insert(
             "commands_vs_bare".into(),
             json!(sig4(commands as f64 / t_cmd / bare.per_second)),

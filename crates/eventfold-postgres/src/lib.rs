@@ -178,15 +178,21 @@
 //! coalesced NOTIFY of the background sender and its pool ping).
 //!
 //! Where a command's time goes (`examples/anatomy.rs`: interleaved rounds of each piece,
-//! medians, on the shared 2-vCPU VM, so ±20%): a bare single-row INSERT commit ~300–340 µs,
-//! of which ~100 µs without the WAL flush (`synchronous_commit = off`); a `SELECT 1` round
-//! trip ~60–75 µs; `load` ~130 µs; `record` of one event ~430–480 µs, ~180–200 µs without
-//! the flush. Schema v3's PL/pgSQL `record(...)` took ~500–510 µs and ~225–260 µs without
-//! the flush: the function's per-transaction setup (every simple expression is prepared
-//! again in each transaction), its EXCEPTION block and the `setval` of the stamp cost
-//! ~60–70 µs per call. The one-event statement binds scalars: with array parameters
-//! PostgreSQL judged its generic plan dearer than a custom one and planned every
-//! execution again (~120 µs, measured with pgbench and `plan_cache_mode`).
+//! medians, on the shared 2-vCPU VM, so ±20%). On a current-thread runtime, as `eventfold
+//! bench` runs: a bare single-row INSERT commit ~190–215 µs, ~40–50 µs of it without the
+//! WAL flush (`synchronous_commit = off`); a `SELECT 1` round trip ~13–19 µs; `load`
+//! ~30–40 µs; `record` of one event ~230–380 µs, ~90–115 µs without the flush. Inside the
+//! Worlds loop the same statements take longer (`get` ~130–180 µs, `save` ~310–420 µs):
+//! after every WAL flush both processes have slept, and waking a vCPU of this VM costs
+//! far more than the statements. On a multi-threaded runtime each round trip costs
+//! ~50 µs more (the reply wakes another thread); measured that way, schema v3's PL/pgSQL
+//! `record(...)` took ~500–510 µs (~225–260 µs without the flush) and v4's statement
+//! ~430–480 µs (~180–200 µs): the function's per-transaction setup (every simple
+//! expression is prepared again in each transaction), its EXCEPTION block and the
+//! `setval` of the stamp cost ~60–70 µs per call. PostgreSQL runs the statements with
+//! generic plans (`pg_prepared_statements` counts them); a custom plan of the one-event
+//! statement would cost ~120 µs of planning per execution (pgbench with
+//! `plan_cache_mode = force_custom_plan`).
 //!
 //! # Errors and faults
 //!

@@ -732,9 +732,8 @@ impl Writers<'_> {
     }
 
     /// One event (and at most one snapshot), bound as scalars: `$1..$5` the event's
-    /// stream id, version, topic, time and state, `$6..$10` the snapshot's. Scalars keep
-    /// the statement's generic plan as cheap as a custom one, so PostgreSQL reuses it; with
-    /// arrays it plans every execution anew (~120 µs). One index probe for contiguity.
+    /// stream id, version, topic, time and state, `$6..$10` the snapshot's. No UNNEST, no
+    /// numbering: one index probe for contiguity and one row.
     /// Returns `ids bigint[]`, NULL when the stream does not continue from its latest
     /// version.
     fn record_one(&self, with_snapshot: bool) -> String {
