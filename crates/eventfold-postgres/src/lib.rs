@@ -225,19 +225,19 @@
 //!
 //! | writers | concurrent (default) | table lock (`BEGIN`, `LOCK TABLE`, insert, `COMMIT`) |
 //! |---|---|---|
-//! | 1 | 2,270 recordings/s (p50 0.44 ms) | 1,089/s (p50 0.88 ms) |
-//! | 4 | 5,689/s (p50 0.65 ms) | 1,651/s (p50 2.28 ms) |
-//! | 16 | 11,260/s (p50 1.31 ms) | 1,526/s (p50 9.93 ms) |
+//! | 1 | 2,523 recordings/s (p50 0.35 ms) | 1,415/s (p50 0.67 ms) |
+//! | 4 | 7,287/s (p50 0.51 ms) | 1,691/s (p50 2.20 ms) |
+//! | 16 | 11,030/s (p50 1.34 ms) | 1,572/s (p50 10.0 ms) |
 //!
-//! The bare single-row INSERT commit rate in the same batch: median 4,289/s. The table
+//! The bare single-row INSERT commit rate in the same batch: median 4,775/s. The table
 //! lock lets one commit (one WAL flush) through at a time; concurrent writers share
 //! flushes and never wait for each other. A NOTIFY inside every transaction would
 //! serialise their commits again, which is why `record` sends it after the commit.
 //!
 //! `eventfold bench worlds --backend postgres` (one command = a `load` round trip, then a
-//! `record` round trip and its commit) in the same batch: 1,563 commands/s (p50 0.62 ms,
-//! p99 1.17 ms), 0.49 of the bare commit rate measured between its passes, and 2.72× the
-//! Rust cqrs-es + postgres-es peer (schema v3: 2.27×). A command is two round
+//! `record` round trip and its commit) in the same batch: 1,576 commands/s (p50 0.61 ms,
+//! p99 1.29 ms), 0.47 of the bare commit rate measured between its passes, and 2.55× the
+//! Rust cqrs-es + postgres-es peer (2.72× in the batch before; schema v3: 2.27×). A command is two round
 //! trips and one WAL flush where a bare commit is one and one, so a store that loads
 //! before it records cannot get near the bare rate, whatever it does inside `record`.
 
