@@ -85,6 +85,10 @@ pub struct PostgresConfig {
     pub connect_timeout: Duration,
     /// How writers keep the log gap-safe (default [`Ordering::Concurrent`]).
     pub ordering: Ordering,
+    /// How often the LISTEN connection of followers' wake-ups checks that the server still
+    /// answers (within [`Self::connect_timeout`]), so a connection that died silently is
+    /// replaced. Default 10 s; zero turns the check off (followers still poll).
+    pub listener_heartbeat: Duration,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -97,13 +101,15 @@ impl std::fmt::Debug for PostgresConfig {
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("ordering", &self.ordering)
+            .field("listener_heartbeat", &self.listener_heartbeat)
             .finish()
     }
 }
 
 impl PostgresConfig {
     /// Defaults for the database at `url`: schema `public`, prefix `eventfold_`, tables
-    /// created on connect, 10 connections, 5 s connect timeout, [`Ordering::Concurrent`].
+    /// created on connect, 10 connections, 5 s connect timeout, [`Ordering::Concurrent`],
+    /// a 10 s heartbeat on the LISTEN connection.
     pub fn new(url: impl Into<String>) -> Self {
         PostgresConfig {
             url: url.into(),
@@ -113,6 +119,7 @@ impl PostgresConfig {
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
             ordering: Ordering::Concurrent,
+            listener_heartbeat: Duration::from_secs(10),
         }
     }
 

@@ -147,7 +147,10 @@
 //! ([`PostgresStore::channel`]). It wakes followers on every notification and after every
 //! (re)connection (what was sent meanwhile is lost, so they catch up); it reconnects with
 //! backoff (50 ms doubling to 5 s) when the connection is killed or the server restarts.
-//! Followers poll as well, so a lost NOTIFY only delays them.
+//! Every [`PostgresConfig::listener_heartbeat`] (10 s) it checks that the server still
+//! answers, so a connection that died without closing (a network partition, a server
+//! host that lost power) is replaced too (`tests/it/followers.rs` freezes one behind a
+//! TCP proxy). Followers poll as well, so a lost NOTIFY only delays them.
 //!
 //! Where the NOTIFY is sent is a measured choice. PostgreSQL serialises the commits of
 //! all transactions that issued NOTIFY on one server-wide lock, held through the WAL

@@ -648,6 +648,7 @@ impl PostgresStore {
         *listener = Some(runtime.spawn(wakeup::listen(
             self.inner.options.clone(),
             self.inner.config.connect_timeout,
+            self.inner.config.listener_heartbeat,
             self.inner.sql.channel.clone(),
             self.inner.wakeups.clone(),
             self.inner.listener_stats.clone(),

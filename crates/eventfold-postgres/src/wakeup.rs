@@ -25,53 +25,95 @@ pub(crate) struct ListenerStats {
     pub received: AtomicU64,
 }
 
+/// What woke the LISTEN loop.
+enum Woken {
+    Received(Result<Option<sqlx::postgres::PgNotification>, sqlx::Error>),
+    Heartbeat,
+}
+
 /// Listens on `channel` forever, waking `wakeups` on every notification and after every
 /// (re)connection, since notifications sent while it was not listening are lost.
+///
+/// Every `heartbeat` (unless zero) it sends `SELECT 1` and waits at most
+/// `connect_timeout` for the answer: a connection whose peer vanished without closing it
+/// (a half-open TCP connection: a network partition, a server host that lost power) would
+/// otherwise look idle for as long as the kernel keeps retrying, and wake nobody.
 pub(crate) async fn listen(
     options: PgConnectOptions,
     connect_timeout: Duration,
+    heartbeat: Duration,
     channel: String,
     wakeups: Arc<Notify>,
     stats: Arc<ListenerStats>,
 ) {
-    let pool: PgPool = PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .test_before_acquire(false)
-        .acquire_timeout(connect_timeout)
-        .connect_lazy_with(options.application_name(LISTENER_APPLICATION_NAME));
+    let options = options.application_name(LISTENER_APPLICATION_NAME);
     let mut backoff = BACKOFF_MIN;
     loop {
-        match start_listening(&pool, &channel).await {
-            Ok(mut listener) => {
+        // A pool of its own per connection: when a dead connection is given up, sqlx's
+        // listener still tries to UNLISTEN on it in a background task, which keeps the
+        // pool's one slot until the kernel gives up on the socket.
+        let pool: PgPool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .test_before_acquire(false)
+            .acquire_timeout(connect_timeout)
+            .connect_lazy_with(options.clone());
+        let started = tokio::time::timeout(connect_timeout, start_listening(&pool, &channel)).await;
+        match started {
+            Ok(Ok(mut listener)) => {
                 stats.listening_since.fetch_add(1, AtomicOrdering::Relaxed);
                 backoff = BACKOFF_MIN;
                 tracing::debug!(%channel, "listening for eventfold notifications");
                 wakeups.notify_waiters();
+                let mut beats = tokio::time::interval(heartbeat.max(Duration::from_millis(1)));
+                beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                beats.tick().await;
                 loop {
-                    match listener.try_recv().await {
-                        Ok(Some(_)) => {
+                    // `try_recv` is cancel-safe: a heartbeat never loses a notification.
+                    let woken = tokio::select! {
+                        received = listener.try_recv() => Woken::Received(received),
+                        _ = beats.tick(), if !heartbeat.is_zero() => Woken::Heartbeat,
+                    };
+                    match woken {
+                        Woken::Received(Ok(Some(_))) => {
                             stats.received.fetch_add(1, AtomicOrdering::Relaxed);
                             wakeups.notify_waiters();
                         }
-                        Ok(None) => {
+                        Woken::Received(Ok(None)) => {
                             // The connection was lost and sqlx re-established it (and its
                             // LISTEN); whatever was sent in between is gone: catch up.
                             tracing::info!(%channel, "LISTEN connection lost and re-established");
                             stats.listening_since.fetch_add(1, AtomicOrdering::Relaxed);
                             wakeups.notify_waiters();
                         }
-                        Err(error) => {
+                        Woken::Received(Err(error)) => {
                             tracing::warn!(%channel, %error, "LISTEN connection failed; reconnecting");
                             break;
+                        }
+                        Woken::Heartbeat => {
+                            let ping = sqlx::query("SELECT 1").execute(&mut listener);
+                            match tokio::time::timeout(connect_timeout, ping).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(error)) => {
+                                    tracing::warn!(%channel, %error, "LISTEN connection failed its heartbeat; reconnecting");
+                                    break;
+                                }
+                                Err(_) => {
+                                    tracing::warn!(%channel, ?connect_timeout, "LISTEN connection did not answer its heartbeat; reconnecting");
+                                    break;
+                                }
+                            }
                         }
                     }
                 }
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::warn!(%channel, %error, ?backoff, "cannot LISTEN; retrying");
+            }
+            Err(_) => {
+                tracing::warn!(%channel, ?backoff, "LISTEN not set up within connect_timeout; retrying");
             }
         }
         tokio::time::sleep(backoff).await;

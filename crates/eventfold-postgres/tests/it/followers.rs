@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{config, event, events_only, fresh, wait_for, CopyProjection};
+use crate::support::{config, event, events_only, fresh, wait_for, CopyProjection, FreezingProxy};
 use eventfold_core::{EventWriter, Follower, NotificationReader, TrackingReader};
 use eventfold_postgres::{PostgresStore, LISTENER_APPLICATION_NAME};
 
@@ -203,4 +203,57 @@ async fn projection_rows_and_position_commit_together() {
         .unwrap();
     assert_eq!(copied, vec![1, 2, 3, 4]);
     assert_eq!(store.tracking_position("copy").await.unwrap(), Some(4));
+}
+
+/// A LISTEN connection whose peer vanishes without closing it (a network partition) is
+/// found by the heartbeat and replaced, and wake-ups flow again; with the heartbeat off
+/// the listener would never notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_listen_connection_is_replaced() {
+    let (writer, _guard) = fresh("halfopen").await;
+    let proxy = FreezingProxy::start().await;
+    let through_proxy = |heartbeat: Duration| {
+        let mut config = config(&writer.config().schema);
+        config.url = proxy.url.clone();
+        config.connect_timeout = Duration::from_secs(1);
+        config.listener_heartbeat = heartbeat;
+        config
+    };
+    let watched = PostgresStore::connect(&through_proxy(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let unwatched = PostgresStore::connect(&through_proxy(Duration::ZERO))
+        .await
+        .unwrap();
+    let wakeups = watched.wakeups().expect("PostgreSQL has wake-ups");
+    let _ = unwatched.wakeups();
+    wait_for("both LISTEN connections", Duration::from_secs(10), || {
+        watched.listener_connections() == 1 && unwatched.listener_connections() == 1
+    })
+    .await;
+
+    proxy.freeze_existing();
+    wait_for(
+        "the heartbeat to replace the frozen connection",
+        Duration::from_secs(10),
+        || watched.listener_connections() >= 2,
+    )
+    .await;
+    // Let the wake-up that follows every new connection pass before watching for ours.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let notified = wakeups.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    writer
+        .record(&events_only(vec![event("s", 1, "AfterThePartition")]))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), notified)
+        .await
+        .expect("a NOTIFY through the new LISTEN connection");
+    assert_eq!(
+        unwatched.listener_connections(),
+        1,
+        "without a heartbeat the frozen connection looks alive"
+    );
 }

@@ -191,3 +191,92 @@ pub async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A TCP proxy in front of the test server whose connections can be frozen: bytes stop
+/// flowing both ways while both sockets stay open, as in a network partition. Connections
+/// made after a freeze flow normally.
+pub struct FreezingProxy {
+    /// The URL of the test database, through the proxy.
+    pub url: String,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+    frozen_below: Arc<std::sync::atomic::AtomicU64>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    pub async fn start() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let direct = database_url();
+        let options: sqlx::postgres::PgConnectOptions = direct.parse().unwrap();
+        let upstream = format!("{}:{}", options.get_host(), options.get_port());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let through = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        assert!(
+            direct.contains(&upstream),
+            "the test database URL must name its host and port: {direct}"
+        );
+        let url = direct.replacen(&upstream, &through, 1);
+        let accepted = Arc::new(AtomicU64::new(0));
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let (counter, frozen) = (accepted.clone(), frozen_below.clone());
+        let accepting = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let id = counter.fetch_add(1, Ordering::SeqCst);
+                let (frozen, upstream) = (frozen.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pump(client_read, server_write, id, frozen.clone()),
+                        pump(server_read, client_write, id, frozen),
+                    );
+                });
+            }
+        });
+        FreezingProxy {
+            url,
+            accepted,
+            frozen_below,
+            accepting,
+        }
+    }
+
+    /// Freezes every connection made so far.
+    pub fn freeze_existing(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_below
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    id: u64,
+    frozen_below: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if id < frozen_below.load(std::sync::atomic::Ordering::SeqCst) {
+            // Swallow this and everything after, keeping both sockets open.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
