@@ -242,6 +242,7 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
         #[cfg(feature = "postgres")]
         if let Some(bare) = bare.as_mut() {
             bare.commit(n.div_ceil(2) as u64).await?;
+            bare.read_then_commit(n.div_ceil(4) as u64).await?;
         }
     }
 
@@ -292,15 +293,31 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
 
     #[cfg(feature = "postgres")]
     if let Some(bare) = bare {
-        let bare = bare.finish().await?;
+        let figures = bare.finish().await?;
+        let bare = figures.commits;
+        let commands_per_s = commands as f64 / t_cmd;
         let fields = result.as_object_mut().expect("an object");
         fields.insert("bare_commits_per_s".into(), json!(sig4(bare.per_second)));
         fields.insert("bare_p50_ms".into(), json!(sig4(bare.p50_ms)));
         fields.insert("bare_p99_ms".into(), json!(sig4(bare.p99_ms)));
         fields.insert(
             "commands_vs_bare".into(),
-            json!(sig4(commands as f64 / t_cmd / bare.per_second)),
+            json!(sig4(commands_per_s / bare.per_second)),
         );
+        if let Some(read_commit) = figures.reads_then_commits {
+            fields.insert(
+                "read_then_commit_per_s".into(),
+                json!(sig4(read_commit.per_second)),
+            );
+            fields.insert(
+                "read_then_commit_vs_bare".into(),
+                json!(sig4(read_commit.per_second / bare.per_second)),
+            );
+            fields.insert(
+                "commands_vs_read_then_commit".into(),
+                json!(sig4(commands_per_s / read_commit.per_second)),
+            );
+        }
     }
     let backend = match (args.cache, args.single_writer) {
         (0, _) => format!("eventfold-{}", args.backend),
@@ -331,6 +348,12 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
         line += &format!(
             " | bare commits={bare}/s (commands = {}x of it)",
             result["commands_vs_bare"]
+        );
+    }
+    if let Some(read_commit) = result.get("read_then_commit_per_s") {
+        line += &format!(
+            " | read+commit={read_commit}/s ({}x of bare; commands = {}x of it)",
+            result["read_then_commit_vs_bare"], result["commands_vs_read_then_commit"]
         );
     }
     outln!("{line}")?;

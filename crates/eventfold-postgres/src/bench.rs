@@ -89,19 +89,54 @@ async fn connect(url: &str) -> Result<PgConnection> {
         .map_err(|e| sqlx_error(e, &target))
 }
 
-/// A loop of bare single-row INSERT commits (a bigserial key and 100 bytes, each its own
+/// Loops of bare single-row INSERT commits (a bigserial key and 100 bytes, each its own
 /// transaction) on one connection, in a scratch schema: the fsync-bound limit of this
-/// server, which no store that commits per command can beat. Run it in slices between
-/// the slices of another benchmark to compare the two over the same stretch of time (the
-/// machine's speed drifts).
+/// server, which no store that commits per command can beat. A second loop reads the
+/// newest row by its key before each commit: the limit of any store that loads before it
+/// records, as a command does. Run them in slices between the slices of another benchmark
+/// to compare over the same stretch of time (the machine's speed drifts).
 pub struct BareCommits {
     conn: PgConnection,
     target: Target,
     schema: String,
     insert: String,
+    read_newest: String,
     payload: Vec<u8>,
+    commits: Samples,
+    reads_then_commits: Samples,
+}
+
+/// Latencies and the time spent in one loop.
+#[derive(Default)]
+struct Samples {
     latencies: Vec<Duration>,
     elapsed: Duration,
+}
+
+impl Samples {
+    fn rate(mut self) -> CommitRate {
+        self.latencies.sort_unstable();
+        let commits = self.latencies.len() as u64;
+        let seconds = self.elapsed.as_secs_f64();
+        CommitRate {
+            commits,
+            seconds,
+            per_second: commits as f64 / seconds,
+            p50_ms: percentile(&self.latencies, 0.50),
+            p99_ms: percentile(&self.latencies, 0.99),
+        }
+    }
+}
+
+/// What [`BareCommits`] measured.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct BareFigures {
+    /// Single-row INSERT commits.
+    pub commits: CommitRate,
+    /// An indexed single-row SELECT, then a single-row INSERT commit (`None` if that loop
+    /// never ran).
+    pub reads_then_commits: Option<CommitRate>,
 }
 
 impl BareCommits {
@@ -121,46 +156,65 @@ impl BareCommits {
             conn,
             target,
             insert: format!("INSERT INTO {schema}.bare (payload) VALUES ($1)"),
+            read_newest: format!("SELECT payload FROM {schema}.bare ORDER BY id DESC LIMIT 1"),
             schema,
             payload: vec![b'x'; PAYLOAD],
-            latencies: Vec::new(),
-            elapsed: Duration::ZERO,
+            commits: Samples::default(),
+            reads_then_commits: Samples::default(),
         })
     }
 
     /// Makes `n` more commits.
     pub async fn commit(&mut self, n: u64) -> Result<()> {
+        self.run(n, false).await
+    }
+
+    /// Makes `n` more commits, each after reading the newest row.
+    pub async fn read_then_commit(&mut self, n: u64) -> Result<()> {
+        self.run(n, true).await
+    }
+
+    async fn run(&mut self, n: u64, read_first: bool) -> Result<()> {
         let started = Instant::now();
+        let mut latencies = Vec::with_capacity(n as usize);
         for _ in 0..n {
             let t = Instant::now();
+            if read_first {
+                sqlx::query(&self.read_newest)
+                    .fetch_optional(&mut self.conn)
+                    .await
+                    .map_err(|e| sqlx_error(e, &self.target))?;
+            }
             sqlx::query(&self.insert)
                 .bind(&self.payload)
                 .execute(&mut self.conn)
                 .await
                 .map_err(|e| sqlx_error(e, &self.target))?;
-            self.latencies.push(t.elapsed());
+            latencies.push(t.elapsed());
         }
-        self.elapsed += started.elapsed();
+        let samples = if read_first {
+            &mut self.reads_then_commits
+        } else {
+            &mut self.commits
+        };
+        samples.elapsed += started.elapsed();
+        samples.latencies.extend(latencies);
         Ok(())
     }
 
-    /// Drops the scratch schema and reports every commit made.
-    pub async fn finish(mut self) -> Result<CommitRate> {
+    /// Drops the scratch schema and reports every loop made.
+    pub async fn finish(mut self) -> Result<BareFigures> {
         let drop_schema = format!("DROP SCHEMA {} CASCADE", self.schema);
         self.conn
             .execute(drop_schema.as_str())
             .await
             .map_err(|e| sqlx_error(e, &self.target))?;
         let _ = self.conn.close().await;
-        self.latencies.sort_unstable();
-        let commits = self.latencies.len() as u64;
-        let seconds = self.elapsed.as_secs_f64();
-        Ok(CommitRate {
-            commits,
-            seconds,
-            per_second: commits as f64 / seconds,
-            p50_ms: percentile(&self.latencies, 0.50),
-            p99_ms: percentile(&self.latencies, 0.99),
+        let reads_then_commits =
+            (!self.reads_then_commits.latencies.is_empty()).then(|| self.reads_then_commits.rate());
+        Ok(BareFigures {
+            commits: self.commits.rate(),
+            reads_then_commits,
         })
     }
 }
@@ -169,7 +223,7 @@ impl BareCommits {
 pub async fn bare_insert_commit_rate(url: &str, n: u64) -> Result<CommitRate> {
     let mut bare = BareCommits::open(url).await?;
     bare.commit(n).await?;
-    bare.finish().await
+    Ok(bare.finish().await?.commits)
 }
 
 /// `writers` tasks record one 100-byte event per recording, each on its own stream, all

@@ -732,42 +732,43 @@ impl Writers<'_> {
     }
 
     /// One event (and at most one snapshot), bound as scalars: `$1..$5` the event's
-    /// stream id, version, topic, time and state, `$6..$10` the snapshot's. No UNNEST, no
-    /// numbering: one index probe for contiguity and one row.
-    /// Returns `ids bigint[]`, NULL when the stream does not continue from its latest
-    /// version.
+    /// stream id, version, topic, time and state, `$6..$10` the snapshot's. One INSERT
+    /// over the id sequence's single row: its WHERE clause checks contiguity (one index
+    /// probe) and takes the announcement, and a scan applies its WHERE clause to a row
+    /// before it computes the row's `nextval`, so the id is taken after the announcement.
+    /// Returns the event's `id`, or no row when the stream does not continue from its
+    /// latest version. (~10 µs of server time less than the CTE form of [`Self::record_any`].)
     fn record_one(&self, with_snapshot: bool) -> String {
         let Writers {
-            events, snapshots, ..
+            events,
+            snapshots,
+            id_seq,
+            class,
+            ..
         } = self;
-        let writer = self.announce(
-            false,
-            &format!(
-                "$2::bigint = 1 OR EXISTS (SELECT FROM {events} e \
-                                           WHERE e.stream_id = $1::text \
-                                             AND e.version = $2::bigint - 1)"
-            ),
+        let key = announcement_key(LAST_ALLOCATED);
+        let insert = format!(
+            "INSERT INTO {events} (id, stream_id, version, topic, occurred_at, state) \
+             SELECT pg_catalog.nextval('{id_seq}'), $1::text, $2::bigint, $3::text, \
+                    $4::timestamptz, $5::bytea \
+             FROM {id_seq} s \
+             WHERE ($2::bigint = 1 OR EXISTS (SELECT FROM {events} e \
+                                              WHERE e.stream_id = $1::text \
+                                                AND e.version = $2::bigint - 1)) \
+               AND pg_catalog.pg_advisory_xact_lock_shared({class}, {key})::text = '' \
+             RETURNING id"
         );
-        let snapshot = if with_snapshot {
-            format!(
-                ", snapshot AS ( \
-                     INSERT INTO {snapshots} (stream_id, version, topic, occurred_at, state) \
-                     SELECT $6::text, $7::bigint, $8::text, $9::timestamptz, $10::bytea \
-                     WHERE EXISTS (SELECT FROM inserted) \
-                     ON CONFLICT DO NOTHING)"
-            )
-        } else {
-            String::new()
-        };
+        if !with_snapshot {
+            return insert;
+        }
         format!(
-            "WITH {writer}, \
-             inserted AS ( \
-                 INSERT INTO {events} (id, stream_id, version, topic, occurred_at, state) \
-                 SELECT pg_catalog.nextval(w.id_seq), $1::text, $2::bigint, $3::text, \
-                        $4::timestamptz, $5::bytea \
-                 FROM writer w \
-                 RETURNING id){snapshot} \
-             SELECT pg_catalog.array_agg(id) AS ids FROM inserted"
+            "WITH inserted AS ({insert}), \
+             snapshot AS ( \
+                 INSERT INTO {snapshots} (stream_id, version, topic, occurred_at, state) \
+                 SELECT $6::text, $7::bigint, $8::text, $9::timestamptz, $10::bytea \
+                 WHERE EXISTS (SELECT FROM inserted) \
+                 ON CONFLICT DO NOTHING) \
+             SELECT id FROM inserted"
         )
     }
 

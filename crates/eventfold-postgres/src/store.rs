@@ -501,8 +501,12 @@ impl PostgresStore {
                     .bind(args.snap_occurred_at[0])
                     .bind(args.snap_states[0]);
             }
-            let ids: Option<Vec<i64>> = query.fetch_one(executor).await?.try_get(0)?;
-            return Ok(ids.map_or(Recorded::Discontinuous, Recorded::Ids));
+            let id: Option<i64> = query
+                .fetch_optional(executor)
+                .await?
+                .map(|row| row.try_get(0))
+                .transpose()?;
+            return Ok(id.map_or(Recorded::Discontinuous, |id| Recorded::Ids(vec![id])));
         }
         let text = match statement {
             RecordStatement::Any { notify: false } => &sql.record_any,
