@@ -12,6 +12,8 @@ KEYS = [
     ("raw_app_events_per_s", "raw_app ev/s"), ("raw_store_events_per_s", "raw_store ev/s"),
     ("raw_single_events_per_s", "raw_single ev/s"), ("read_mismatches", "mismatches (max)"),
     ("bare_commits_per_s", "bare commits/s (same run)"), ("commands_vs_bare", "cmds / bare"),
+    ("read_then_commit_per_s", "read+commit/s (same run)"),
+    ("commands_vs_read_then_commit", "cmds / read+commit"),
 ]
 RATIOS = [  # ours, peer, what
     ("eventfold-memory", "cqrs-es-mem", "commands_per_s"),

@@ -781,12 +781,15 @@ impl Writers<'_> {
         } = self;
         let writes =
             "(SELECT ok FROM continues) AND ($11::text IS NULL OR EXISTS (SELECT FROM moved))";
-        let writer = self.announce(host, &format!("{writes} AND EXISTS (SELECT FROM input)"));
+        let writer = self.announce(
+            host,
+            &format!("{writes} AND coalesce(cardinality($1::text[]), 0) > 0"),
+        );
         let snapshot = self.snapshots_insert(writes);
         let notified = if notify {
             format!(
                 ", notified AS (SELECT pg_catalog.pg_notify('{}', '') \
-                                FROM (SELECT FROM inserted LIMIT 1) i)",
+                                FROM allocated WHERE ids IS NOT NULL)",
                 self.channel
             )
         } else {
@@ -827,17 +830,18 @@ impl Writers<'_> {
              {writer}, \
              allocated AS MATERIALIZED ( \
                  SELECT pg_catalog.array_agg(a.id ORDER BY a.id) AS ids \
-                 FROM (SELECT pg_catalog.nextval(w.id_seq) AS id FROM writer w, input) a), \
+                 FROM (SELECT pg_catalog.nextval(w.id_seq) AS id \
+                       FROM writer w, \
+                            pg_catalog.generate_series(1, cardinality($1::text[]))) a), \
              inserted AS ( \
                  INSERT INTO {events} (id, stream_id, version, topic, occurred_at, state) \
                  SELECT a.ids[i.ord], i.stream_id, i.version, i.topic, i.occurred_at, i.state \
                  FROM allocated a, input i \
-                 WHERE a.ids IS NOT NULL \
-                 RETURNING id), \
+                 WHERE a.ids IS NOT NULL), \
              {snapshot}{notified} \
              SELECT (SELECT ok FROM continues) AS continues, \
                     ($11::text IS NULL OR EXISTS (SELECT FROM moved)) AS moved, \
-                    ARRAY(SELECT id FROM inserted ORDER BY id) AS ids{notified_count}"
+                    coalesce((SELECT ids FROM allocated), '{{}}') AS ids{notified_count}"
         )
     }
 }
