@@ -185,9 +185,9 @@
 //! bench` runs: a bare single-row INSERT commit ~190–215 µs, ~40–50 µs of it without the
 //! WAL flush (`synchronous_commit = off`); a `SELECT 1` round trip ~13–19 µs; `load`
 //! ~30–40 µs; `record` of one event ~230–380 µs, ~90–115 µs without the flush. Inside the
-//! Worlds loop the same statements take longer (`get` ~130–180 µs, `save` ~310–420 µs):
-//! after every WAL flush both processes have slept, and waking a vCPU of this VM costs
-//! far more than the statements. On a multi-threaded runtime each round trip costs
+//! Worlds loop the same calls take longer (`get` ~130–180 µs, `save` ~310–420 µs), more
+//! than their server time explains; BENCHMARKS.md has what is known of that gap. On a
+//! multi-threaded runtime each round trip costs
 //! ~50 µs more (the reply wakes another thread); measured that way, schema v3's PL/pgSQL
 //! `record(...)` took ~500–510 µs (~225–260 µs without the flush) and v4's statement
 //! ~430–480 µs (~180–200 µs): the function's per-transaction setup (every simple
@@ -228,21 +228,21 @@
 //!
 //! | writers | concurrent (default) | table lock (`BEGIN`, `LOCK TABLE`, insert, `COMMIT`) |
 //! |---|---|---|
-//! | 1 | 2,523 recordings/s (p50 0.35 ms) | 1,415/s (p50 0.67 ms) |
-//! | 4 | 7,287/s (p50 0.51 ms) | 1,691/s (p50 2.20 ms) |
-//! | 16 | 11,030/s (p50 1.34 ms) | 1,572/s (p50 10.0 ms) |
+//! | 1 | 2,716 recordings/s (p50 0.33 ms) | 1,212/s (p50 0.78 ms) |
+//! | 4 | 6,483/s (p50 0.57 ms) | 1,708/s (p50 2.27 ms) |
+//! | 16 | 12,360/s (p50 1.20 ms) | 1,599/s (p50 9.33 ms) |
 //!
-//! The bare single-row INSERT commit rate in the same batch: median 4,775/s. The table
+//! The bare single-row INSERT commit rate in the same batch: median 4,942/s. The table
 //! lock lets one commit (one WAL flush) through at a time; concurrent writers share
 //! flushes and never wait for each other. A NOTIFY inside every transaction would
 //! serialise their commits again, which is why `record` sends it after the commit.
 //!
 //! `eventfold bench worlds --backend postgres` (one command = a `load` round trip, then a
-//! `record` round trip and its commit) in the same batch: 1,576 commands/s (p50 0.61 ms,
-//! p99 1.29 ms), 0.47 of the bare commit rate measured between its passes, and 2.55× the
-//! Rust cqrs-es + postgres-es peer (2.72× in the batch before; schema v3: 2.27×). A command is two round
-//! trips and one WAL flush where a bare commit is one and one, so a store that loads
-//! before it records cannot get near the bare rate, whatever it does inside `record`.
+//! `record` round trip and its commit) in the same batch: 1,539 commands/s (p50 0.61 ms,
+//! p99 1.15 ms), 0.48 of the bare commit rate and 0.44 of a loop that reads a row by its
+//! key before each bare commit, both measured between its passes; 2.48× the Rust cqrs-es
+//! + postgres-es peer (2.55–2.72× in three earlier batches; schema v3: 2.27×).
+//! BENCHMARKS.md has what is known of the gap to the read-then-commit loop.
 
 mod config;
 mod error;
