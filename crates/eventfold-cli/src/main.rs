@@ -116,7 +116,6 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn migrate(store: &StoreArgs) -> anyhow::Result<()> {
-    let handle = store.config()?.open_store().await?;
-    outln!("{}", handle.migrate().await?)?;
+    outln!("{}", store.config()?.migrate().await?)?;
     Ok(())
 }

@@ -156,3 +156,56 @@ fn every_command_has_help() {
         assert!(out.contains("Usage:"), "{args:?}: {out}");
     }
 }
+
+/// `eventfold migrate` on PostgreSQL reports the versions it went through, then that
+/// nothing is left to do (it used to open the store first, which had migrated already).
+#[cfg(feature = "postgres")]
+#[test]
+fn migrate_reports_what_it_applied_on_postgres() {
+    let url = std::env::var("EVENTFOLD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let schema = format!(
+        "eventfold_test_cli_{:x}_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let migrate = || {
+        Command::new(env!("CARGO_BIN_EXE_eventfold"))
+            .arg("migrate")
+            .current_dir(dir.path())
+            .env("EVENTFOLD_STORE", "postgres")
+            .env("EVENTFOLD_DATABASE_URL", &url)
+            .env("EVENTFOLD_POSTGRES_SCHEMA", &schema)
+            .env_remove("EVENTFOLD_TABLE_PREFIX")
+            .output()
+            .expect("the eventfold binary runs")
+    };
+    let first = migrate();
+    let second = migrate();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    });
+    let version = eventfold::postgres::SCHEMA_VERSION;
+    let first = stdout(&first);
+    assert!(
+        first.contains(&format!("migrated from version 0 to {version}")),
+        "{first}"
+    );
+    let second = stdout(&second);
+    assert!(
+        second.contains(&format!("up to date at version {version}")),
+        "{second}"
+    );
+}

@@ -75,9 +75,9 @@ impl StoreHandle {
         match self {
             StoreHandle::Memory(_) => Ok("memory store: nothing to migrate".to_owned()),
             #[cfg(feature = "sqlite")]
-            StoreHandle::Sqlite(s) => Ok(format!("{:?}", s.migrate()?)),
+            StoreHandle::Sqlite(s) => Ok(s.migrate()?.to_string()),
             #[cfg(feature = "postgres")]
-            StoreHandle::Postgres(s) => Ok(format!("{:?}", s.migrate().await?)),
+            StoreHandle::Postgres(s) => Ok(s.migrate().await?.to_string()),
         }
     }
 }
@@ -371,6 +371,21 @@ impl Config {
                 StoreHandle::Postgres(eventfold_postgres::PostgresStore::connect(config).await?)
             }
         })
+    }
+
+    /// Creates or upgrades the configured store's tables and says what was done (what
+    /// `eventfold migrate` runs). PostgreSQL is migrated without opening a store first,
+    /// so the report shows the versions it went through.
+    pub async fn migrate(&self) -> Result<String> {
+        match &self.store {
+            #[cfg(feature = "postgres")]
+            StoreConfig::Postgres(config) => {
+                Ok(eventfold_postgres::PostgresStore::migrate_with(config)
+                    .await?
+                    .to_string())
+            }
+            _ => self.open_store().await?.migrate().await,
+        }
     }
 
     /// Builds an application on an already opened store.
