@@ -240,8 +240,8 @@
 //! `eventfold bench worlds --backend postgres` (one command = a `load` round trip, then a
 //! `record` round trip and its commit) in the same batch: 1,539 commands/s (p50 0.61 ms,
 //! p99 1.15 ms), 0.48 of the bare commit rate and 0.44 of a loop that reads a row by its
-//! key before each bare commit, both measured between its passes; 2.48× the Rust cqrs-es
-//! + postgres-es peer (2.55–2.72× in three earlier batches; schema v3: 2.27×).
+//! key before each bare commit, both measured between its passes; 2.48× the Rust
+//! cqrs-es + postgres-es peer (2.55–2.72× in three earlier batches; schema v3: 2.27×).
 //! BENCHMARKS.md has what is known of the gap to the read-then-commit loop.
 
 mod config;
