@@ -5,11 +5,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventfold_core::{EventWriter, Follower, NotificationReader, TrackingReader};
+use eventfold_core::{Follower, NotificationReader, TrackingReader};
 use eventfold_postgres::{PostgresConfig, PostgresStore};
 use sqlx::{Connection, PgConnection};
 
-use crate::support::{database_url, event, events_only, wait_for, CopyProjection};
+use crate::support::{database_url, record_one_by_one, wait_for, CopyProjection};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -79,15 +79,7 @@ async fn write(database: &DatabaseGuard, versions: std::ops::RangeInclusive<u64>
     let writer = PostgresStore::connect(&PostgresConfig::new(database.url()))
         .await
         .unwrap();
-    let mut ids = Vec::new();
-    for v in versions {
-        ids.extend(
-            writer
-                .record(&events_only(vec![event("s", v, "Written")]))
-                .await
-                .unwrap(),
-        );
-    }
+    let ids = record_one_by_one(&writer, "s", versions, "Written").await;
     writer.close().await;
     ids
 }

@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{config, event, events_only, fresh, wait_for, CopyProjection, FreezingProxy};
+use crate::support::{
+    config, event, events_only, fresh, record_one_by_one, wait_for, CopyProjection, FreezingProxy,
+};
 use eventfold_core::{EventWriter, Follower, NotificationReader, TrackingReader};
 use eventfold_postgres::{PostgresStore, LISTENER_APPLICATION_NAME};
 
@@ -65,14 +67,7 @@ async fn follower_survives_a_killed_listen_connection() {
     })
     .await;
     let mut all_ids = Vec::new();
-    for v in 1..=5 {
-        all_ids.extend(
-            writer
-                .record(&events_only(vec![event("s", v, "Before")]))
-                .await
-                .unwrap(),
-        );
-    }
+    all_ids.extend(record_one_by_one(&writer, "s", 1..=5, "Before").await);
     wait_for("5 events through NOTIFY", Duration::from_secs(10), || {
         count() == 5
     })
@@ -80,14 +75,7 @@ async fn follower_survives_a_killed_listen_connection() {
 
     // Kill the listening backend, then write at once: those NOTIFYs may well be lost.
     assert_eq!(terminate_listener(&store).await, 1, "one LISTEN backend");
-    for v in 6..=10 {
-        all_ids.extend(
-            writer
-                .record(&events_only(vec![event("s", v, "After")]))
-                .await
-                .unwrap(),
-        );
-    }
+    all_ids.extend(record_one_by_one(&writer, "s", 6..=10, "After").await);
     wait_for(
         "5 more events after the reconnection",
         Duration::from_secs(20),
@@ -106,14 +94,7 @@ async fn follower_survives_a_killed_listen_connection() {
         store.listener_connections() >= 3
     })
     .await;
-    for v in 11..=12 {
-        all_ids.extend(
-            writer
-                .record(&events_only(vec![event("s", v, "Later")]))
-                .await
-                .unwrap(),
-        );
-    }
+    all_ids.extend(record_one_by_one(&writer, "s", 11..=12, "Later").await);
     wait_for("the last 2 events", Duration::from_secs(20), || {
         count() == 12
     })
@@ -150,12 +131,7 @@ async fn projection_rows_and_position_commit_together() {
     .execute(store.pool())
     .await
     .unwrap();
-    for v in 1..=4 {
-        store
-            .record(&events_only(vec![event("p", v, "Happened")]))
-            .await
-            .unwrap();
-    }
+    record_one_by_one(&store, "p", 1..=4, "Happened").await;
     // Pre-insert the copy of notification 3: the projection's INSERT of it fails.
     sqlx::query(&format!("INSERT INTO {table} VALUES (3, 'p', 3)"))
         .execute(store.pool())

@@ -12,7 +12,9 @@ use eventfold_core::{
 use eventfold_postgres::{Ordering, PostgresStore};
 use sqlx::Row;
 
-use crate::support::{config, event, events_only, fresh, unique_schema, SchemaGuard};
+use crate::support::{
+    config, event, events_only, fresh, record_one_by_one, unique_schema, visible_ids, SchemaGuard,
+};
 
 /// Small deterministic pseudo-random numbers (no extra dependency).
 struct Lcg(u64);
@@ -315,20 +317,11 @@ async fn an_older_transaction_cannot_hide_a_lower_id() {
 
     // H's row is committed and its transaction id is below every transaction in flight,
     // but A still holds a lower id: the log must not show H's event yet.
-    let now = store
-        .select_notifications(&NotificationQuery::after(0, 10))
-        .await
-        .unwrap();
-    assert!(now.is_empty(), "got {now:?}");
+    assert_eq!(visible_ids(&store).await, Vec::<u64>::new());
     assert_eq!(store.max_notification_id().await.unwrap(), 0);
 
     younger.commit().await.unwrap();
-    let now = store
-        .select_notifications(&NotificationQuery::after(0, 10))
-        .await
-        .unwrap();
-    let ids: Vec<u64> = now.iter().map(|n| n.id).collect();
-    assert_eq!(ids, vec![a_ids[0], h_ids[0]]);
+    assert_eq!(visible_ids(&store).await, vec![a_ids[0], h_ids[0]]);
     assert_eq!(store.max_notification_id().await.unwrap(), h_ids[0]);
 }
 
@@ -345,11 +338,7 @@ async fn unrelated_open_transactions_do_not_delay_the_log() {
         .record(&events_only(vec![event("s", 1, "A"), event("s", 2, "B")]))
         .await
         .unwrap();
-    let seen = store
-        .select_notifications(&NotificationQuery::after(0, 10))
-        .await
-        .unwrap();
-    assert_eq!(seen.iter().map(|n| n.id).collect::<Vec<_>>(), ids);
+    assert_eq!(visible_ids(&store).await, ids);
     assert_eq!(store.max_notification_id().await.unwrap(), ids[1]);
     other.rollback().await.unwrap();
 }
@@ -402,17 +391,6 @@ async fn version_gaps_are_conflicts() {
         .map(|e| e.version)
         .collect();
     assert_eq!(versions, vec![1, 2]);
-}
-
-/// The ids the log shows now, from the start.
-async fn visible_ids(store: &PostgresStore) -> Vec<u64> {
-    store
-        .select_notifications(&NotificationQuery::after(0, 100))
-        .await
-        .unwrap()
-        .iter()
-        .map(|n| n.id)
-        .collect()
 }
 
 /// A host transaction announces itself once, however many recordings it makes, and a
@@ -490,15 +468,7 @@ async fn announcements_hold_across_the_32_bit_boundary() {
         .await
         .unwrap();
     assert_eq!(host_ids, vec![boundary - 2]);
-    let mut later = Vec::new();
-    for version in 1..=4 {
-        later.extend(
-            store
-                .record(&events_only(vec![event("w", version, "Later")]))
-                .await
-                .unwrap(),
-        );
-    }
+    let later = record_one_by_one(&store, "w", 1..=4, "Later").await;
     assert!(*later.last().unwrap() > boundary);
     assert_eq!(visible_ids(&store).await, Vec::<u64>::new());
     assert_eq!(store.max_notification_id().await.unwrap(), 0);

@@ -192,6 +192,38 @@ pub async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> 
     }
 }
 
+/// Records one event per recording on `stream`, for each of `versions`; the ids, in order.
+pub async fn record_one_by_one(
+    store: &PostgresStore,
+    stream: &str,
+    versions: impl IntoIterator<Item = u64>,
+    topic: &str,
+) -> Vec<u64> {
+    use eventfold_core::EventWriter;
+    let mut ids = Vec::new();
+    for version in versions {
+        ids.extend(
+            store
+                .record(&events_only(vec![event(stream, version, topic)]))
+                .await
+                .unwrap(),
+        );
+    }
+    ids
+}
+
+/// The ids the log shows now, from the start (at most 100).
+pub async fn visible_ids(store: &PostgresStore) -> Vec<u64> {
+    use eventfold_core::{NotificationQuery, NotificationReader};
+    store
+        .select_notifications(&NotificationQuery::after(0, 100))
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect()
+}
+
 /// A TCP proxy in front of the test server whose connections can be frozen: bytes stop
 /// flowing both ways while both sockets stay open, as in a network partition. Connections
 /// made after a freeze flow normally.
