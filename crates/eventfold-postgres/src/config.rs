@@ -89,6 +89,16 @@ pub struct PostgresConfig {
     /// answers (within [`Self::connect_timeout`]), so a connection that died silently is
     /// replaced. Default 10 s; zero turns the check off (followers still poll).
     pub listener_heartbeat: Duration,
+    /// How long the store waits for the server's reply to a statement on one of its own
+    /// connections (`load`, `record`, the log and tracking reads, projection transactions,
+    /// the wake-up NOTIFY) before it gives the connection up as dead and fails with
+    /// [`Error::Unavailable`]. Without it, a connection that died without closing (a
+    /// network partition, a frozen server host) hangs the command for as long as the kernel
+    /// keeps the socket. A client-side deadline, not PostgreSQL's `statement_timeout`: the
+    /// outcome of a recording that timed out is unknown, as with any lost connection.
+    /// Statements sent into the caller's own transaction ([`crate::PostgresStore::record_in`])
+    /// wait as the caller's other statements do. Default 30 s; zero turns it off.
+    pub reply_timeout: Duration,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -102,6 +112,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("ordering", &self.ordering)
             .field("listener_heartbeat", &self.listener_heartbeat)
+            .field("reply_timeout", &self.reply_timeout)
             .finish()
     }
 }
@@ -109,7 +120,7 @@ impl std::fmt::Debug for PostgresConfig {
 impl PostgresConfig {
     /// Defaults for the database at `url`: schema `public`, prefix `eventfold_`, tables
     /// created on connect, 10 connections, 5 s connect timeout, [`Ordering::Concurrent`],
-    /// a 10 s heartbeat on the LISTEN connection.
+    /// a 10 s heartbeat on the LISTEN connection, a 30 s reply timeout.
     pub fn new(url: impl Into<String>) -> Self {
         PostgresConfig {
             url: url.into(),
@@ -120,6 +131,7 @@ impl PostgresConfig {
             connect_timeout: Duration::from_secs(5),
             ordering: Ordering::Concurrent,
             listener_heartbeat: Duration::from_secs(10),
+            reply_timeout: Duration::from_secs(30),
         }
     }
 

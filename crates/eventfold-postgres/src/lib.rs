@@ -208,6 +208,14 @@
 //!   If the connection dies after the server committed but before the reply arrived, the
 //!   command reports `Unavailable` although it was recorded; running it again then fails
 //!   with a conflict instead of recording twice.
+//! * A connection that dies without closing (a network partition, a frozen host: the
+//!   socket stays open and no reply comes) → `Unavailable` after
+//!   [`PostgresConfig::reply_timeout`] (30 s), and the connection is closed, never
+//!   reused; the next command gets a fresh one (`tests/it/faults.rs` freezes connections
+//!   behind a TCP proxy). sqlx offers no TCP keepalive or per-statement timeout, so
+//!   without this deadline such a command would wait as long as the kernel keeps the
+//!   socket. A projection transaction that times out is rolled back by the server when
+//!   the connection finally closes; until then sqlx's pool counts its slot as taken.
 //! * A version that exists → [`Error::Conflict`](eventfold_core::Error::Conflict),
 //!   detected with sqlx's typed `DatabaseError::is_unique_violation()` (never by
 //!   matching SQLSTATE text). A stream that would not continue from its latest version,

@@ -1,8 +1,10 @@
 //! [`PostgresStore`]: the storage contract on PostgreSQL.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -112,6 +114,27 @@ impl Drop for Inner {
             }
         }
     }
+}
+
+/// Waits at most `limit` (zero: no limit) for the reply to `statement`. No reply in time
+/// is reported as an I/O error: the connection counts as broken (a [`Lease`] closes it,
+/// never reuses it) and the caller gets [`Error::Unavailable`] instead of waiting for as
+/// long as the kernel keeps a dead connection open.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    statement: impl Future<Output = std::result::Result<T, sqlx::Error>>,
+) -> std::result::Result<T, sqlx::Error> {
+    if limit.is_zero() {
+        return statement.await;
+    }
+    tokio::time::timeout(limit, statement)
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no reply from the server within {limit:?} (reply_timeout)"),
+            )))
+        })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -575,6 +598,14 @@ impl PostgresStore {
         }
     }
 
+    /// [`within`] the configured [`PostgresConfig::reply_timeout`].
+    async fn within<T>(
+        &self,
+        statement: impl Future<Output = std::result::Result<T, sqlx::Error>>,
+    ) -> std::result::Result<T, sqlx::Error> {
+        within(self.inner.config.reply_timeout, statement).await
+    }
+
     fn err(&self, error: sqlx::Error) -> Error {
         sqlx_error(error, &self.inner.target)
     }
@@ -601,6 +632,7 @@ impl PostgresStore {
             let task = tokio::spawn(wakeup::send_notifications(
                 self.inner.options.clone(),
                 self.inner.config.connect_timeout,
+                self.inner.config.reply_timeout,
                 self.inner.sql.notify.clone(),
                 self.inner.sql.channel.clone(),
                 signal.clone(),
@@ -630,13 +662,13 @@ impl PostgresStore {
         query: StreamQuery,
     ) -> Result<Vec<StoredEvent>> {
         let mut lease = self.lease().await?;
-        let result = sqlx::query(if query.descending { desc } else { asc })
+        let statement = sqlx::query(if query.descending { desc } else { asc })
             .bind(stream_id)
             .bind(clamp(query.after.unwrap_or(0)))
             .bind(clamp(query.up_to.unwrap_or(u64::MAX)))
             .bind(query.limit.map(clamp_limit))
-            .fetch_all(lease.conn())
-            .await;
+            .fetch_all(lease.conn());
+        let result = self.within(statement).await;
         let rows = lease.finish(result).map_err(|e| self.err(e))?;
         rows.iter().map(|row| stored(row, stream_id, 1)).collect()
     }
@@ -723,11 +755,11 @@ impl EventReader for PostgresStore {
     /// One round trip: the newest snapshot at or below `up_to` and the events after it.
     async fn load(&self, stream_id: &str, up_to: Option<u64>) -> Result<Loaded> {
         let mut lease = self.lease().await?;
-        let result = sqlx::query(&self.inner.sql.load)
+        let statement = sqlx::query(&self.inner.sql.load)
             .bind(stream_id)
             .bind(clamp(up_to.unwrap_or(u64::MAX)))
-            .fetch_all(lease.conn())
-            .await;
+            .fetch_all(lease.conn());
+        let result = self.within(statement).await;
         let rows = lease.finish(result).map_err(|e| self.err(e))?;
         let mut loaded = Loaded::default();
         for row in &rows {
@@ -767,10 +799,11 @@ impl EventWriter for PostgresStore {
         let statement = RecordStatement::for_own_transaction(&args, in_tx);
         let mut lease = self.lease().await?;
         let outcome = if self.inner.config.ordering == Ordering::TableLock {
-            self.record_under_table_lock(lease.conn(), &args, statement)
+            self.within(self.record_under_table_lock(lease.conn(), &args, statement))
                 .await
         } else {
-            self.call_record(lease.conn(), &args, statement).await
+            self.within(self.call_record(lease.conn(), &args, statement))
+                .await
         };
         let outcome = lease.finish(outcome);
         let ids = self.recorded(outcome, recording).await?;
@@ -815,7 +848,7 @@ impl NotificationReader for PostgresStore {
             .bind(clamp_limit(query.limit))
             .bind(topics);
         let mut lease = self.lease().await?;
-        let result = statement.fetch_all(lease.conn()).await;
+        let result = self.within(statement.fetch_all(lease.conn())).await;
         let rows = lease.finish(result).map_err(|e| self.err(e))?;
         rows.iter()
             .map(|row| {
@@ -832,9 +865,8 @@ impl NotificationReader for PostgresStore {
     /// The highest id [`Self::select_notifications`] can return now; index-only.
     async fn max_notification_id(&self) -> Result<u64> {
         let mut lease = self.lease().await?;
-        let result = sqlx::query_scalar(&self.inner.sql.max_notification_id)
-            .fetch_one(lease.conn())
-            .await;
+        let statement = sqlx::query_scalar(&self.inner.sql.max_notification_id);
+        let result = self.within(statement.fetch_one(lease.conn())).await;
         let id: i64 = lease.finish(result).map_err(|e| self.err(e))?;
         Ok(id as u64)
     }
@@ -852,10 +884,8 @@ impl NotificationReader for PostgresStore {
 impl TrackingReader for PostgresStore {
     async fn tracking_position(&self, follower: &str) -> Result<Option<u64>> {
         let mut lease = self.lease().await?;
-        let result = sqlx::query_scalar(&self.inner.sql.tracking_position)
-            .bind(follower)
-            .fetch_optional(lease.conn())
-            .await;
+        let statement = sqlx::query_scalar(&self.inner.sql.tracking_position).bind(follower);
+        let result = self.within(statement.fetch_optional(lease.conn())).await;
         let position: Option<i64> = lease.finish(result).map_err(|e| self.err(e))?;
         Ok(position.map(|p| p as u64))
     }
@@ -908,28 +938,30 @@ impl ProjectionStore for PostgresStore {
     type Transaction = PostgresTransaction;
 
     async fn begin(&self) -> Result<PostgresTransaction> {
-        let tx = self.inner.pool.begin().await.map_err(|e| self.err(e))?;
+        let tx = self
+            .within(self.inner.pool.begin())
+            .await
+            .map_err(|e| self.err(e))?;
         Ok(PostgresTransaction { tx })
     }
 
     /// Moves the position (only forwards) and commits: two round trips.
     async fn commit(&self, mut tx: PostgresTransaction, tracking: &Tracking) -> Result<()> {
         let position = to_i64(tracking.position, "tracking position")?;
+        let statement = sqlx::query_as(&self.inner.sql.move_tracking)
+            .bind(&tracking.follower)
+            .bind(position)
+            .fetch_one(&mut *tx.tx);
         let (moved, current): (Option<i64>, Option<i64>) =
-            sqlx::query_as(&self.inner.sql.move_tracking)
-                .bind(&tracking.follower)
-                .bind(position)
-                .fetch_one(&mut *tx.tx)
-                .await
-                .map_err(|e| self.err(e))?;
+            self.within(statement).await.map_err(|e| self.err(e))?;
         if moved.is_none() {
-            let _ = tx.tx.rollback().await;
+            let _ = self.within(tx.tx.rollback()).await;
             return Err(Error::Conflict(Conflict::new(vec![(
                 format!("tracking:{}", tracking.follower),
                 current.map_or(0, |c| c as u64),
             )])));
         }
-        tx.tx.commit().await.map_err(|e| self.err(e))
+        self.within(tx.tx.commit()).await.map_err(|e| self.err(e))
     }
 
     async fn position(&self, follower: &str) -> Result<Option<u64>> {

@@ -145,6 +145,7 @@ pub const NOTIFIER_APPLICATION_NAME: &str = "eventfold-notifier";
 pub(crate) async fn send_notifications(
     options: PgConnectOptions,
     connect_timeout: Duration,
+    reply_timeout: Duration,
     statement: String,
     channel: String,
     signal: Arc<Notify>,
@@ -163,7 +164,8 @@ pub(crate) async fn send_notifications(
             }
         }
         if let Some(conn) = connection.as_mut() {
-            if let Err(error) = sqlx::query(&statement).bind(&channel).execute(conn).await {
+            let notify = sqlx::query(&statement).bind(&channel).execute(conn);
+            if let Err(error) = crate::store::within(reply_timeout, notify).await {
                 // Followers poll as well; a lost wake-up only delays them.
                 tracing::debug!(%channel, %error, "NOTIFY failed");
                 connection = None;

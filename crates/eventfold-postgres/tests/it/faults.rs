@@ -3,11 +3,14 @@
 use std::time::Duration;
 
 use eventfold_core::{
-    Error, EventReader, EventWriter, NotificationQuery, NotificationReader, StreamQuery,
+    Error, EventReader, EventWriter, NotificationQuery, NotificationReader, ProjectionStore,
+    StreamQuery, Tracking, TrackingReader,
 };
 use eventfold_postgres::{PostgresConfig, PostgresStore, SCHEMA_VERSION};
 
-use crate::support::{config, event, events_only, fresh, unique_schema, SchemaGuard};
+use crate::support::{
+    config, event, events_only, fresh, unique_schema, FreezingProxy, SchemaGuard,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_server_is_unavailable_without_password() {
@@ -299,6 +302,68 @@ async fn killed_mid_command_is_typed_and_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(log.iter().map(|n| n.id).collect::<Vec<_>>(), ids);
+}
+
+/// A connection that dies without closing (a network partition: the peer stops
+/// answering, the socket stays open) fails the command with `Unavailable` after
+/// `reply_timeout` instead of hanging it; the swallowed recording wrote nothing, and the
+/// next command runs on a fresh connection. Without the timeout the command hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_connection_fails_the_command_in_time() {
+    let (direct, _guard) = fresh("replytimeout").await;
+    let proxy = FreezingProxy::start().await;
+    let (bounded, unbounded) = proxy
+        .stores_with_and_without(
+            &direct.config().schema,
+            |config, timeout| config.reply_timeout = timeout,
+            Duration::from_millis(300),
+        )
+        .await;
+    for store in [&bounded, &unbounded] {
+        store.load("warm", None).await.unwrap();
+    }
+    bounded
+        .record(&events_only(vec![event("s", 1, "BeforeThePartition")]))
+        .await
+        .unwrap();
+    // A projection's transaction, open when the partition comes.
+    let projection = ProjectionStore::begin(&bounded).await.unwrap();
+
+    proxy.freeze_existing();
+    let moved = Tracking {
+        follower: "projection".into(),
+        position: 1,
+    };
+    let err = tokio::time::timeout(Duration::from_secs(20), bounded.commit(projection, &moved))
+        .await
+        .expect("the projection's commit fails instead of hanging")
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert_eq!(direct.tracking_position("projection").await.unwrap(), None);
+
+    let swallowed = events_only(vec![event("s", 2, "Swallowed")]);
+    let err = tokio::time::timeout(Duration::from_secs(20), bounded.record(&swallowed))
+        .await
+        .expect("the command fails instead of hanging")
+        .unwrap_err();
+    match &err {
+        Error::Unavailable { target, .. } => assert!(target.contains("127.0.0.1"), "{target}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(err.to_string().contains("reply_timeout"), "{err}");
+    let stored = direct.select_events("s", StreamQuery::all()).await.unwrap();
+    assert_eq!(stored.len(), 1, "the swallowed recording wrote nothing");
+
+    // The dead connection was dropped, not kept: the same recording now goes through.
+    bounded.record(&swallowed).await.unwrap();
+    let loaded = bounded.load("s", None).await.unwrap();
+    assert_eq!(loaded.events.len(), 2);
+
+    let hung = tokio::time::timeout(Duration::from_secs(2), unbounded.load("s", None)).await;
+    assert!(
+        hung.is_err(),
+        "without reply_timeout the load waits on the dead connection"
+    );
 }
 
 /// The last clone of a store may be dropped outside any Tokio runtime.

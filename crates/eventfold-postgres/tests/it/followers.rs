@@ -188,19 +188,13 @@ async fn projection_rows_and_position_commit_together() {
 async fn a_silently_dead_listen_connection_is_replaced() {
     let (writer, _guard) = fresh("halfopen").await;
     let proxy = FreezingProxy::start().await;
-    let through_proxy = |heartbeat: Duration| {
-        let mut config = config(&writer.config().schema);
-        config.url = proxy.url.clone();
-        config.connect_timeout = Duration::from_secs(1);
-        config.listener_heartbeat = heartbeat;
-        config
-    };
-    let watched = PostgresStore::connect(&through_proxy(Duration::from_millis(200)))
-        .await
-        .unwrap();
-    let unwatched = PostgresStore::connect(&through_proxy(Duration::ZERO))
-        .await
-        .unwrap();
+    let (watched, unwatched) = proxy
+        .stores_with_and_without(
+            &writer.config().schema,
+            |config, heartbeat| config.listener_heartbeat = heartbeat,
+            Duration::from_millis(200),
+        )
+        .await;
     let wakeups = watched.wakeups().expect("PostgreSQL has wake-ups");
     let _ = unwatched.wakeups();
     wait_for("both LISTEN connections", Duration::from_secs(10), || {

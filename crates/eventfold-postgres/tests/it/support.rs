@@ -276,6 +276,25 @@ impl FreezingProxy {
         }
     }
 
+    /// Two stores on `schema` whose connections go through the proxy: one with a
+    /// safeguard on (`set(config, on)`), one with it off (`set(config, ZERO)`), to show
+    /// what the safeguard changes.
+    pub async fn stores_with_and_without(
+        &self,
+        schema: &str,
+        set: fn(&mut PostgresConfig, Duration),
+        on: Duration,
+    ) -> (PostgresStore, PostgresStore) {
+        let connect = |duration: Duration| {
+            let mut config = config(schema);
+            config.url = self.url.clone();
+            config.connect_timeout = Duration::from_secs(2);
+            set(&mut config, duration);
+            async move { PostgresStore::connect(&config).await.unwrap() }
+        };
+        (connect(on).await, connect(Duration::ZERO).await)
+    }
+
     /// Freezes every connection made so far.
     pub fn freeze_existing(&self) {
         use std::sync::atomic::Ordering;
