@@ -14,6 +14,14 @@ KEYS = [
     ("bare_commits_per_s", "bare commits/s (same run)"), ("commands_vs_bare", "cmds / bare"),
     ("read_then_commit_per_s", "read+commit/s (same run)"),
     ("commands_vs_read_then_commit", "cmds / read+commit"),
+    ("interleaved_read_then_commit_vs_bare", "read+commit / bare, per op interleaved"),
+    ("interleaved_command_vs_read_then_commit", "cmds / read+commit, per op interleaved"),
+]
+# A bound, not a result: the read+commit loop is the least any store that loads before it
+# records must do, so its rate over a peer's is the most such a store could reach.
+BOUNDS = [  # ours, our key, peer, peer key
+    ("eventfold-postgres", "read_then_commit_per_s", "cqrs-es-postgres", "commands_per_s"),
+    ("eventfold-postgres", "read_then_commit_per_s", "postgres", "commands_per_s"),
 ]
 RATIOS = [  # ours, peer, what
     ("eventfold-memory", "cqrs-es-mem", "commands_per_s"),
@@ -70,6 +78,17 @@ def main(folder: str) -> None:
         a, b = med(ours, key), med(peer, key)
         if a and b:
             print(f"{ours} / {peer} {key}: {fmt(a)} / {fmt(b)} = {a / b:.2f}x")
+    for ours, our_key, peer, peer_key in BOUNDS:
+        a, b = med(ours, our_key), med(peer, peer_key)
+        if a and b:
+            print(f"bound: {ours} {our_key} / {peer} {peer_key}: {fmt(a)} / {fmt(b)} = {a / b:.2f}x")
+    for backend in sorted(runs):
+        per_op = [r["interleaved_p50_us"] for r in runs[backend] if "interleaved_p50_us" in r]
+        if per_op:
+            cells = ", ".join(
+                f"{what} {statistics.median(p[what] for p in per_op):.0f} us"
+                for what in ("bare_commit", "read_then_commit", "command"))
+            print(f"{backend}, interleaved p50 per op (median of {len(per_op)} runs): {cells}")
     out = {"ratios": {f"{o}/{p}/{k}": (med(o, k) / med(p, k)) for o, p, k in RATIOS if med(o, k) and med(p, k)}}
     for name, docs in extra.items():
         print(f"\n{name}: {len(docs)} runs; last: {json.dumps(docs[-1].get('results', docs[-1]))}")

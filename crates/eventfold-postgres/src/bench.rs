@@ -174,23 +174,39 @@ impl BareCommits {
         self.run(n, true).await
     }
 
+    /// Times one commit, left out of the loops' figures: for timing it interleaved, one
+    /// at a time, with other work.
+    pub async fn one_commit(&mut self) -> Result<Duration> {
+        self.once(false).await
+    }
+
+    /// Times one read then commit, left out of the loops' figures (see
+    /// [`Self::one_commit`]).
+    pub async fn one_read_then_commit(&mut self) -> Result<Duration> {
+        self.once(true).await
+    }
+
+    async fn once(&mut self, read_first: bool) -> Result<Duration> {
+        let started = Instant::now();
+        if read_first {
+            sqlx::query(&self.read_newest)
+                .fetch_optional(&mut self.conn)
+                .await
+                .map_err(|e| sqlx_error(e, &self.target))?;
+        }
+        sqlx::query(&self.insert)
+            .bind(&self.payload)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| sqlx_error(e, &self.target))?;
+        Ok(started.elapsed())
+    }
+
     async fn run(&mut self, n: u64, read_first: bool) -> Result<()> {
         let started = Instant::now();
         let mut latencies = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            let t = Instant::now();
-            if read_first {
-                sqlx::query(&self.read_newest)
-                    .fetch_optional(&mut self.conn)
-                    .await
-                    .map_err(|e| sqlx_error(e, &self.target))?;
-            }
-            sqlx::query(&self.insert)
-                .bind(&self.payload)
-                .execute(&mut self.conn)
-                .await
-                .map_err(|e| sqlx_error(e, &self.target))?;
-            latencies.push(t.elapsed());
+            latencies.push(self.once(read_first).await?);
         }
         let samples = if read_first {
             &mut self.reads_then_commits
