@@ -56,7 +56,26 @@ fn demo_runs_the_worlds_scenario_on_sqlite_and_log_shows_it() {
     assert_eq!(ids, ["9", "10"], "newest last: {all}");
 
     let migrate = stdout(&eventfold(dir.path(), &["migrate"]));
-    assert!(!migrate.trim().is_empty());
+    assert!(migrate.contains("already at version"), "{migrate}");
+}
+
+/// `eventfold migrate` on a new SQLite file reports the versions it went through, then
+/// that nothing is left to do.
+#[test]
+fn migrate_reports_what_it_applied_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = stdout(&eventfold(dir.path(), &["migrate"]));
+    let version = eventfold::sqlite::SCHEMA_VERSION;
+    assert!(
+        first.contains(&format!("from version 0 to {version}")),
+        "{first}"
+    );
+    assert!(dir.path().join("eventfold.sqlite3").exists());
+    let second = stdout(&eventfold(dir.path(), &["migrate"]));
+    assert!(
+        second.contains(&format!("already at version {version}")),
+        "{second}"
+    );
 }
 
 #[test]

@@ -243,6 +243,20 @@ impl SqliteStore {
         schema::migrate(&conn)
     }
 
+    /// Creates or upgrades the database file of `config` to this build's schema version
+    /// without opening a store, so the report says what was applied (what `eventfold
+    /// migrate` runs). Creates the file if it does not exist.
+    pub fn migrate_with(config: &SqliteConfig) -> Result<MigrationReport> {
+        let location = Location::File(config.path.clone());
+        let conn = open_connection(
+            &location,
+            config.synchronous,
+            config.busy_timeout,
+            Role::Writer,
+        )?;
+        schema::migrate(&conn)
+    }
+
     /// The schema version stored in the database (`PRAGMA user_version`; 0 = no tables).
     pub fn schema_version(&self) -> Result<i64> {
         let conn = self.inner.open_connection(Role::Reader)?;

@@ -374,8 +374,8 @@ impl Config {
     }
 
     /// Creates or upgrades the configured store's tables and says what was done (what
-    /// `eventfold migrate` runs). PostgreSQL is migrated without opening a store first,
-    /// so the report shows the versions it went through.
+    /// `eventfold migrate` runs). The database is migrated without opening a store first
+    /// (which would migrate it already), so the report shows the versions it went through.
     pub async fn migrate(&self) -> Result<String> {
         match &self.store {
             #[cfg(feature = "postgres")]
@@ -384,7 +384,11 @@ impl Config {
                     .await?
                     .to_string())
             }
-            _ => self.open_store().await?.migrate().await,
+            #[cfg(feature = "sqlite")]
+            StoreConfig::Sqlite(config) => {
+                Ok(eventfold_sqlite::SqliteStore::migrate_with(config)?.to_string())
+            }
+            StoreConfig::Memory => self.open_store().await?.migrate().await,
         }
     }
 
