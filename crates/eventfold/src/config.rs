@@ -94,6 +94,11 @@ impl StoreHandle {
 /// | `EVENTFOLD_DATABASE_URL` (or `DATABASE_URL`) | `postgres://...` | required for `postgres` |
 /// | `EVENTFOLD_POSTGRES_SCHEMA` | schema name | `public` |
 /// | `EVENTFOLD_TABLE_PREFIX` | table name prefix | `eventfold_` |
+/// | `EVENTFOLD_POSTGRES_MAX_CONNECTIONS` | pool size | `10` |
+/// | `EVENTFOLD_POSTGRES_CONNECT_TIMEOUT` | seconds (`2.5` allowed) | `5` |
+/// | `EVENTFOLD_POSTGRES_REPLY_TIMEOUT` | seconds; `0` waits for ever | `30` |
+/// | `EVENTFOLD_POSTGRES_LISTENER_HEARTBEAT` | seconds; `0` turns it off | `10` |
+/// | `EVENTFOLD_POSTGRES_ORDERING` | `concurrent`, `table-lock` | `concurrent` |
 /// | `EVENTFOLD_CREATE_TABLES` | `true`, `false` | `true` |
 /// | `EVENTFOLD_COMPRESSOR` | `none`, `zlib` | `none` |
 /// | `EVENTFOLD_CIPHER_KEY` | base64 of 32 bytes (AES-256-GCM) | none |
@@ -117,6 +122,22 @@ fn invalid(variable: &str, message: impl Into<String>) -> Error {
         variable: variable.to_owned(),
         message: message.into(),
     }
+}
+
+/// Seconds, fractions allowed (`2.5`), as a [`Duration`](std::time::Duration).
+#[cfg(feature = "postgres")]
+fn parse_seconds(variable: &str, value: &str) -> Result<std::time::Duration> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|seconds| std::time::Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| {
+            invalid(
+                variable,
+                format!("expected a number of seconds (such as 5 or 0.5), got {value:?}"),
+            )
+        })
 }
 
 fn parse_bool(variable: &str, value: &str) -> Result<bool> {
@@ -234,6 +255,46 @@ impl Config {
                 }
                 if let Some(prefix) = get("EVENTFOLD_TABLE_PREFIX") {
                     postgres.table_prefix = prefix.to_owned();
+                }
+                if let Some(value) = get("EVENTFOLD_POSTGRES_MAX_CONNECTIONS") {
+                    postgres.max_connections = value
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| {
+                            invalid(
+                                "EVENTFOLD_POSTGRES_MAX_CONNECTIONS",
+                                format!("expected a whole number of at least 1, got {value:?}"),
+                            )
+                        })?;
+                }
+                let seconds = [
+                    (
+                        "EVENTFOLD_POSTGRES_CONNECT_TIMEOUT",
+                        &mut postgres.connect_timeout,
+                    ),
+                    (
+                        "EVENTFOLD_POSTGRES_REPLY_TIMEOUT",
+                        &mut postgres.reply_timeout,
+                    ),
+                    (
+                        "EVENTFOLD_POSTGRES_LISTENER_HEARTBEAT",
+                        &mut postgres.listener_heartbeat,
+                    ),
+                ];
+                for (variable, setting) in seconds {
+                    if let Some(value) = get(variable) {
+                        *setting = parse_seconds(variable, value)?;
+                    }
+                }
+                if let Some(value) = get("EVENTFOLD_POSTGRES_ORDERING") {
+                    postgres.ordering = value.parse().map_err(|_| {
+                        invalid(
+                            "EVENTFOLD_POSTGRES_ORDERING",
+                            format!("expected concurrent or table-lock, got {value:?}"),
+                        )
+                    })?;
                 }
                 StoreConfig::Postgres(postgres)
             }

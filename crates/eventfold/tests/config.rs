@@ -85,6 +85,58 @@ fn postgres_needs_a_url() {
     assert!(message.contains("required"), "{message}");
 }
 
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_tuning_comes_from_variables() {
+    use std::time::Duration;
+
+    use eventfold::postgres::Ordering;
+    use eventfold::StoreConfig;
+
+    let url = ("EVENTFOLD_DATABASE_URL", "postgres://app@db/orders");
+    let config = Config::from_vars([
+        ("EVENTFOLD_STORE", "postgres"),
+        url,
+        ("EVENTFOLD_POSTGRES_MAX_CONNECTIONS", "32"),
+        ("EVENTFOLD_POSTGRES_CONNECT_TIMEOUT", "2.5"),
+        ("EVENTFOLD_POSTGRES_REPLY_TIMEOUT", "0"),
+        ("EVENTFOLD_POSTGRES_LISTENER_HEARTBEAT", "30"),
+        ("EVENTFOLD_POSTGRES_ORDERING", "table-lock"),
+    ])
+    .unwrap();
+    let StoreConfig::Postgres(postgres) = config.store_config() else {
+        panic!("a PostgreSQL configuration: {config:?}");
+    };
+    assert_eq!(postgres.max_connections, 32);
+    assert_eq!(postgres.connect_timeout, Duration::from_millis(2500));
+    assert_eq!(postgres.reply_timeout, Duration::ZERO);
+    assert_eq!(postgres.listener_heartbeat, Duration::from_secs(30));
+    assert_eq!(postgres.ordering, Ordering::TableLock);
+
+    type Case<'a> = (&'a str, &'a str, &'a str);
+    let cases: &[Case] = &[
+        ("EVENTFOLD_POSTGRES_MAX_CONNECTIONS", "0", "at least 1"),
+        ("EVENTFOLD_POSTGRES_MAX_CONNECTIONS", "many", "whole number"),
+        ("EVENTFOLD_POSTGRES_CONNECT_TIMEOUT", "-1", "seconds"),
+        ("EVENTFOLD_POSTGRES_REPLY_TIMEOUT", "30s", "seconds"),
+        ("EVENTFOLD_POSTGRES_LISTENER_HEARTBEAT", "NaN", "seconds"),
+        (
+            "EVENTFOLD_POSTGRES_ORDERING",
+            "serial",
+            "concurrent or table-lock",
+        ),
+    ];
+    for (variable, value, needle) in cases {
+        let (got_variable, message) =
+            error_of(&[("EVENTFOLD_STORE", "postgres"), url, (variable, value)]);
+        assert_eq!(&got_variable, variable, "for {value:?}");
+        assert!(
+            message.contains(needle),
+            "{variable}: {message:?} lacks {needle:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn good_values_configure_a_working_application() {
     let dir = tempfile::tempdir().unwrap();
