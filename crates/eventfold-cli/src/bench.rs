@@ -5,6 +5,11 @@
 //! create N worlds; M commands round-robin (get + make_it_so + save, snapshot every 5,
 //! zlib); read every world and check its history; then raw appends on one aggregate of an
 //! application without snapshots (`raw_app`, `raw_store`, `raw_single`).
+//!
+//! On PostgreSQL it also times, in the same run, the server's limits: slices of bare
+//! commits and of read-then-commit between the command passes, and at the end one bare
+//! commit, one read+commit and one command at a time, in rotating turns (per-operation
+//! medians; the commands of that probe are not in the command figures).
 
 use std::time::Instant;
 
