@@ -186,6 +186,9 @@ impl PostgresConfig {
         if self.max_connections == 0 {
             return Err(bad("max_connections", "must be at least 1".to_owned()));
         }
+        if self.connect_timeout.is_zero() {
+            return Err(bad("connect_timeout", "must be above zero".to_owned()));
+        }
         Ok(())
     }
 }
@@ -255,6 +258,9 @@ mod tests {
         c.table_prefix = "a-b".into();
         assert!(c.validate().is_err());
         c.table_prefix = "x".repeat(41);
+        assert!(c.validate().is_err());
+        c.table_prefix = "ok_".into();
+        c.connect_timeout = Duration::ZERO;
         assert!(c.validate().is_err());
     }
 

@@ -95,7 +95,7 @@ impl StoreHandle {
 /// | `EVENTFOLD_POSTGRES_SCHEMA` | schema name | `public` |
 /// | `EVENTFOLD_TABLE_PREFIX` | table name prefix | `eventfold_` |
 /// | `EVENTFOLD_POSTGRES_MAX_CONNECTIONS` | pool size | `10` |
-/// | `EVENTFOLD_POSTGRES_CONNECT_TIMEOUT` | seconds (`2.5` allowed) | `5` |
+/// | `EVENTFOLD_POSTGRES_CONNECT_TIMEOUT` | seconds (`2.5` allowed), above zero | `5` |
 /// | `EVENTFOLD_POSTGRES_REPLY_TIMEOUT` | seconds; `0` waits for ever | `30` |
 /// | `EVENTFOLD_POSTGRES_LISTENER_HEARTBEAT` | seconds; `0` turns it off | `10` |
 /// | `EVENTFOLD_POSTGRES_ORDERING` | `concurrent`, `table-lock` | `concurrent` |
@@ -287,6 +287,12 @@ impl Config {
                     if let Some(value) = get(variable) {
                         *setting = parse_seconds(variable, value)?;
                     }
+                }
+                if postgres.connect_timeout.is_zero() {
+                    return Err(invalid(
+                        "EVENTFOLD_POSTGRES_CONNECT_TIMEOUT",
+                        "must be above zero (a connection cannot be made in no time)",
+                    ));
                 }
                 if let Some(value) = get("EVENTFOLD_POSTGRES_ORDERING") {
                     postgres.ordering = value.parse().map_err(|_| {

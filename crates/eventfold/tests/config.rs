@@ -118,6 +118,7 @@ fn postgres_tuning_comes_from_variables() {
         ("EVENTFOLD_POSTGRES_MAX_CONNECTIONS", "0", "at least 1"),
         ("EVENTFOLD_POSTGRES_MAX_CONNECTIONS", "many", "whole number"),
         ("EVENTFOLD_POSTGRES_CONNECT_TIMEOUT", "-1", "seconds"),
+        ("EVENTFOLD_POSTGRES_CONNECT_TIMEOUT", "0", "above zero"),
         ("EVENTFOLD_POSTGRES_REPLY_TIMEOUT", "30s", "seconds"),
         ("EVENTFOLD_POSTGRES_LISTENER_HEARTBEAT", "NaN", "seconds"),
         (
