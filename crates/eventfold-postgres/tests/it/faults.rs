@@ -306,8 +306,9 @@ async fn killed_mid_command_is_typed_and_writes_nothing() {
 
 /// A connection that dies without closing (a network partition: the peer stops
 /// answering, the socket stays open) fails the command with `Unavailable` after
-/// `reply_timeout` instead of hanging it; the swallowed recording wrote nothing, and the
-/// next command runs on a fresh connection. Without the timeout the command hangs.
+/// `reply_timeout` instead of hanging it, and so does the commit of a projection
+/// transaction open at the time; the swallowed recording wrote nothing, and the next
+/// command runs on a fresh connection. Without the timeout the command hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dead_connection_fails_the_command_in_time() {
     let (direct, _guard) = fresh("replytimeout").await;
