@@ -295,11 +295,12 @@ impl Config {
                     ));
                 }
                 if let Some(value) = get("EVENTFOLD_POSTGRES_ORDERING") {
-                    postgres.ordering = value.parse().map_err(|_| {
-                        invalid(
-                            "EVENTFOLD_POSTGRES_ORDERING",
-                            format!("expected concurrent or table-lock, got {value:?}"),
-                        )
+                    postgres.ordering = value.parse().map_err(|e| match e {
+                        // The store's own message, under the variable's name.
+                        Error::Config { message, .. } => {
+                            invalid("EVENTFOLD_POSTGRES_ORDERING", message)
+                        }
+                        other => other,
                     })?;
                 }
                 StoreConfig::Postgres(postgres)
