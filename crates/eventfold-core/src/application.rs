@@ -11,9 +11,9 @@ use std::time::Duration;
 use lru::LruCache;
 
 use crate::domain::{Aggregate, AggregateId, Root, SnapshotBody, Timestamp};
-use crate::error::{Error, Result};
+use crate::error::{Conflict, Error, RecordKind, Result};
 use crate::mapper::{JsonMapper, Mapper};
-use crate::store::{Loaded, Recording, Store, StoredEvent, StreamQuery};
+use crate::store::{Loaded, Metadata, Recording, Store, StoredEvent, StreamQuery, Transaction};
 
 type CacheKey = (&'static str, String);
 
@@ -51,15 +51,20 @@ impl AggregateCache {
 pub struct Repository<M: Mapper = JsonMapper> {
     store: Arc<dyn Store>,
     mapper: Arc<M>,
-    cache: Option<AggregateCache>,
+    cache: Option<Arc<AggregateCache>>,
 }
 
 impl<M: Mapper> Repository<M> {
-    /// The aggregate as of its latest event.
+    /// The aggregate as of its latest event. Takes the id or a borrowed form of it
+    /// (`&str` for `String` ids).
     ///
-    /// Fails with [`Error::AggregateNotFound`] if it has no events.
+    /// Fails with [`Error::AggregateNotFound`] if it has no events, and with
+    /// [`Error::WrongAggregateType`] if the stream belongs to another aggregate type.
     #[tracing::instrument(level = "debug", name = "eventfold.get", skip_all, fields(aggregate = A::TYPE, %id))]
-    pub async fn get<A: Aggregate>(&self, id: &A::Id) -> Result<Root<A>> {
+    pub async fn get<A: Aggregate>(
+        &self,
+        id: &(impl ToOwned<Owned = A::Id> + std::fmt::Display + Sync + ?Sized),
+    ) -> Result<Root<A>> {
         let stream_id = id.to_string();
         if let Some(cache) = &self.cache {
             if let Some(mut root) = cache.get::<A>(&stream_id) {
@@ -83,7 +88,7 @@ impl<M: Mapper> Repository<M> {
             }
         }
         let loaded = self.store.load(&stream_id, None).await?;
-        let root = self.rebuild::<A>(id, loaded)?;
+        let root = self.rebuild::<A>(&id.to_owned(), loaded)?;
         if let Some(cache) = &self.cache {
             cache.put((A::TYPE, stream_id), Box::new(root.clone()));
         }
@@ -91,31 +96,42 @@ impl<M: Mapper> Repository<M> {
     }
 
     /// The aggregate as it was at `version` (or at its latest version, if lower).
-    pub async fn get_at<A: Aggregate>(&self, id: &A::Id, version: u64) -> Result<Root<A>> {
+    pub async fn get_at<A: Aggregate>(
+        &self,
+        id: &(impl ToOwned<Owned = A::Id> + std::fmt::Display + Sync + ?Sized),
+        version: u64,
+    ) -> Result<Root<A>> {
         let loaded = self.store.load(&id.to_string(), Some(version)).await?;
-        self.rebuild::<A>(id, loaded)
+        self.rebuild::<A>(&id.to_owned(), loaded)
+    }
+
+    /// The mapper, shared (for followers that decode with it).
+    pub fn shared_mapper(&self) -> Arc<M> {
+        self.mapper.clone()
     }
 
     /// Decodes a stored event of aggregate type `A` (for followers and tools).
+    ///
+    /// Fails with [`Error::WrongAggregateType`] when the event is not one of `A`'s.
     pub fn decode_event<A: Aggregate>(&self, event: &StoredEvent) -> Result<A::Event> {
-        self.mapper
-            .decode(&event.state, A::SCHEMA_VERSION, A::upcast_event)
-            .map_err(|source| Error::Decode {
-                kind: "event",
-                stream_id: event.stream_id.clone(),
-                version: event.version,
-                source,
-            })
+        decode_event::<A, M>(&self.mapper, event)
     }
 
     fn rebuild<A: Aggregate>(&self, id: &A::Id, loaded: Loaded) -> Result<Root<A>> {
         let mut root = match loaded.snapshot {
             Some(snapshot) => {
+                if snapshot.topic != A::TYPE {
+                    return Err(Error::WrongAggregateType {
+                        stream_id: snapshot.stream_id,
+                        expected: A::TYPE,
+                        found: snapshot.topic,
+                    });
+                }
                 let body: SnapshotBody<A> = self
                     .mapper
                     .decode(&snapshot.state, A::SCHEMA_VERSION, A::upcast_state)
                     .map_err(|source| Error::Decode {
-                        kind: "snapshot",
+                        kind: RecordKind::Snapshot,
                         stream_id: snapshot.stream_id.clone(),
                         version: snapshot.version,
                         source,
@@ -155,16 +171,41 @@ impl<M: Mapper> Repository<M> {
     }
 }
 
+/// Decodes a stored event of `A`, refusing another aggregate type's event.
+pub(crate) fn decode_event<A: Aggregate, M: Mapper>(mapper: &M, event: &StoredEvent) -> Result<A::Event> {
+    let ours = event
+        .topic
+        .strip_prefix(A::TYPE)
+        .is_some_and(|rest| rest.starts_with('.'));
+    if !ours {
+        return Err(Error::WrongAggregateType {
+            stream_id: event.stream_id.clone(),
+            expected: A::TYPE,
+            found: event.topic.clone(),
+        });
+    }
+    mapper
+        .decode(&event.state, A::SCHEMA_VERSION, A::upcast_event)
+        .map_err(|source| Error::Decode {
+            kind: RecordKind::Event,
+            stream_id: event.stream_id.clone(),
+            version: event.version,
+            source,
+        })
+}
+
 /// Something [`Application::save_all`] can save: a [`Root`] of any aggregate type.
 pub trait Saveable<M: Mapper>: Send {
     /// The aggregate type name (for the snapshot interval).
     fn aggregate_type(&self) -> &'static str;
 
-    /// Encodes the pending events, and a snapshot if one is due, into `recording`.
+    /// Encodes the pending events (each with `metadata`), and a snapshot if one is due,
+    /// into `recording`.
     fn stage(
         &self,
         mapper: &M,
         snapshot_every: Option<u64>,
+        metadata: &Metadata,
         recording: &mut Recording,
     ) -> Result<()>;
 
@@ -187,6 +228,7 @@ impl<A: Aggregate, M: Mapper> Saveable<M> for Root<A> {
         &self,
         mapper: &M,
         snapshot_every: Option<u64>,
+        metadata: &Metadata,
         recording: &mut Recording,
     ) -> Result<()> {
         let stream_id = self.id().to_string();
@@ -194,16 +236,19 @@ impl<A: Aggregate, M: Mapper> Saveable<M> for Root<A> {
             let (name, state) = mapper
                 .encode_event(&pending.event, A::SCHEMA_VERSION)
                 .map_err(|source| Error::Encode {
-                    what: format!("{} event {:?}", A::TYPE, pending.event),
+                    what: format!("{} event", A::TYPE),
                     source,
                 })?;
-            recording.events.push(StoredEvent {
-                stream_id: stream_id.clone(),
-                version: pending.version,
-                topic: format!("{}.{name}", A::TYPE),
-                timestamp: pending.timestamp,
-                state,
-            });
+            recording.events.push(
+                StoredEvent::new(
+                    stream_id.clone(),
+                    pending.version,
+                    format!("{}.{name}", A::TYPE),
+                    pending.timestamp,
+                    state,
+                )
+                .with_metadata(metadata.clone()),
+            );
         }
         let due = snapshot_every.is_some_and(|every| {
             every > 0 && self.saved_version() / every != self.version() / every
@@ -220,13 +265,13 @@ impl<A: Aggregate, M: Mapper> Saveable<M> for Root<A> {
                     what: format!("{} snapshot", A::TYPE),
                     source,
                 })?;
-            recording.snapshots.push(StoredEvent {
+            recording.snapshots.push(StoredEvent::new(
                 stream_id,
-                version: self.version(),
-                topic: A::TYPE.to_owned(),
-                timestamp: self.modified_on(),
+                self.version(),
+                A::TYPE,
+                self.modified_on(),
                 state,
-            });
+            ));
         }
         Ok(())
     }
@@ -256,8 +301,13 @@ pub struct Application<M: Mapper = JsonMapper> {
 impl Application<JsonMapper> {
     /// Starts building an application on `store`, with plain JSON, no snapshots and no cache.
     pub fn builder(store: impl Store + 'static) -> ApplicationBuilder<JsonMapper> {
+        Self::builder_on(Arc::new(store))
+    }
+
+    /// Like [`Application::builder`], on a store that is already shared.
+    pub fn builder_on(store: Arc<dyn Store>) -> ApplicationBuilder<JsonMapper> {
         ApplicationBuilder {
-            store: Arc::new(store),
+            store,
             mapper: JsonMapper::new(),
             snapshot_intervals: HashMap::new(),
             cache_capacity: None,
@@ -287,18 +337,34 @@ impl<M: Mapper> Application<M> {
         self.snapshot_intervals.get(aggregate_type).copied()
     }
 
+    /// The aggregate types that have a snapshot interval.
+    pub fn snapshot_types(&self) -> impl Iterator<Item = &str> {
+        self.snapshot_intervals.keys().map(String::as_str)
+    }
+
     /// Saves one aggregate's pending events (and a due snapshot). Returns their notification ids.
     pub async fn save<A: Aggregate>(&self, root: &mut Root<A>) -> Result<Vec<u64>> {
-        self.save_all(&mut [root as &mut dyn Saveable<M>]).await
+        self.save_all_with(&mut [root as &mut dyn Saveable<M>], &Metadata::default())
+            .await
     }
 
     /// Saves several aggregates, of any types, in one atomic transaction.
     ///
     /// On [`Error::Conflict`] nothing is written and the aggregates keep their pending
     /// events; reload them and run the command again (see [`retry_on_conflict`]).
-    #[tracing::instrument(level = "debug", name = "eventfold.save", skip_all, fields(aggregates = roots.len(), events, snapshots))]
     pub async fn save_all(&self, roots: &mut [&mut dyn Saveable<M>]) -> Result<Vec<u64>> {
-        let recording = self.prepare(roots)?;
+        self.save_all_with(roots, &Metadata::default()).await
+    }
+
+    /// [`Application::save_all`], with `metadata` stored on every event (a correlation
+    /// id, the request's headers, ...).
+    #[tracing::instrument(level = "debug", name = "eventfold.save", skip_all, fields(aggregates = roots.len(), events, snapshots))]
+    pub async fn save_all_with(
+        &self,
+        roots: &mut [&mut dyn Saveable<M>],
+        metadata: &Metadata,
+    ) -> Result<Vec<u64>> {
+        let recording = self.prepare_with(roots, metadata)?;
         let span = tracing::Span::current();
         span.record("events", recording.events.len());
         span.record("snapshots", recording.snapshots.len());
@@ -307,51 +373,109 @@ impl<M: Mapper> Application<M> {
         }
         match self.repository.store.record(&recording).await {
             Ok(ids) => {
-                self.saved(roots);
+                for root in roots.iter_mut() {
+                    if let Some(cache) = &self.repository.cache {
+                        cache.put(cache_key(&**root), root.cache_entry());
+                    }
+                    root.mark_saved();
+                }
                 Ok(ids)
             }
-            Err(err) => {
-                tracing::debug!(error = %err, "save failed");
-                if let Some(cache) = &self.repository.cache {
-                    for root in roots.iter() {
-                        cache.evict(&(root.aggregate_type(), root.expected().0));
-                    }
-                }
-                Err(match err {
-                    Error::Conflict(_) => Error::Conflict(crate::Conflict::new(
-                        roots.iter().map(|r| r.expected()).collect(),
-                    )),
-                    other => other,
-                })
-            }
+            Err(err) => Err(self.failed(roots, err)),
         }
     }
 
-    /// Encodes what saving `roots` would write, without writing it.
+    /// Opens a transaction on the application's store: save aggregates into it with
+    /// [`Application::save_in`], write your own rows through it, then commit.
+    pub async fn begin(&self) -> Result<Transaction> {
+        self.repository.store.begin().await
+    }
+
+    /// Saves one aggregate into the caller's transaction; see [`Application::save_all_in`].
+    pub async fn save_in<A: Aggregate>(
+        &self,
+        tx: &mut Transaction,
+        root: &mut Root<A>,
+    ) -> Result<Vec<u64>> {
+        self.save_all_in(tx, &mut [root as &mut dyn Saveable<M>], &Metadata::default())
+            .await
+    }
+
+    /// Records the aggregates' pending events (and due snapshots, each event with
+    /// `metadata`) into `tx`, so they commit or roll back with everything else written
+    /// there. Returns their notification ids.
     ///
-    /// For stores that join a caller's own database transaction: record the returned
-    /// [`Recording`] in that transaction, then call [`Application::saved`] once it commits.
+    /// The roots are marked saved at once, so they can take further commands in the same
+    /// transaction; the cache takes them only once `tx` commits. If the transaction rolls
+    /// back, drop those roots and load them again: they hold versions that were never
+    /// stored (a save from one fails with [`Error::Conflict`]; it cannot corrupt the stream).
+    pub async fn save_all_in(
+        &self,
+        tx: &mut Transaction,
+        roots: &mut [&mut dyn Saveable<M>],
+        metadata: &Metadata,
+    ) -> Result<Vec<u64>> {
+        let recording = self.prepare_with(roots, metadata)?;
+        if recording.events.is_empty() {
+            return Ok(Vec::new());
+        }
+        match tx.record(&recording).await {
+            Ok(ids) => {
+                if let Some(cache) = &self.repository.cache {
+                    let entries: Vec<_> = roots
+                        .iter()
+                        .map(|root| (cache_key(&**root), root.cache_entry()))
+                        .collect();
+                    let cache = cache.clone();
+                    tx.on_commit(move || {
+                        for (key, entry) in entries {
+                            cache.put(key, entry);
+                        }
+                    });
+                }
+                for root in roots.iter_mut() {
+                    root.mark_saved();
+                }
+                Ok(ids)
+            }
+            Err(err) => Err(self.failed(roots, err)),
+        }
+    }
+
+    /// Evicts the roots of a failed save and states a conflict in their terms.
+    fn failed(&self, roots: &[&mut dyn Saveable<M>], err: Error) -> Error {
+        tracing::debug!(error = %err, "save failed");
+        if let Some(cache) = &self.repository.cache {
+            for root in roots.iter() {
+                cache.evict(&cache_key(&**root));
+            }
+        }
+        match err {
+            Error::Conflict(Conflict::Streams(_)) => {
+                Error::Conflict(Conflict::streams(roots.iter().map(|r| r.expected())))
+            }
+            other => other,
+        }
+    }
+
+    /// Encodes what saving `roots` would write, without writing it (for tools and
+    /// custom stores; [`Application::save_all_in`] records into a transaction).
     pub fn prepare(&self, roots: &[&mut dyn Saveable<M>]) -> Result<Recording> {
+        self.prepare_with(roots, &Metadata::default())
+    }
+
+    fn prepare_with(&self, roots: &[&mut dyn Saveable<M>], metadata: &Metadata) -> Result<Recording> {
         let mut recording = Recording::default();
         for root in roots {
             let every = self.snapshot_intervals.get(root.aggregate_type()).copied();
-            root.stage(&self.repository.mapper, every, &mut recording)?;
+            root.stage(&self.repository.mapper, every, metadata, &mut recording)?;
         }
         Ok(recording)
     }
+}
 
-    /// Marks `roots` as saved after their [`Recording`] was committed elsewhere.
-    pub fn saved(&self, roots: &mut [&mut dyn Saveable<M>]) {
-        for root in roots.iter_mut() {
-            root.mark_saved();
-            if let Some(cache) = &self.repository.cache {
-                cache.put(
-                    (root.aggregate_type(), root.expected().0),
-                    root.cache_entry(),
-                );
-            }
-        }
-    }
+fn cache_key<M: Mapper>(root: &dyn Saveable<M>) -> CacheKey {
+    (root.aggregate_type(), root.expected().0)
 }
 
 /// Builds an [`Application`].
@@ -413,9 +537,11 @@ impl<M: Mapper> ApplicationBuilder<M> {
             repository: Repository {
                 store: self.store,
                 mapper: Arc::new(self.mapper),
-                cache: self.cache_capacity.map(|capacity| AggregateCache {
-                    entries: Mutex::new(LruCache::new(capacity)),
-                    fastforward: self.cache_fastforward,
+                cache: self.cache_capacity.map(|capacity| {
+                    Arc::new(AggregateCache {
+                        entries: Mutex::new(LruCache::new(capacity)),
+                        fastforward: self.cache_fastforward,
+                    })
                 }),
             },
             snapshot_intervals: self.snapshot_intervals,
@@ -423,31 +549,58 @@ impl<M: Mapper> ApplicationBuilder<M> {
     }
 }
 
-/// Runs `command` again when it fails with [`Error::Conflict`], up to `attempts` times in
-/// all, with a short growing pause between tries. `command` must reload what it changes.
+/// An error that may be a lost optimistic-concurrency race, so that
+/// [`retry_on_conflict`] can retry commands that fail with the caller's own error type.
+pub trait MaybeConflict {
+    /// True when retrying the command may succeed because it lost a race.
+    fn is_conflict(&self) -> bool;
+}
+
+impl MaybeConflict for Error {
+    fn is_conflict(&self) -> bool {
+        Error::is_conflict(self)
+    }
+}
+
+/// Runs `command` again when it fails with a conflict, up to `attempts` times in all,
+/// with a short growing pause between tries. `command` must reload what it changes.
+///
+/// The command may fail with its own error type (a domain error such as "insufficient
+/// funds" beside the store's errors): implement [`MaybeConflict`] for it.
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use eventfold_core::{Conflict, Error, MaybeConflict};
+///
+/// #[derive(Debug)]
+/// enum BankError { InsufficientFunds, Store(Error) }
+/// impl MaybeConflict for BankError {
+///     fn is_conflict(&self) -> bool {
+///         matches!(self, BankError::Store(e) if e.is_conflict())
+///     }
+/// }
+///
 /// let mut tries = 0;
 /// let result = eventfold_core::retry_on_conflict(3, || {
 ///     tries += 1;
 ///     let attempt = tries;
 ///     async move {
-///         if attempt < 2 {
-///             Err(eventfold_core::Error::Conflict(eventfold_core::Conflict::new(vec![])))
-///         } else {
-///             Ok(attempt)
+///         match attempt {
+///             1 => Err(BankError::Store(Error::Conflict(Conflict::streams([("acct-1".to_owned(), 3)])))),
+///             _ => Err(BankError::InsufficientFunds),
 ///         }
 ///     }
 /// })
 /// .await;
-/// assert_eq!(result.unwrap(), 2);
+/// assert!(matches!(result, Err(BankError::InsufficientFunds)));
+/// assert_eq!(tries, 2);
 /// # });
 /// ```
-pub async fn retry_on_conflict<T, F, Fut>(attempts: u32, mut command: F) -> Result<T>
+pub async fn retry_on_conflict<T, E, F, Fut>(attempts: u32, mut command: F) -> Result<T, E>
 where
+    E: MaybeConflict,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut attempt = 1;
     loop {

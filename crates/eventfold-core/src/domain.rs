@@ -203,6 +203,8 @@ impl<A: Aggregate> Root<A> {
             pending: Vec::new(),
         };
         root.trigger(created);
+        // Replay takes created_on from the first event, so it must be that event's time.
+        root.created_on = root.modified_on;
         root
     }
 

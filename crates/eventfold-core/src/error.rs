@@ -33,8 +33,8 @@ pub enum Error {
     /// or a schema the code no longer understands).
     #[error("cannot decode stored {kind} {stream_id}@{version}: {source}")]
     Decode {
-        /// `"event"` or `"snapshot"`.
-        kind: &'static str,
+        /// What kind of record it was.
+        kind: RecordKind,
         /// Stream (aggregate id) of the record.
         stream_id: String,
         /// Version of the record within its stream.
@@ -44,14 +44,36 @@ pub enum Error {
         source: CodecError,
     },
 
-    /// A domain event or aggregate state could not be encoded.
+    /// A stream holds records of another aggregate type than the one asked for (two
+    /// aggregate types given the same `String` id). Nothing was decoded.
+    #[error("stream {stream_id} holds {found} records, not {expected}")]
+    WrongAggregateType {
+        /// The stream.
+        stream_id: String,
+        /// The aggregate type that was asked for.
+        expected: &'static str,
+        /// The topic found in the stream.
+        found: String,
+    },
+
+    /// A domain event or aggregate state could not be encoded. The message names what
+    /// was being encoded, never its contents (they may be encrypted at rest for a reason).
     #[error("cannot encode {what}: {source}")]
     Encode {
-        /// What was being encoded (an event topic or a snapshot).
+        /// What was being encoded: `"<Aggregate> event"` or `"<Aggregate> snapshot"`.
         what: String,
         /// What went wrong.
         #[source]
         source: CodecError,
+    },
+
+    /// The backend cannot do this (SQL statements on the memory store, ...).
+    #[error("the {backend} store does not support {what}")]
+    Unsupported {
+        /// Store backend name.
+        backend: &'static str,
+        /// What was asked for.
+        what: &'static str,
     },
 
     /// The database cannot be reached (down, refused, timed out). Safe to retry later:
@@ -72,6 +94,9 @@ pub enum Error {
     Backend {
         /// Store backend name, e.g. `"sqlite"`.
         backend: &'static str,
+        /// Whether retrying the same work later can succeed (a deadlock, a serialisation
+        /// failure, a busy database), as the backend judged from the driver's error code.
+        transient: bool,
         /// The driver's error.
         #[source]
         source: BoxError,
@@ -119,12 +144,16 @@ impl Error {
         matches!(self, Error::Conflict(_))
     }
 
-    /// True for errors worth waiting out: the store was unreachable ([`Error::Unavailable`])
-    /// or failed a statement for a reason of its own ([`Error::Backend`]); also for a
-    /// projection error whose source is such an [`Error`]. Followers retry these.
+    /// True only for errors a retry can fix: the store was unreachable
+    /// ([`Error::Unavailable`]), or a statement failed for a passing reason (a
+    /// [`Error::Backend`] marked transient: deadlock, serialisation failure, busy); also
+    /// for a projection error whose source is such an [`Error`]. Followers retry these
+    /// (and projection errors their store recognises, [`crate::Store::is_transient_error`]).
+    /// A syntax error, a missing table or a corrupt record is not transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Unavailable { .. } | Error::Backend { .. } => true,
+            Error::Unavailable { .. } => true,
+            Error::Backend { transient, .. } => *transient,
             Error::Projection { source, .. } => source
                 .downcast_ref::<Error>()
                 .is_some_and(Error::is_transient),
@@ -132,41 +161,138 @@ impl Error {
         }
     }
 
-    /// Wraps a driver error as [`Error::Backend`].
+    /// Wraps a driver error as [`Error::Backend`], not transient.
     pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Backend {
             backend,
+            transient: false,
+            source: source.into(),
+        }
+    }
+
+    /// Wraps a driver error that a retry may get past as [`Error::Backend`].
+    pub fn transient(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            backend,
+            transient: true,
             source: source.into(),
         }
     }
 }
 
-/// A lost optimistic-concurrency race: some `(stream, version)` of the save already existed.
+/// Which kind of stored record failed to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// An event.
+    Event,
+    /// A snapshot.
+    Snapshot,
+    /// A record's metadata.
+    Metadata,
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecordKind::Event => "event",
+            RecordKind::Snapshot => "snapshot",
+            RecordKind::Metadata => "metadata",
+        })
+    }
+}
+
+/// A stream and the version a writer expected to be its latest recorded one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Conflict {
-    /// The streams of the failed save, each with the version the writer expected to be the
-    /// latest one recorded (the first new version minus one).
-    pub expected: Vec<(String, u64)>,
+pub struct ExpectedVersion {
+    /// The stream.
+    pub stream_id: String,
+    /// The version the writer expected to be the latest (0: the stream should not exist).
+    pub version: u64,
+}
+
+impl ExpectedVersion {
+    /// `stream_id` expected at `version`.
+    pub fn new(stream_id: impl Into<String>, version: u64) -> Self {
+        ExpectedVersion {
+            stream_id: stream_id.into(),
+            version,
+        }
+    }
+}
+
+/// A lost optimistic-concurrency race. Nothing of the write was recorded; the caller may
+/// reload and try again ([`crate::retry_on_conflict`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Conflict {
+    /// Some stream of the write was not at the version the writer expected: another
+    /// writer recorded there first (or, at version 0, the stream already existed).
+    Streams(Vec<ExpectedVersion>),
+    /// A follower's stored position was already at or past the one being committed:
+    /// another runner of the same follower processed these notifications.
+    Tracking {
+        /// The follower.
+        follower: String,
+        /// The position this writer tried to move it to.
+        position: u64,
+        /// The position stored.
+        current: u64,
+    },
 }
 
 impl Conflict {
-    /// A conflict for the given streams and expected versions.
-    pub fn new(expected: Vec<(String, u64)>) -> Self {
-        Conflict { expected }
+    /// A conflict on these streams, each with the version the writer expected.
+    pub fn streams(expected: impl IntoIterator<Item = (String, u64)>) -> Self {
+        Conflict::Streams(
+            expected
+                .into_iter()
+                .map(|(stream_id, version)| ExpectedVersion { stream_id, version })
+                .collect(),
+        )
+    }
+
+    /// A conflict on a follower's position.
+    pub fn tracking(follower: impl Into<String>, position: u64, current: u64) -> Self {
+        Conflict::Tracking {
+            follower: follower.into(),
+            position,
+            current,
+        }
     }
 }
 
 impl fmt::Display for Conflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("concurrency conflict: another writer got there first (expected ")?;
-        for (i, (stream, version)) in self.expected.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
+        match self {
+            Conflict::Streams(expected) => {
+                f.write_str("concurrency conflict: ")?;
+                for (i, ExpectedVersion { stream_id, version }) in expected.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    if *version == 0 {
+                        write!(f, "stream {stream_id} already exists (its id is taken)")?;
+                    } else {
+                        write!(
+                            f,
+                            "stream {stream_id} is no longer at version {version} (another writer saved first)"
+                        )?;
+                    }
+                }
+                Ok(())
             }
-            write!(f, "{stream} at version {version}")?;
+            Conflict::Tracking {
+                follower,
+                position,
+                current,
+            } => write!(
+                f,
+                "concurrency conflict: follower {follower} is already at position {current}, \
+                 not below {position} (another runner processed these notifications)"
+            ),
         }
-        f.write_str(")")
     }
 }
 
@@ -186,6 +312,10 @@ pub enum CodecError {
     /// The ciphertext is shorter than nonce + tag.
     #[error("damaged ciphertext: {0} bytes is shorter than nonce and tag")]
     Truncated(usize),
+    /// The record is neither JSON nor compressed JSON, and no cipher is configured: it is
+    /// most likely encrypted, and the cipher key is missing.
+    #[error("the record looks encrypted and no cipher key is configured (EVENTFOLD_CIPHER_KEY)")]
+    MissingCipherKey,
     /// An upcast hook rejected an old stored record.
     #[error("upcast from schema version {from} failed: {message}")]
     Upcast {

@@ -48,13 +48,20 @@ mod memory;
 mod store;
 mod variant;
 
-pub use application::{retry_on_conflict, Application, ApplicationBuilder, Repository, Saveable};
+pub use application::{
+    retry_on_conflict, Application, ApplicationBuilder, MaybeConflict, Repository, Saveable,
+};
+pub use async_trait::async_trait;
 pub use domain::{Aggregate, AggregateId, GenerateId, PendingEvent, Root, Timestamp};
-pub use error::{BoxError, CodecError, Conflict, Error, Result};
-pub use follower::{Follower, FollowerBuilder, Projection};
+pub use error::{BoxError, CodecError, Conflict, Error, ExpectedVersion, RecordKind, Result};
+pub use follower::{
+    Envelope, Follower, FollowerBuilder, Handles, Projection, Subscriptions, View, ViewProjection,
+};
 pub use mapper::{AesGcmCipher, Cipher, Compressor, JsonMapper, Mapper, Upcast, Zlib};
 pub use memory::{InMemoryStore, InMemoryTransaction};
 pub use store::{
-    EventReader, EventWriter, Loaded, Notification, NotificationQuery, NotificationReader,
-    ProjectionStore, Recording, Store, StoredEvent, StreamQuery, Tracking, TrackingReader,
+    error_chain, EventReader, EventWriter, Loaded, Metadata, Notification, NotificationQuery,
+    NotificationReader, Recording, SqlRow, SqlValue, Store, StoreTransaction, StoredEvent,
+    StreamQuery, Tracking, TrackingReader, Transaction,
 };
+pub use uuid;

@@ -341,6 +341,36 @@ impl Mapper for JsonMapper {
         schema_version: u32,
         upcast: Upcast,
     ) -> Result<T, CodecError> {
+        self.decode_opened(stored, schema_version, upcast)
+            .map_err(|error| {
+                if self.cipher.is_none() && looks_sealed(stored) {
+                    CodecError::MissingCipherKey
+                } else {
+                    error
+                }
+            })
+    }
+}
+
+/// True for bytes that are neither JSON nor a zlib stream: what a cipher writes.
+fn looks_sealed(stored: &[u8]) -> bool {
+    let zlib = stored.len() >= 2
+        && stored[0] & 0x0f == 8
+        && (u16::from(stored[0]) << 8 | u16::from(stored[1])) % 31 == 0;
+    let json = stored
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| b"{[\"-0123456789tfn".contains(b));
+    !stored.is_empty() && !zlib && !json
+}
+
+impl JsonMapper {
+    fn decode_opened<T: DeserializeOwned>(
+        &self,
+        stored: &[u8],
+        schema_version: u32,
+        upcast: Upcast,
+    ) -> Result<T, CodecError> {
         let json = self.open(stored)?;
         let (found, mut value) = if json.starts_with(VERSION_MARKER) {
             let versioned: Versioned<serde_json::Value> = serde_json::from_slice(&json)?;

@@ -1,15 +1,18 @@
 //! The in-memory store: the full contract without a database, for tests and for
 //! applications whose state may vanish with the process.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Conflict, Error, Result};
 use crate::store::{
     EventReader, EventWriter, Loaded, Notification, NotificationQuery, NotificationReader,
-    ProjectionStore, Recording, Store, StoredEvent, StreamQuery, Tracking, TrackingReader,
+    Recording, Store, StoreTransaction, StoredEvent, StreamQuery, Tracking, TrackingReader,
+    Transaction,
 };
 
 #[derive(Default)]
@@ -28,9 +31,14 @@ struct Inner {
 }
 
 /// Keeps everything in process memory. Cheap to clone: clones share the same data.
+///
+/// Writers take turns, as on SQLite: a [`Transaction`] holds the turn from `begin` until
+/// it commits or drops, and stages its writes, which apply only at the commit. So do not
+/// save through the store (outside the transaction) while holding one: that waits for it.
 #[derive(Clone, Default)]
 pub struct InMemoryStore {
     inner: Arc<Mutex<Inner>>,
+    writer: Arc<tokio::sync::Mutex<()>>,
     wakeups: Arc<tokio::sync::Notify>,
 }
 
@@ -47,21 +55,115 @@ impl InMemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave a half-applied recording: `record`
-        // validates everything before it mutates, so the data stays consistent.
+        // A panic while holding the lock cannot leave a half-applied recording: writes are
+        // validated into a `Staged` first and applied without a fallible step.
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-fn check_tracking(tracking: &HashMap<String, u64>, new: &Tracking) -> Result<()> {
-    match tracking.get(&new.follower) {
-        Some(&current) if current >= new.position => Err(Error::Conflict(Conflict::new(vec![(
-            format!("tracking:{}", new.follower),
-            current,
-        )]))),
-        _ => Ok(()),
+/// Writes validated against the store plus what is staged before them, not applied yet.
+#[derive(Default)]
+struct Staged {
+    /// Events with their final versions (appends resolved), in log order.
+    events: Vec<StoredEvent>,
+    snapshots: Vec<StoredEvent>,
+    tracking: HashMap<String, u64>,
+}
+
+impl Staged {
+    fn latest_version(&self, inner: &Inner, stream_id: &str) -> u64 {
+        let stored = inner.streams.get(stream_id).map_or(0, |s| s.events.len()) as u64;
+        let staged = self.events.iter().filter(|e| e.stream_id == stream_id).count() as u64;
+        stored + staged
+    }
+
+    /// Validates `recording` against the store and the writes staged so far, and stages
+    /// it. Returns its notification ids. On error nothing of it is staged.
+    fn stage(&mut self, inner: &Inner, recording: &Recording) -> Result<Vec<u64>> {
+        let mut next: HashMap<&str, u64> = HashMap::new();
+        for event in &recording.events {
+            let expected = next
+                .entry(&event.stream_id)
+                .or_insert_with(|| self.latest_version(inner, &event.stream_id) + 1);
+            if event.version != *expected {
+                let first = recording
+                    .events
+                    .iter()
+                    .filter(|e| e.stream_id == event.stream_id)
+                    .map(|e| e.version)
+                    .min()
+                    .unwrap_or(event.version);
+                return Err(Error::Conflict(Conflict::streams([(
+                    event.stream_id.clone(),
+                    first.saturating_sub(1),
+                )])));
+            }
+            *expected += 1;
+        }
+        if let Some(tracking) = &recording.tracking {
+            let current = self
+                .tracking
+                .get(&tracking.follower)
+                .or_else(|| inner.tracking.get(&tracking.follower));
+            if let Some(&current) = current {
+                if current >= tracking.position {
+                    return Err(Error::Conflict(Conflict::tracking(
+                        tracking.follower.clone(),
+                        tracking.position,
+                        current,
+                    )));
+                }
+            }
+        }
+        let first_id = inner.log.len() + self.events.len() + 1;
+        let mut appended = Vec::with_capacity(recording.appends.len());
+        for append in &recording.appends {
+            let version = next
+                .entry(&append.stream_id)
+                .or_insert_with(|| self.latest_version(inner, &append.stream_id) + 1);
+            let mut event = append.clone();
+            event.version = *version;
+            *version += 1;
+            appended.push(event);
+        }
+        self.events.extend(recording.events.iter().cloned());
+        self.events.extend(appended);
+        self.snapshots.extend(recording.snapshots.iter().cloned());
+        if let Some(tracking) = &recording.tracking {
+            self.tracking
+                .insert(tracking.follower.clone(), tracking.position);
+        }
+        Ok((first_id..first_id + recording.notification_count())
+            .map(|id| id as u64)
+            .collect())
+    }
+
+    fn apply(self, inner: &mut Inner) {
+        for event in self.events {
+            let idx = inner.log.len();
+            // Most writes extend an existing stream: avoid cloning its id for the lookup.
+            match inner.streams.get_mut(&event.stream_id) {
+                Some(stream) => stream.events.push(idx),
+                None => {
+                    let mut stream = Stream::default();
+                    stream.events.push(idx);
+                    inner.streams.insert(event.stream_id.clone(), stream);
+                }
+            }
+            inner.log.push(event);
+        }
+        for snapshot in self.snapshots {
+            inner
+                .streams
+                .entry(snapshot.stream_id.clone())
+                .or_default()
+                .snapshots
+                .entry(snapshot.version)
+                .or_insert(snapshot);
+        }
+        inner.tracking.extend(self.tracking);
     }
 }
 
@@ -125,65 +227,14 @@ impl EventReader for InMemoryStore {
 #[async_trait]
 impl EventWriter for InMemoryStore {
     async fn record(&self, recording: &Recording) -> Result<Vec<u64>> {
-        let mut inner = self.lock();
-        // Validate the whole recording before changing anything, so it is all or nothing.
-        let mut next_version: HashMap<&str, u64> = HashMap::new();
-        for event in &recording.events {
-            let expected = next_version.entry(&event.stream_id).or_insert_with(|| {
-                inner
-                    .streams
-                    .get(&event.stream_id)
-                    .map_or(0, |s| s.events.len() as u64)
-                    + 1
-            });
-            if event.version != *expected {
-                let first = recording
-                    .events
-                    .iter()
-                    .filter(|e| e.stream_id == event.stream_id)
-                    .map(|e| e.version)
-                    .min()
-                    .unwrap_or(event.version);
-                return Err(Error::Conflict(Conflict::new(vec![(
-                    event.stream_id.clone(),
-                    first.saturating_sub(1),
-                )])));
-            }
-            *expected += 1;
-        }
-        if let Some(tracking) = &recording.tracking {
-            check_tracking(&inner.tracking, tracking)?;
-        }
-        let mut ids = Vec::with_capacity(recording.events.len());
-        for event in &recording.events {
-            let idx = inner.log.len();
-            inner.log.push(event.clone());
-            // Most recordings extend an existing stream: avoid cloning its id for the lookup.
-            match inner.streams.get_mut(&event.stream_id) {
-                Some(stream) => stream.events.push(idx),
-                None => {
-                    let mut stream = Stream::default();
-                    stream.events.push(idx);
-                    inner.streams.insert(event.stream_id.clone(), stream);
-                }
-            }
-            ids.push(idx as u64 + 1);
-        }
-        for snapshot in &recording.snapshots {
-            inner
-                .streams
-                .entry(snapshot.stream_id.clone())
-                .or_default()
-                .snapshots
-                .entry(snapshot.version)
-                .or_insert_with(|| snapshot.clone());
-        }
-        if let Some(tracking) = &recording.tracking {
-            inner
-                .tracking
-                .insert(tracking.follower.clone(), tracking.position);
-        }
-        drop(inner);
+        let _turn = self.writer.lock().await;
+        let ids = {
+            let mut inner = self.lock();
+            let mut staged = Staged::default();
+            let ids = staged.stage(&inner, recording)?;
+            staged.apply(&mut inner);
+            ids
+        };
         if !ids.is_empty() {
             self.wakeups.notify_waiters();
         }
@@ -196,16 +247,21 @@ impl NotificationReader for InMemoryStore {
     async fn select_notifications(&self, query: &NotificationQuery) -> Result<Vec<Notification>> {
         let inner = self.lock();
         let start = (query.after as usize).min(inner.log.len());
-        Ok(inner.log[start..]
+        let end = query
+            .before
+            .map_or(inner.log.len(), |b| (b.saturating_sub(1) as usize).min(inner.log.len()))
+            .max(start);
+        let in_range = inner.log[start..end]
             .iter()
             .enumerate()
-            .filter(|(_, e)| query.topics.is_empty() || query.topics.contains(&e.topic))
-            .take(query.limit)
-            .map(|(i, e)| Notification {
-                id: (start + i) as u64 + 1,
-                event: e.clone(),
-            })
-            .collect())
+            .map(|(i, e)| ((start + i) as u64 + 1, e))
+            .filter(|(id, e)| query.admits(*id, &e.topic));
+        let notify = |(id, e): (u64, &StoredEvent)| Notification::new(id, e.clone());
+        Ok(if query.descending {
+            in_range.rev().take(query.limit).map(notify).collect()
+        } else {
+            in_range.take(query.limit).map(notify).collect()
+        })
     }
 
     async fn max_notification_id(&self) -> Result<u64> {
@@ -222,39 +278,80 @@ impl TrackingReader for InMemoryStore {
     async fn tracking_position(&self, follower: &str) -> Result<Option<u64>> {
         Ok(self.lock().tracking.get(follower).copied())
     }
+
+    async fn followers(&self) -> Result<Vec<Tracking>> {
+        let mut followers: Vec<Tracking> = self
+            .lock()
+            .tracking
+            .iter()
+            .map(|(name, &position)| Tracking::new(name.clone(), position))
+            .collect();
+        followers.sort_by(|a, b| a.follower.cmp(&b.follower));
+        Ok(followers)
+    }
 }
 
+#[async_trait]
 impl Store for InMemoryStore {
     fn backend(&self) -> &'static str {
         "memory"
     }
+
+    /// Takes the writers' turn (waiting for a transaction or a write in progress).
+    async fn begin(&self) -> Result<Transaction> {
+        let turn = self.writer.clone().lock_owned().await;
+        Ok(Transaction::new(InMemoryTransaction {
+            store: self.clone(),
+            _turn: turn,
+            staged: Staged::default(),
+        }))
+    }
 }
 
-/// Projections over the in-memory store keep their own state in memory; the transaction
-/// only carries the position forward.
-#[derive(Debug, Default)]
+/// A transaction on the [`InMemoryStore`]: its writes are staged, validated as they come,
+/// and applied all at once at the commit; a rollback (or a drop) discards them. The
+/// caller's own in-memory state goes in as [`Transaction::on_commit`] effects.
 pub struct InMemoryTransaction {
-    _private: (),
+    store: InMemoryStore,
+    _turn: OwnedMutexGuard<()>,
+    staged: Staged,
+}
+
+impl std::fmt::Debug for InMemoryTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryTransaction")
+            .field("staged_events", &self.staged.events.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
-impl ProjectionStore for InMemoryStore {
-    type Transaction = InMemoryTransaction;
-
-    async fn begin(&self) -> Result<InMemoryTransaction> {
-        Ok(InMemoryTransaction::default())
+impl StoreTransaction for InMemoryTransaction {
+    fn backend(&self) -> &'static str {
+        "memory"
     }
 
-    async fn commit(&self, _tx: InMemoryTransaction, tracking: &Tracking) -> Result<()> {
-        let mut inner = self.lock();
-        check_tracking(&inner.tracking, tracking)?;
-        inner
-            .tracking
-            .insert(tracking.follower.clone(), tracking.position);
+    async fn record(&mut self, recording: &Recording) -> Result<Vec<u64>> {
+        // `stage` validates everything before it stages anything.
+        self.staged.stage(&self.store.lock(), recording)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let InMemoryTransaction { store, _turn, staged } = *self;
+        let recorded = !staged.events.is_empty();
+        staged.apply(&mut store.lock());
+        drop(_turn);
+        if recorded {
+            store.wakeups.notify_waiters();
+        }
         Ok(())
     }
 
-    async fn position(&self, follower: &str) -> Result<Option<u64>> {
-        self.tracking_position(follower).await
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 }
