@@ -122,13 +122,27 @@ pub use config::{SqliteConfig, Synchronous};
 pub use rusqlite;
 pub use schema::{MigrationReport, SCHEMA_VERSION};
 pub use store::SqliteStore;
-pub use transaction::SqliteTransaction;
+pub use transaction::{SqliteTransaction, SqliteTransactionExt};
 
 use eventfold_core::Error;
 
-/// Wraps a driver error as [`Error::Backend`] of the `"sqlite"` backend.
+/// Wraps a driver error as [`Error::Backend`] of the `"sqlite"` backend, transient for
+/// a busy or locked database (another connection holds the lock a statement needs).
 pub(crate) fn sql_error(error: rusqlite::Error) -> Error {
-    Error::backend("sqlite", error)
+    if is_busy(&error) {
+        Error::transient("sqlite", error)
+    } else {
+        Error::backend("sqlite", error)
+    }
+}
+
+/// True for `SQLITE_BUSY` and `SQLITE_LOCKED` (with any extended code): the typed code,
+/// never the message.
+pub(crate) fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// A database that could not be opened or set up, with its path.
