@@ -89,13 +89,17 @@ pub(crate) const FOLLOWERS: &str = "SELECT follower, position FROM tracking ORDE
 // Per-stream reads: ?1 stream, ?2 after (exclusive), ?3 up to (inclusive), ?4 limit (-1 = none).
 // Every record read has the columns `version, topic, timestamp, state, metadata`
 // (snapshots have no metadata: NULL).
-pub(crate) const EVENTS_ASC: &str = "SELECT version, topic, timestamp, state, metadata FROM events \
+pub(crate) const EVENTS_ASC: &str =
+    "SELECT version, topic, timestamp, state, metadata FROM events \
      WHERE stream_id = ?1 AND version > ?2 AND version <= ?3 ORDER BY version ASC LIMIT ?4";
-pub(crate) const EVENTS_DESC: &str = "SELECT version, topic, timestamp, state, metadata FROM events \
+pub(crate) const EVENTS_DESC: &str =
+    "SELECT version, topic, timestamp, state, metadata FROM events \
      WHERE stream_id = ?1 AND version > ?2 AND version <= ?3 ORDER BY version DESC LIMIT ?4";
-pub(crate) const SNAPSHOTS_ASC: &str = "SELECT version, topic, timestamp, state, NULL FROM snapshots \
+pub(crate) const SNAPSHOTS_ASC: &str =
+    "SELECT version, topic, timestamp, state, NULL FROM snapshots \
      WHERE stream_id = ?1 AND version > ?2 AND version <= ?3 ORDER BY version ASC LIMIT ?4";
-pub(crate) const SNAPSHOTS_DESC: &str = "SELECT version, topic, timestamp, state, NULL FROM snapshots \
+pub(crate) const SNAPSHOTS_DESC: &str =
+    "SELECT version, topic, timestamp, state, NULL FROM snapshots \
      WHERE stream_id = ?1 AND version > ?2 AND version <= ?3 ORDER BY version DESC LIMIT ?4";
 
 /// The latest snapshot at or below ?2 (first column 1) and the events after it up to ?2

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use eventfold_core::{
     error_chain, CodecError, Conflict, Error, EventReader, EventWriter, Loaded, Metadata,
-    Notification, NotificationQuery, NotificationReader, Recording, RecordKind, Result, Store,
+    Notification, NotificationQuery, NotificationReader, RecordKind, Recording, Result, Store,
     StoredEvent, StreamQuery, Timestamp, Tracking, TrackingReader, Transaction,
 };
 use rusqlite::types::ValueRef;
@@ -616,7 +616,10 @@ impl EventWriter for SqliteStore {
 }
 
 fn read_notification(row: &Row<'_>) -> std::result::Result<Notification, Failure> {
-    Ok(Notification::new(row.get(0)?, read_record(row, row.get(1)?, 2)?))
+    Ok(Notification::new(
+        row.get(0)?,
+        read_record(row, row.get(1)?, 2)?,
+    ))
 }
 
 #[async_trait]
