@@ -61,8 +61,9 @@ impl SqliteTransaction {
         &self.conn
     }
 
-    /// Fails if SQLite already rolled the transaction back (it does so by itself after
-    /// some errors: a full disk, an I/O error).
+    /// Fails if the transaction is no longer open: SQLite rolls it back by itself after
+    /// some errors (a full disk, an I/O error), and a statement run after that would
+    /// commit on its own, outside the transaction.
     fn ensure_open(&self) -> Result<()> {
         if self.conn.is_autocommit() {
             return Err(Error::backend(
@@ -190,6 +191,7 @@ impl StoreTransaction for SqliteTransaction {
     /// Runs `sql` with its `$1, $2, ...` placeholders bound by name. Returns the rows
     /// changed (0 for a statement that changes none, such as DDL).
     async fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64> {
+        self.ensure_open()?;
         let conn = &*self.conn;
         let mut stmt = bind(conn, sql, params)?;
         let before = conn.total_changes();
@@ -206,6 +208,7 @@ impl StoreTransaction for SqliteTransaction {
     /// Runs `sql` with its `$1, $2, ...` placeholders bound by name; reads every column
     /// as the [`SqlValue`] of its SQLite storage class.
     async fn query(&mut self, sql: &str, params: &[SqlValue]) -> Result<Vec<SqlRow>> {
+        self.ensure_open()?;
         let mut stmt = bind(&self.conn, sql, params)?;
         let columns = stmt.column_count();
         let mut rows = stmt.raw_query();
@@ -288,7 +291,8 @@ impl fmt::Debug for SqliteTransaction {
 /// ```
 pub trait SqliteTransactionExt {
     /// The connection inside the open transaction. Fails with
-    /// [`Error::Unsupported`] when the transaction belongs to another backend.
+    /// [`Error::Unsupported`] when the transaction belongs to another backend, and with
+    /// [`Error::Backend`] when SQLite already rolled it back after an error.
     fn sqlite(&mut self) -> Result<&Connection>;
 }
 
@@ -296,7 +300,10 @@ impl SqliteTransactionExt for Transaction {
     fn sqlite(&mut self) -> Result<&Connection> {
         let backend = self.backend();
         match self.downcast_mut::<SqliteTransaction>() {
-            Some(tx) => Ok(tx.connection()),
+            Some(tx) => {
+                tx.ensure_open()?;
+                Ok(tx.connection())
+            }
             None => Err(Error::Unsupported {
                 backend,
                 what: "SQLite connections (SqliteTransactionExt::sqlite)",

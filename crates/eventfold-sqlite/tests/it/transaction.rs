@@ -725,3 +725,34 @@ async fn a_busy_database_is_a_transient_error() {
     assert!(!err.is_transient(), "{err:?}");
     assert!(!store.is_transient_error(&err));
 }
+
+#[tokio::test]
+async fn a_transaction_ended_from_inside_refuses_further_statements() {
+    let (_dir, path, store) = store_with_notes();
+    let mut tx = store.begin().await.unwrap();
+    tx.execute("INSERT INTO notes (text) VALUES ('kept out')", &[])
+        .await
+        .unwrap();
+    // What SQLite does by itself after a full disk: the transaction is gone.
+    tx.execute("ROLLBACK", &[]).await.unwrap();
+    for err in [
+        tx.execute("INSERT INTO notes (text) VALUES ('autocommit')", &[])
+            .await
+            .unwrap_err(),
+        tx.query("SELECT 1", &[]).await.unwrap_err(),
+        tx.record(&events(vec![event("s", 1, "A")]))
+            .await
+            .unwrap_err(),
+        tx.sqlite().unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("no longer open"), "{err}");
+    }
+    assert!(tx.commit().await.is_err());
+    assert!(notes(&path).is_empty());
+    assert_eq!(store.max_notification_id().await.unwrap(), 0);
+    // The write connection is free and sound.
+    store
+        .record(&events(vec![event("s", 1, "A")]))
+        .await
+        .unwrap();
+}
