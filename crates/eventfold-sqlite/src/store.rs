@@ -165,7 +165,7 @@ impl SqliteStore {
     /// A fresh, private, empty store in memory, gone when the last clone drops: for tests.
     ///
     /// It uses SQLite's `memdb` storage, shared by the store's connections (so a
-    /// projection transaction and concurrent reads behave as with a file), in rollback-
+    /// transaction and concurrent reads behave as with a file), in rollback-
     /// journal mode since `memdb` has no WAL. Each call gets its own database.
     pub fn open_in_memory() -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
