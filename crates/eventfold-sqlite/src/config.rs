@@ -7,8 +7,14 @@ use std::time::Duration;
 ///
 /// [`SqliteConfig::new`] gives the defaults that suit almost every application: create
 /// the tables when missing, WAL with `synchronous = NORMAL`, wait up to 5 s for another
-/// process's write lock.
+/// process's write lock. Change a setting by assigning its field:
+///
+/// ```
+/// let mut config = eventfold_sqlite::SqliteConfig::new("app.db");
+/// config.synchronous = eventfold_sqlite::Synchronous::Full;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SqliteConfig {
     /// The database file; created if missing (its folder must exist).
     pub path: PathBuf,
