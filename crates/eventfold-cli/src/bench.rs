@@ -450,7 +450,7 @@ fn encoded_events(app: &eventfold::Application, count: usize) -> eventfold::Resu
 }
 
 async fn raw(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<serde_json::Value> {
-    let config = fresh_config(store, args, "raw").await?;
+    let config = fresh_config(store, args, "raw").await?.aggregate::<World>();
     let handle = config.open_store().await?;
     reset(&handle).await?;
     let app = config.application_on(&handle)?;
