@@ -20,7 +20,7 @@ pub enum Ordering {
     /// What the Python `eventsourcing` library does: every recording transaction takes
     /// `LOCK TABLE events IN EXCLUSIVE MODE` and holds it through its commit, so one
     /// writer commits at a time. Kept so the two can be measured against each other
-    /// (see [`crate::bench`]); its writers announce themselves too, so mixing the two
+    /// (`eventfold bench pg-writers`); its writers announce themselves too, so mixing the two
     /// modes on one set of tables stays safe.
     TableLock,
 }
