@@ -2,7 +2,7 @@
 //! phase: per command one `load` and one `record` of one event (plus a snapshot every 5th
 //! version), sequential, one command in flight, on a fresh file with the default settings.
 //!
-//! `cargo run --release -p eventfold-sqlite --example store_loop [streams] [rounds] [off|normal|full]`
+//! `cargo run --release -p eventfold-bench --example store_loop -- [streams] [rounds] [off|normal|full]`
 
 use std::time::{Duration, Instant};
 
