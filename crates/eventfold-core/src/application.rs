@@ -592,7 +592,7 @@ impl MaybeConflict for Error {
 /// }
 ///
 /// let mut tries = 0;
-/// let result = eventfold_core::retry_on_conflict(3, || {
+/// let result: Result<(), BankError> = eventfold_core::retry_on_conflict(3, || {
 ///     tries += 1;
 ///     let attempt = tries;
 ///     async move {

@@ -1,6 +1,6 @@
 use eventfold_core::{
-    retry_on_conflict, Aggregate, Application, Error, EventReader, InMemoryStore, JsonMapper, Root,
-    StreamQuery, Zlib,
+    retry_on_conflict, Aggregate, Application, Conflict, Error, EventReader, InMemoryStore,
+    JsonMapper, Root, StreamQuery, Zlib,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -17,9 +17,9 @@ async fn full_replay(app: &Application, id: &uuid::Uuid, up_to: Option<u64>) -> 
         .store()
         .select_events(
             &id.to_string(),
-            StreamQuery {
-                up_to,
-                ..StreamQuery::all()
+            match up_to {
+                Some(v) => StreamQuery::all().up_to(v),
+                None => StreamQuery::all(),
             },
         )
         .await
@@ -133,7 +133,7 @@ async fn two_writers_one_conflict_and_retry_succeeds() {
     let Error::Conflict(conflict) = &err else {
         panic!("expected a conflict, got {err:?}");
     };
-    assert_eq!(conflict.expected, vec![(id.to_string(), 1)]);
+    assert_eq!(conflict, &Conflict::streams([(id.to_string(), 1)]));
     assert_eq!(
         second.pending_events().len(),
         1,
@@ -368,4 +368,29 @@ async fn string_ids_and_upcasting_old_events_and_snapshots() {
     let stored = store.select_events(&id, StreamQuery::all()).await.unwrap();
     assert!(stored[3].state.starts_with(br#"{"_v":2,"data":{"Shelved""#));
     assert_eq!(stored[3].topic, "Shelf.Shelved");
+}
+
+#[tokio::test]
+async fn created_on_is_the_same_from_a_snapshot_and_from_a_full_replay() {
+    let store = InMemoryStore::new();
+    let snapshotting = Application::builder(store.clone())
+        .snapshot_every::<Tally>(2)
+        .build();
+    let mut tally = Root::<Tally>::new(opened());
+    tally.trigger(TallyEvent::Added { amount: 1 });
+    snapshotting.save(&mut tally).await.unwrap();
+    let from_snapshot = snapshotting
+        .repository()
+        .get::<Tally>(tally.id())
+        .await
+        .unwrap();
+    let replaying = Application::builder(store).build();
+    let replayed = replaying
+        .repository()
+        .get::<Tally>(tally.id())
+        .await
+        .unwrap();
+    assert_eq!(from_snapshot.created_on(), replayed.created_on());
+    assert_eq!(from_snapshot.created_on(), tally.created_on());
+    assert_eq!(from_snapshot.modified_on(), replayed.modified_on());
 }

@@ -1,6 +1,6 @@
 use eventfold_core::{
     AesGcmCipher, Application, CodecError, Compressor, Error, EventReader, EventWriter,
-    InMemoryStore, JsonMapper, Mapper, Recording, Root, StoredEvent, StreamQuery, Zlib,
+    InMemoryStore, JsonMapper, Mapper, RecordKind, Recording, Root, StoredEvent, StreamQuery, Zlib,
 };
 
 use crate::support::{Tally, TallyEvent};
@@ -84,7 +84,7 @@ async fn wrong_key_is_a_clear_decode_error() {
         .unwrap_err();
     match &err {
         Error::Decode {
-            kind: "event",
+            kind: RecordKind::Event,
             stream_id,
             version: 1,
             source: CodecError::Decryption,
@@ -116,22 +116,19 @@ async fn corrupt_stored_event_names_stream_and_version() {
     let stream_id = tally.id().to_string();
     // Another process wrote garbage as version 5 (valid store record, undecodable payload).
     store
-        .record(&Recording {
-            events: vec![StoredEvent {
-                stream_id: stream_id.clone(),
-                version: 5,
-                topic: "Tally.Added".into(),
-                timestamp: tally.modified_on(),
-                state: b"\x78\x9c not zlib at all".to_vec(),
-            }],
-            ..Recording::default()
-        })
+        .record(&Recording::new().event(StoredEvent::new(
+            stream_id.clone(),
+            5,
+            "Tally.Added",
+            tally.modified_on(),
+            b"\x78\x9c not zlib at all".to_vec(),
+        )))
         .await
         .unwrap();
     let err = app.repository().get::<Tally>(tally.id()).await.unwrap_err();
     match &err {
         Error::Decode {
-            kind: "event",
+            kind: RecordKind::Event,
             stream_id: s,
             version: 5,
             source: CodecError::Compression(_),
@@ -209,4 +206,65 @@ fn zlib_bytes_are_readable_by_python() {
         Zlib::default().decompress(&bytes).unwrap(),
         br#"{"Reset":null}"#
     );
+}
+
+#[tokio::test]
+async fn encrypted_records_read_without_a_key_say_the_key_is_missing() {
+    let store = InMemoryStore::new();
+    for compressor in [false, true] {
+        let mut sealed =
+            JsonMapper::new().with_cipher(AesGcmCipher::from_base64(&key(), "k").unwrap());
+        let mut plain = JsonMapper::new();
+        if compressor {
+            sealed = sealed.with_compressor(Zlib::default());
+            plain = plain.with_compressor(Zlib::default());
+        }
+        let writer = Application::builder(store.clone()).mapper(sealed).build();
+        let tally = saved_tally(&writer).await;
+        let reader = Application::builder(store.clone()).mapper(plain).build();
+        let err = reader
+            .repository()
+            .get::<Tally>(tally.id())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Decode {
+                    source: CodecError::MissingCipherKey,
+                    ..
+                }
+            ),
+            "compressor {compressor}: {err:?}"
+        );
+        assert!(err.to_string().contains("EVENTFOLD_CIPHER_KEY"), "{err}");
+    }
+}
+
+#[test]
+fn an_encode_error_never_shows_the_event() {
+    #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+    struct Vault;
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    struct Secret {
+        pin: String,
+    }
+    impl eventfold_core::Aggregate for Vault {
+        const TYPE: &'static str = "Vault";
+        type Id = uuid::Uuid;
+        type Event = Secret;
+        fn apply(&mut self, _: &Secret) {}
+    }
+    let app = Application::builder(InMemoryStore::new()).build();
+    let mut vault = Root::<Vault>::new(Secret { pin: "4921".into() });
+    let err = crate::support::runtime()
+        .block_on(app.save(&mut vault))
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(matches!(err, Error::Encode { .. }), "{err:?}");
+    assert!(
+        !text.contains("4921"),
+        "the event's contents leaked: {text}"
+    );
+    assert!(text.contains("Vault event"), "{text}");
 }
