@@ -262,7 +262,7 @@ pub mod bench;
 
 pub use config::{redact_url, Ordering, PostgresConfig};
 pub use schema::{MigrationReport, SCHEMA_VERSION};
-pub use store::{save_in, PostgresStore, PostgresTransaction};
+pub use store::{PostgresStore, PostgresTransaction, PostgresTransactionExt};
 pub use wakeup::{LISTENER_APPLICATION_NAME, NOTIFIER_APPLICATION_NAME};
 
 /// The backend name in errors and benchmarks.
@@ -278,6 +278,16 @@ mod send_checks {
     use crate::bench::{self, BenchLength};
     use crate::{Ordering, PostgresConfig, PostgresStore};
 
+    #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+    struct Probe;
+
+    impl eventfold_core::Aggregate for Probe {
+        const TYPE: &'static str = "Probe";
+        type Id = eventfold_core::uuid::Uuid;
+        type Event = ();
+        fn apply(&mut self, _: &()) {}
+    }
+
     fn spawnable(config: PostgresConfig, store: PostgresStore, app: Application) {
         let c = config.clone();
         tokio::spawn(async move { PostgresStore::connect(&c).await });
@@ -292,8 +302,20 @@ mod send_checks {
         });
         let s = store.clone();
         tokio::spawn(async move {
-            let mut tx = s.pool().begin().await.unwrap();
-            crate::save_in(&app, &s, &mut tx, &mut []).await
+            let tx = s.pool().begin().await.unwrap();
+            let mut tx = s.join(tx);
+            let mut root = eventfold_core::Root::<Probe>::new(());
+            app.save_in(&mut tx, &mut root).await?;
+            tx.commit().await
+        });
+        let s = store.clone();
+        tokio::spawn(async move {
+            use eventfold_core::Store;
+            let mut tx = s.begin().await?;
+            tx.execute("SELECT $1", &[1_i64.into()]).await?;
+            tx.query("SELECT $1", &[eventfold_core::SqlValue::Null]).await?;
+            tx.record(&Recording::new()).await?;
+            tx.commit().await
         });
         let c = config.clone();
         tokio::spawn(async move { bench::bare_insert_commit_rate(&c.url, 1).await });
