@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use eventfold_core::{
-    Error, EventReader, EventWriter, NotificationQuery, NotificationReader, ProjectionStore,
+    Error, EventReader, EventWriter, Metadata, NotificationQuery, NotificationReader, Store,
     StreamQuery, Tracking, TrackingReader,
 };
 use eventfold_postgres::{PostgresConfig, PostgresStore, SCHEMA_VERSION};
@@ -80,15 +80,16 @@ async fn schema_versions_and_migrate() {
     // A database one version behind, with events written by that version: refused
     // without create_tables, then upgraded, its log intact and its streams continuing.
     let mut old = cfg.clone();
-    old.table_prefix = "v3_".into();
+    old.table_prefix = "v4_".into();
     let built = PostgresStore::migrate_up_to(&old, SCHEMA_VERSION - 1)
         .await
         .unwrap();
     assert_eq!(built.to_version, SCHEMA_VERSION - 1);
+    // Events as version 4 wrote them (no metadata column yet).
     let old_record = format!(
-        "SELECT {schema}.v3_record(ARRAY['up','up'], ARRAY[1,2]::bigint[], ARRAY['A','B'], \
-             ARRAY[now(), now()], ARRAY['\\x01','\\x02']::bytea[], '{{}}', '{{}}', '{{}}', '{{}}', \
-             '{{}}', NULL, NULL, false, false)",
+        "INSERT INTO \"{schema}\".v4_events (id, stream_id, version, topic, occurred_at, state) \
+         SELECT nextval('\"{schema}\".v4_notification_id_seq'), 'up', v, t, now(), s \
+         FROM (VALUES (1, 'A', '\\x01'::bytea), (2, 'B', '\\x02'::bytea)) AS r(v, t, s)",
         schema = old.schema
     );
     sqlx::query(&old_record)
@@ -116,11 +117,21 @@ async fn schema_versions_and_migrate() {
         .map(|n| (n.id, n.event.stream_id, n.event.version))
         .collect();
     assert_eq!(before, vec![(1, "up".into(), 1), (2, "up".into(), 2)]);
+    let loaded = upgraded.load("up", None).await.unwrap();
+    assert_eq!(loaded.events.len(), 2, "the v4 events load after the upgrade");
+    assert!(loaded.events.iter().all(|e| e.metadata.is_empty()));
+    assert_eq!(loaded.events[1].state, vec![2]);
+    let tagged = Metadata::new().with_correlation_id("after-upgrade");
     let ids = upgraded
-        .record(&events_only(vec![event("up", 3, "C"), event("up", 4, "D")]))
+        .record(&events_only(vec![
+            event("up", 3, "C").with_metadata(tagged.clone()),
+            event("up", 4, "D"),
+        ]))
         .await
         .unwrap();
     assert_eq!(ids, vec![3, 4]);
+    let loaded = upgraded.load("up", None).await.unwrap();
+    assert_eq!(loaded.events[2].metadata, tagged);
     assert_eq!(upgraded.max_notification_id().await.unwrap(), 4);
     assert!(matches!(
         upgraded
@@ -328,14 +339,14 @@ async fn a_silently_dead_connection_fails_the_command_in_time() {
         .await
         .unwrap();
     // A projection's transaction, open when the partition comes.
-    let projection = ProjectionStore::begin(&bounded).await.unwrap();
+    let mut projection = Store::begin(&bounded).await.unwrap();
 
     proxy.freeze_existing();
-    let moved = Tracking {
-        follower: "projection".into(),
-        position: 1,
+    let moved = async {
+        projection.track(Tracking::new("projection", 1)).await?;
+        projection.commit().await
     };
-    let err = tokio::time::timeout(Duration::from_secs(20), bounded.commit(projection, &moved))
+    let err = tokio::time::timeout(Duration::from_secs(20), moved)
         .await
         .expect("the projection's commit fails instead of hanging")
         .unwrap_err();
