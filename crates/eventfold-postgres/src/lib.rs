@@ -6,25 +6,16 @@
 //!
 //! ```no_run
 //! # async fn demo() -> eventfold_core::Result<()> {
-//! use eventfold_core::{EventWriter, NotificationQuery, NotificationReader, Recording, StoredEvent, Timestamp};
+//! use eventfold_core::{EventWriter, Metadata, NotificationQuery, NotificationReader, Recording, StoredEvent, Timestamp};
 //! use eventfold_postgres::{PostgresConfig, PostgresStore};
 //!
 //! let mut config = PostgresConfig::new("postgres://app:secret@127.0.0.1/orders");
 //! config.schema = "billing".into(); // tables "billing"."eventfold_events", ...
 //! let store = PostgresStore::connect(&config).await?; // creates the tables if missing
 //!
-//! let ids = store
-//!     .record(&Recording {
-//!         events: vec![StoredEvent {
-//!             stream_id: "invoice-7".into(),
-//!             version: 1,
-//!             topic: "Invoice.Issued".into(),
-//!             timestamp: Timestamp::now(),
-//!             state: br#"{"amount":42}"#.to_vec(),
-//!         }],
-//!         ..Recording::default()
-//!     })
-//!     .await?;
+//! let issued = StoredEvent::new("invoice-7", 1, "Invoice.Issued", Timestamp::now(), br#"{"amount":42}"#.to_vec())
+//!     .with_metadata(Metadata::new().with_correlation_id("req-1"));
+//! let ids = store.record(&Recording::new().event(issued)).await?;
 //! let log = store.select_notifications(&NotificationQuery::after(0, 100)).await?;
 //! assert_eq!(log.last().map(|n| n.id), ids.last().copied());
 //! # Ok(()) }

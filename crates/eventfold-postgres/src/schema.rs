@@ -156,7 +156,7 @@ impl Sql {
                  UNION ALL \
                  (SELECT false, version, topic, occurred_at, state, metadata FROM {events} \
                   WHERE stream_id = $1 AND version <= $2 \
-                    AND version > coalesce((SELECT version FROM snap), 0) \
+                    AND version > coalesce((SELECT version FROM snap), -9223372036854775808) \
                   ORDER BY version)"
             ),
             notifications: format!("SELECT * FROM {notifications_fn}($1, $2, $3, $4, $5)"),

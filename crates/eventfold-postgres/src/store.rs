@@ -813,7 +813,9 @@ impl PostgresStore {
         let mut lease = self.lease().await?;
         let statement = sqlx::query(if query.descending { desc } else { asc })
             .bind(stream_id)
-            .bind(clamp(query.after.unwrap_or(0)))
+            // Without a lower bound, from the lowest bigint: a corrupt (negative) version
+            // then fails to decode instead of staying out of sight.
+            .bind(query.after.map_or(i64::MIN, clamp))
             .bind(clamp(query.up_to.unwrap_or(u64::MAX)))
             .bind(query.limit.map(clamp_limit))
             .fetch_all(lease.conn());
@@ -1357,7 +1359,13 @@ type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>
 
 /// Binds each value as the PostgreSQL type closest to it: `bigint`, `double precision`,
 /// `text`, `bytea`, and an untyped `NULL`.
-fn bind_all<'q>(mut query: PgQuery<'q>, params: &'q [SqlValue]) -> Result<PgQuery<'q>> {
+///
+/// A statement with a `NULL` parameter is not kept prepared: the server infers that
+/// parameter's type when it parses the statement, and a prepared statement keeps the
+/// type it inferred, which the next call's non-null value (always `bigint`, `double
+/// precision`, `text` or `bytea`) may not match.
+fn bind_all<'q>(query: PgQuery<'q>, params: &'q [SqlValue]) -> Result<PgQuery<'q>> {
+    let mut query = query.persistent(!params.iter().any(SqlValue::is_null));
     for (i, param) in params.iter().enumerate() {
         query = match param {
             SqlValue::Null => query.bind(UntypedNull),

@@ -421,3 +421,111 @@ async fn close_does_not_hang() {
         .unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
 }
+
+/// Copies notifications into a table through the transaction it is handed, and kills its
+/// own backend (from another connection) once, in the middle of a batch, before a write:
+/// the projection's write then fails with sqlx's own error, which it returns as it is.
+struct KilledMidBatch {
+    table: String,
+    kill_at: u64,
+    admin: sqlx::PgPool,
+    killed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[eventfold_core::async_trait]
+impl eventfold_core::Projection for KilledMidBatch {
+    fn name(&self) -> &str {
+        "killed"
+    }
+
+    async fn process(
+        &mut self,
+        tx: &mut eventfold_core::Transaction,
+        notification: &eventfold_core::Notification,
+    ) -> Result<(), eventfold_core::BoxError> {
+        use eventfold_postgres::PostgresTransactionExt;
+        use std::sync::atomic::Ordering;
+        if notification.id == self.kill_at && !self.killed.swap(true, Ordering::SeqCst) {
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(tx.postgres()?)
+                .await?;
+            let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+                .bind(pid)
+                .fetch_one(&self.admin)
+                .await?;
+        }
+        sqlx::query(&format!("INSERT INTO {} (id) VALUES ($1)", self.table))
+            .bind(notification.id as i64)
+            .execute(tx.postgres()?)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The fault of the issue: PostgreSQL restarts, or the connection is killed, while a
+/// projection writes through the transaction it was handed. The projection's own sqlx
+/// error is transient for this store (`Store::is_transient_error`), so the follower waits
+/// it out instead of stopping for good, and ends with every row applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_outlives_its_projection_connection_being_killed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let (store, _guard) = fresh("projkill").await;
+    let table = format!("\"{}\".applied", store.config().schema);
+    sqlx::query(&format!("CREATE TABLE {table} (id bigint PRIMARY KEY)"))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for version in 1..=7 {
+        ids.extend(
+            store
+                .record(&events_only(vec![event("s", version, "Happened")]))
+                .await
+                .unwrap(),
+        );
+    }
+    let admin = sqlx::PgPool::connect(&crate::support::database_url())
+        .await
+        .unwrap();
+    let killed = Arc::new(AtomicBool::new(false));
+    let projection = KilledMidBatch {
+        table: table.clone(),
+        kill_at: ids[4],
+        admin,
+        killed: killed.clone(),
+    };
+    let shared: Arc<dyn Store> = Arc::new(store.clone());
+    let mut follower = eventfold_core::Follower::builder(shared, projection)
+        .batch_size(3)
+        .poll_interval(Duration::from_millis(20))
+        .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        follower
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let last = *ids.last().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.tracking_position("killed").await.ok().flatten() != Some(last) {
+        assert!(
+            !running.is_finished(),
+            "the follower stopped: {:?}",
+            running.await.unwrap()
+        );
+        assert!(std::time::Instant::now() < deadline, "the follower did not recover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    running.await.unwrap().expect("the run ended only because it was told to");
+    assert!(killed.load(Ordering::SeqCst), "the backend was killed mid-batch");
+    let applied: Vec<i64> = sqlx::query_scalar(&format!("SELECT id FROM {table} ORDER BY id"))
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, ids.iter().map(|&id| id as i64).collect::<Vec<_>>());
+}
