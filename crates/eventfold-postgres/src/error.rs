@@ -86,7 +86,9 @@ mod tests {
 
     #[test]
     fn transient_codes() {
-        for code in ["40001", "40P01", "55P03", "53300", "57P01", "08006", "08000"] {
+        for code in [
+            "40001", "40P01", "55P03", "53300", "57P01", "08006", "08000",
+        ] {
             assert!(transient_sqlstate(code), "{code}");
         }
         for code in ["23505", "42P01", "22P02", "57014"] {

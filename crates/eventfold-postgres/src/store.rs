@@ -17,9 +17,8 @@ use tokio::task::JoinHandle;
 
 use eventfold_core::{
     CodecError, Conflict, Error, EventReader, EventWriter, Loaded, Metadata, Notification,
-    NotificationQuery, NotificationReader, RecordKind, Recording, Result, SqlRow, SqlValue,
-    Store, StoreTransaction, StoredEvent, StreamQuery, Timestamp, Tracking, TrackingReader,
-    Transaction,
+    NotificationQuery, NotificationReader, RecordKind, Recording, Result, SqlRow, SqlValue, Store,
+    StoreTransaction, StoredEvent, StreamQuery, Timestamp, Tracking, TrackingReader, Transaction,
 };
 
 use crate::config::{Ordering, PostgresConfig};
@@ -259,7 +258,8 @@ impl<'r> RecordArgs<'r> {
     fn with_appends(&mut self, appends: &'r [StoredEvent], versions: &[u64]) {
         for (append, &version) in appends.iter().zip(versions) {
             self.stream_ids.push(&append.stream_id);
-            self.versions.push(i64::try_from(version).unwrap_or(i64::MAX));
+            self.versions
+                .push(i64::try_from(version).unwrap_or(i64::MAX));
             self.topics.push(&append.topic);
             self.occurred_at.push(append.timestamp.to_datetime());
             self.states.push(&append.state);
@@ -545,9 +545,16 @@ impl PostgresStore {
     }
 
     /// [`Self::record_in`] on a connection inside an open transaction.
-    async fn record_into(&self, conn: &mut PgConnection, recording: &Recording) -> Result<Vec<u64>> {
+    async fn record_into(
+        &self,
+        conn: &mut PgConnection,
+        recording: &Recording,
+    ) -> Result<Vec<u64>> {
         let mut args = RecordArgs::new(recording)?;
-        if recording.events.is_empty() && recording.appends.is_empty() && recording.snapshots.is_empty() {
+        if recording.events.is_empty()
+            && recording.appends.is_empty()
+            && recording.snapshots.is_empty()
+        {
             return match &recording.tracking {
                 Some(tracking) => self.move_tracking(conn, tracking).await,
                 None => Ok(Vec::new()),
@@ -572,7 +579,11 @@ impl PostgresStore {
     }
 
     /// Moves a follower's position (only forwards) in the open transaction on `conn`.
-    async fn move_tracking(&self, conn: &mut PgConnection, tracking: &Tracking) -> Result<Vec<u64>> {
+    async fn move_tracking(
+        &self,
+        conn: &mut PgConnection,
+        tracking: &Tracking,
+    ) -> Result<Vec<u64>> {
         let position = to_i64(tracking.position, "tracking position")?;
         let (moved, current): (Option<i64>, Option<i64>) =
             sqlx::query_as(&self.inner.sql.move_tracking)
@@ -623,7 +634,12 @@ impl PostgresStore {
             .await?;
         let heads: HashMap<String, u64> = heads
             .into_iter()
-            .map(|(stream, head)| (stream, head.and_then(|h| u64::try_from(h).ok()).unwrap_or(0)))
+            .map(|(stream, head)| {
+                (
+                    stream,
+                    head.and_then(|h| u64::try_from(h).ok()).unwrap_or(0),
+                )
+            })
             .collect();
         let mut next: HashMap<&str, u64> = streams
             .iter()
@@ -728,9 +744,9 @@ impl PostgresStore {
                 .into_iter()
                 .map(|id| unsigned_scalar("notification id", id))
                 .collect(),
-            Ok(Recorded::Discontinuous) => {
-                Err(Error::Conflict(Conflict::streams(expected_versions(recording))))
-            }
+            Ok(Recorded::Discontinuous) => Err(Error::Conflict(Conflict::streams(
+                expected_versions(recording),
+            ))),
             Ok(Recorded::TrackingBehind) => {
                 let tracking = recording
                     .tracking
@@ -750,7 +766,9 @@ impl PostgresStore {
             }
             Err(error) if unique_violation(&error).is_some() => {
                 // Another writer took one of these versions first.
-                Err(Error::Conflict(Conflict::streams(expected_versions(recording))))
+                Err(Error::Conflict(Conflict::streams(expected_versions(
+                    recording,
+                ))))
             }
             Err(error) => Err(self.err(error)),
         }
@@ -1376,7 +1394,10 @@ fn bind_all<'q>(query: PgQuery<'q>, params: &'q [SqlValue]) -> Result<PgQuery<'q
             other => {
                 return Err(Error::backend(
                     BACKEND,
-                    format!("parameter ${} is a {other:?}, which this store cannot bind", i + 1),
+                    format!(
+                        "parameter ${} is a {other:?}, which this store cannot bind",
+                        i + 1
+                    ),
                 ))
             }
         };
@@ -1419,7 +1440,9 @@ fn sql_row(row: &PgRow) -> Result<SqlRow> {
                 Some(oid::INT8) => SqlValue::Integer(row.try_get::<i64, _>(i).map_err(get)?),
                 Some(oid::FLOAT4) => SqlValue::Real(row.try_get::<f32, _>(i).map_err(get)?.into()),
                 Some(oid::FLOAT8) => SqlValue::Real(row.try_get::<f64, _>(i).map_err(get)?),
-                Some(oid::BOOL) => SqlValue::Integer(row.try_get::<bool, _>(i).map_err(get)?.into()),
+                Some(oid::BOOL) => {
+                    SqlValue::Integer(row.try_get::<bool, _>(i).map_err(get)?.into())
+                }
                 Some(oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN) => {
                     SqlValue::Text(row.try_get::<String, _>(i).map_err(get)?)
                 }
@@ -1454,7 +1477,9 @@ fn sql_row(row: &PgRow) -> Result<SqlRow> {
 /// `ndigits`, `weight`, `sign`, `dscale`, then base-10000 digits, each an `i16`.
 fn numeric_text(bytes: &[u8]) -> Option<String> {
     let word = |i: usize| -> Option<i16> {
-        Some(i16::from_be_bytes(bytes.get(i * 2..i * 2 + 2)?.try_into().ok()?))
+        Some(i16::from_be_bytes(
+            bytes.get(i * 2..i * 2 + 2)?.try_into().ok()?,
+        ))
     };
     let ndigits = usize::try_from(word(0)?).ok()?;
     let weight = i64::from(word(1)?);

@@ -118,7 +118,11 @@ async fn schema_versions_and_migrate() {
         .collect();
     assert_eq!(before, vec![(1, "up".into(), 1), (2, "up".into(), 2)]);
     let loaded = upgraded.load("up", None).await.unwrap();
-    assert_eq!(loaded.events.len(), 2, "the v4 events load after the upgrade");
+    assert_eq!(
+        loaded.events.len(),
+        2,
+        "the v4 events load after the upgrade"
+    );
     assert!(loaded.events.iter().all(|e| e.metadata.is_empty()));
     assert_eq!(loaded.events[1].state, vec![2]);
     let tagged = Metadata::new().with_correlation_id("after-upgrade");
@@ -517,12 +521,21 @@ async fn a_follower_outlives_its_projection_connection_being_killed() {
             "the follower stopped: {:?}",
             running.await.unwrap()
         );
-        assert!(std::time::Instant::now() < deadline, "the follower did not recover");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower did not recover"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop.send(());
-    running.await.unwrap().expect("the run ended only because it was told to");
-    assert!(killed.load(Ordering::SeqCst), "the backend was killed mid-batch");
+    running
+        .await
+        .unwrap()
+        .expect("the run ended only because it was told to");
+    assert!(
+        killed.load(Ordering::SeqCst),
+        "the backend was killed mid-batch"
+    );
     let applied: Vec<i64> = sqlx::query_scalar(&format!("SELECT id FROM {table} ORDER BY id"))
         .fetch_all(store.pool())
         .await

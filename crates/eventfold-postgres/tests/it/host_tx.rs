@@ -137,7 +137,10 @@ async fn conflict_inside_a_host_transaction() {
     let err = app.save_in(&mut tx, &mut second).await.unwrap_err();
     match err {
         Error::Conflict(Conflict::Streams(expected)) => {
-            assert_eq!(expected, vec![ExpectedVersion::new(account.id().to_string(), 1)]);
+            assert_eq!(
+                expected,
+                vec![ExpectedVersion::new(account.id().to_string(), 1)]
+            );
         }
         other => panic!("expected a conflict, got {other:?}"),
     }

@@ -9,5 +9,5 @@ mod follower_restart;
 mod followers;
 mod gap_safety;
 mod host_tx;
-mod transactions;
 mod support;
+mod transactions;

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use eventfold_core::{
-    Aggregate, Application, Conflict, Error, EventReader, EventWriter, ExpectedVersion,
-    Metadata, NotificationQuery, NotificationReader, RecordKind, Recording, Root, SqlValue, Store,
+    Aggregate, Application, Conflict, Error, EventReader, EventWriter, ExpectedVersion, Metadata,
+    NotificationQuery, NotificationReader, RecordKind, Recording, Root, SqlValue, Store,
     StoredEvent, StreamQuery, Timestamp, Tracking, TrackingReader,
 };
 use eventfold_postgres::PostgresTransactionExt;
@@ -15,22 +15,33 @@ use crate::support::{event, events_only, fresh};
 
 fn change(stream: &str, name: &str) -> StoredEvent {
     // The version of an append is the store's to choose; 0 here is ignored.
-    StoredEvent::new(stream, 0, format!("Change.{name}"), Timestamp::now(), name.as_bytes().to_vec())
+    StoredEvent::new(
+        stream,
+        0,
+        format!("Change.{name}"),
+        Timestamp::now(),
+        name.as_bytes().to_vec(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_rows_and_records_commit_or_roll_back_together() {
     let (store, _guard) = fresh("txboth").await;
     let notes = format!("\"{}\".notes", store.config().schema);
-    sqlx::query(&format!("CREATE TABLE {notes} (id bigint PRIMARY KEY, note text, n integer)"))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE {notes} (id bigint PRIMARY KEY, note text, n integer)"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
 
     let mut tx = store.begin().await.unwrap();
     let insert = format!("INSERT INTO {notes} (id, note, n) VALUES ($1, $2, $3)");
     let changed = tx
-        .execute(&insert, &[1_i64.into(), "rolled back".into(), SqlValue::Null])
+        .execute(
+            &insert,
+            &[1_i64.into(), "rolled back".into(), SqlValue::Null],
+        )
         .await
         .unwrap();
     assert_eq!(changed, 1);
@@ -43,14 +54,19 @@ async fn own_rows_and_records_commit_or_roll_back_together() {
         .await
         .unwrap();
     assert_eq!(count, 0, "the own row rolled back");
-    assert!(store.load("r", None).await.unwrap().events.is_empty(), "so did the event");
+    assert!(
+        store.load("r", None).await.unwrap().events.is_empty(),
+        "so did the event"
+    );
 
     // Dropped without a commit: the same.
     let mut tx = store.begin().await.unwrap();
     tx.execute(&insert, &[2_i64.into(), "dropped".into(), 7_i64.into()])
         .await
         .unwrap();
-    tx.record(&events_only(vec![event("d", 1, "Dropped")])).await.unwrap();
+    tx.record(&events_only(vec![event("d", 1, "Dropped")]))
+        .await
+        .unwrap();
     drop(tx);
 
     let mut tx = store.begin().await.unwrap();
@@ -67,12 +83,19 @@ async fn own_rows_and_records_commit_or_roll_back_together() {
         .await
         .unwrap();
     let seen = tx
-        .query(&format!("SELECT id, note, n FROM {notes} WHERE id = $1"), &[3_i64.into()])
+        .query(
+            &format!("SELECT id, note, n FROM {notes} WHERE id = $1"),
+            &[3_i64.into()],
+        )
         .await
         .unwrap();
     assert_eq!(
         seen,
-        vec![vec![SqlValue::Integer(3), "committed".into(), SqlValue::Integer(6)]]
+        vec![vec![
+            SqlValue::Integer(3),
+            "committed".into(),
+            SqlValue::Integer(6)
+        ]]
     );
     tx.commit().await.unwrap();
     let rows: Vec<i64> = sqlx::query_scalar(&format!("SELECT id FROM {notes} ORDER BY id"))
@@ -157,14 +180,23 @@ async fn concurrent_appends_to_one_stream_both_succeed() {
         Ok::<_, Error>(ids)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "the second append waits for the first transaction");
+    assert!(
+        !waiting.is_finished(),
+        "the second append waits for the first transaction"
+    );
     first.query("SELECT 1", &[]).await.unwrap();
     first.commit().await.unwrap();
     let second_ids = waiting.await.unwrap().unwrap();
     assert!(first_ids[0] < second_ids[0]);
 
-    let stored = store.select_events("feed", StreamQuery::all()).await.unwrap();
-    let got: Vec<_> = stored.iter().map(|e| (e.version, e.topic.as_str())).collect();
+    let stored = store
+        .select_events("feed", StreamQuery::all())
+        .await
+        .unwrap();
+    let got: Vec<_> = stored
+        .iter()
+        .map(|e| (e.version, e.topic.as_str()))
+        .collect();
     assert_eq!(got, vec![(1, "Change.First"), (2, "Change.Second")]);
 
     // Many writers appending through the store's own transactions at once, some with an
@@ -198,13 +230,21 @@ async fn concurrent_appends_to_one_stream_both_succeed() {
     }
     // An event at a known version and appends after it, in one recording.
     let ids = store
-        .record(&Recording::new().event(event("mixed", 1, "Known")).append(change("mixed", "After")))
+        .record(
+            &Recording::new()
+                .event(event("mixed", 1, "Known"))
+                .append(change("mixed", "After")),
+        )
         .await
         .unwrap();
     assert_eq!(ids.len(), 2);
     let mixed = store.load("mixed", None).await.unwrap();
     assert_eq!(
-        mixed.events.iter().map(|e| (e.version, e.topic.as_str())).collect::<Vec<_>>(),
+        mixed
+            .events
+            .iter()
+            .map(|e| (e.version, e.topic.as_str()))
+            .collect::<Vec<_>>(),
         vec![(1, "Test.Known"), (2, "Change.After")]
     );
 }
@@ -277,7 +317,9 @@ async fn metadata_round_trips_and_bad_metadata_is_a_decode_error() {
         .with_causation_id("cause-1")
         .with("headers", serde_json::json!({"x-unicode": "é✓", "n": 1}));
     store
-        .record(&events_only(vec![event("m", 1, "Tagged").with_metadata(metadata.clone())]))
+        .record(&events_only(vec![
+            event("m", 1, "Tagged").with_metadata(metadata.clone())
+        ]))
         .await
         .unwrap();
     store
@@ -290,15 +332,23 @@ async fn metadata_round_trips_and_bad_metadata_is_a_decode_error() {
         .await
         .unwrap();
     let mut tx = store.begin().await.unwrap();
-    tx.record(&events_only(vec![event("n", 2, "InTx").with_metadata(metadata.clone())]))
-        .await
-        .unwrap();
+    tx.record(&events_only(vec![
+        event("n", 2, "InTx").with_metadata(metadata.clone())
+    ]))
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
     let events = store.select_events("m", StreamQuery::all()).await.unwrap();
     let tags: Vec<_> = events.iter().map(|e| e.metadata.clone()).collect();
-    assert_eq!(tags, vec![metadata.clone(), Metadata::new(), metadata.clone()]);
-    assert_eq!(store.load("n", None).await.unwrap().events[1].metadata, metadata);
+    assert_eq!(
+        tags,
+        vec![metadata.clone(), Metadata::new(), metadata.clone()]
+    );
+    assert_eq!(
+        store.load("n", None).await.unwrap().events[1].metadata,
+        metadata
+    );
     let log = store
         .select_notifications(&NotificationQuery::after(0, 10))
         .await
@@ -349,7 +399,10 @@ async fn out_of_range_values_are_decode_errors() {
     .unwrap();
     for result in [
         store.load("neg", None).await.map(drop),
-        store.select_events("neg", StreamQuery::all()).await.map(drop),
+        store
+            .select_events("neg", StreamQuery::all())
+            .await
+            .map(drop),
         store
             .select_notifications(&NotificationQuery::after(0, 10))
             .await
@@ -385,7 +438,12 @@ async fn the_log_pages_newest_first_and_stays_gap_safe() {
     let (store, _guard) = fresh("desc").await;
     let mut ids = Vec::new();
     for (version, topic) in [(1, "A"), (2, "B"), (3, "A"), (4, "B"), (5, "A")] {
-        ids.extend(store.record(&events_only(vec![event("s", version, topic)])).await.unwrap());
+        ids.extend(
+            store
+                .record(&events_only(vec![event("s", version, topic)]))
+                .await
+                .unwrap(),
+        );
     }
     let page = |q: NotificationQuery| {
         let store = store.clone();
@@ -399,10 +457,22 @@ async fn the_log_pages_newest_first_and_stays_gap_safe() {
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(page(NotificationQuery::newest(2)).await, vec![ids[4], ids[3]]);
-    assert_eq!(page(NotificationQuery::newest(2).before(ids[3])).await, vec![ids[2], ids[1]]);
-    assert_eq!(page(NotificationQuery::newest(2).before(ids[1])).await, vec![ids[0]]);
-    assert_eq!(page(NotificationQuery::newest(10).before(ids[0])).await, Vec::<u64>::new());
+    assert_eq!(
+        page(NotificationQuery::newest(2)).await,
+        vec![ids[4], ids[3]]
+    );
+    assert_eq!(
+        page(NotificationQuery::newest(2).before(ids[3])).await,
+        vec![ids[2], ids[1]]
+    );
+    assert_eq!(
+        page(NotificationQuery::newest(2).before(ids[1])).await,
+        vec![ids[0]]
+    );
+    assert_eq!(
+        page(NotificationQuery::newest(10).before(ids[0])).await,
+        Vec::<u64>::new()
+    );
     assert_eq!(
         page(NotificationQuery::newest(10).topics(["Test.A"])).await,
         vec![ids[4], ids[2], ids[0]]
@@ -416,9 +486,17 @@ async fn the_log_pages_newest_first_and_stays_gap_safe() {
     // A writer still in flight holds back everything above its announcement, newest
     // first as well.
     let mut open = store.begin().await.unwrap();
-    open.record(&events_only(vec![event("open", 1, "Open")])).await.unwrap();
-    let later = store.record(&events_only(vec![event("later", 1, "Later")])).await.unwrap();
-    assert_eq!(page(NotificationQuery::newest(3)).await, vec![ids[4], ids[3], ids[2]]);
+    open.record(&events_only(vec![event("open", 1, "Open")]))
+        .await
+        .unwrap();
+    let later = store
+        .record(&events_only(vec![event("later", 1, "Later")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        page(NotificationQuery::newest(3)).await,
+        vec![ids[4], ids[3], ids[2]]
+    );
     open.commit().await.unwrap();
     assert_eq!(page(NotificationQuery::newest(1)).await, later);
 }
