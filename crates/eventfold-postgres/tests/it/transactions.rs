@@ -536,3 +536,60 @@ async fn followers_are_listed_by_name_and_positions_only_move_forwards() {
     }
     assert_eq!(store.tracking_position("b").await.unwrap(), Some(5));
 }
+
+/// A lock that is not available now is a transient backend error, both as the store
+/// reports it from portable SQL and as `is_transient_error` judges the driver's own error;
+/// a syntax error is neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_server_errors_are_transient() {
+    let (store, _guard) = fresh("transient").await;
+    let tracking = store.table_name("tracking");
+    let mut tx = store.begin().await.unwrap();
+    tx.track(Tracking::new("held", 1)).await.unwrap();
+    tx.commit().await.unwrap();
+    // Moving the position locks its row until the holder ends.
+    let mut holder = store.begin().await.unwrap();
+    holder.track(Tracking::new("held", 2)).await.unwrap();
+    let mut waiter = store.begin().await.unwrap();
+    let err = waiter
+        .query(
+            &format!("SELECT position FROM {tracking} FOR UPDATE NOWAIT"),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Backend {
+                transient: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    drop(waiter);
+
+    let mut raw = store.pool().begin().await.unwrap();
+    let driver_error = sqlx::query(&format!(
+        "SELECT position FROM {tracking} FOR UPDATE NOWAIT"
+    ))
+    .execute(&mut *raw)
+    .await
+    .unwrap_err();
+    assert!(store.is_transient_error(&driver_error));
+    let boxed: eventfold_core::BoxError = Box::new(driver_error);
+    assert!(store.is_transient_error(&*boxed));
+    drop(raw);
+    holder.commit().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    let err = tx.execute("SELEC 1", &[]).await.unwrap_err();
+    assert!(!err.is_transient(), "{err:?}");
+    let driver_error = sqlx::query("SELEC 1")
+        .execute(store.pool())
+        .await
+        .unwrap_err();
+    assert!(!store.is_transient_error(&driver_error));
+}
