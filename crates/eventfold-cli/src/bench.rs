@@ -149,8 +149,8 @@ async fn reset(handle: &StoreHandle) -> anyhow::Result<()> {
 
 #[cfg(feature = "postgres")]
 async fn pg_writers(store: &StoreArgs, args: &PgWritersArgs) -> anyhow::Result<()> {
-    use eventfold::postgres::bench::{self, BenchLength};
     use eventfold::postgres::Ordering;
+    use eventfold_bench::postgres::{self as bench, BenchLength};
 
     let eventfold::StoreConfig::Postgres(config) = Config::from_vars({
         let mut vars = store.vars();
@@ -229,7 +229,7 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
     #[cfg(feature = "postgres")]
     let mut bare = match &handle {
         StoreHandle::Postgres(pg) => {
-            Some(eventfold::postgres::bench::BareCommits::open(&pg.config().url).await?)
+            Some(eventfold_bench::postgres::BareCommits::open(&pg.config().url).await?)
         }
         _ => None,
     };
@@ -450,7 +450,7 @@ fn encoded_events(app: &eventfold::Application, count: usize) -> eventfold::Resu
 }
 
 async fn raw(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<serde_json::Value> {
-    let config = fresh_config(store, args, "raw").await?;
+    let config = fresh_config(store, args, "raw").await?.aggregate::<World>();
     let handle = config.open_store().await?;
     reset(&handle).await?;
     let app = config.application_on(&handle)?;

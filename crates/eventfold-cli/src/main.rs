@@ -85,11 +85,15 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    let filter = match log_filter(std::env::var("EVENTFOLD_LOG")) {
+        Ok(filter) => filter,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EVENTFOLD_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -109,7 +113,7 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("{}", error_report(&err));
             std::process::ExitCode::FAILURE
         }
     }
@@ -118,4 +122,81 @@ async fn main() -> std::process::ExitCode {
 async fn migrate(store: &StoreArgs) -> anyhow::Result<()> {
     outln!("{}", store.config()?.migrate().await?)?;
     Ok(())
+}
+
+/// The tracing filter of `EVENTFOLD_LOG` (default `warn`); a filter that does not parse
+/// is a configuration error, not a silent fallback.
+fn log_filter(
+    value: Result<String, std::env::VarError>,
+) -> eventfold::Result<tracing_subscriber::EnvFilter> {
+    let invalid = |message: String| eventfold::Error::Config {
+        variable: "EVENTFOLD_LOG".to_owned(),
+        message,
+    };
+    match value {
+        Err(std::env::VarError::NotPresent) => Ok("warn".into()),
+        Err(std::env::VarError::NotUnicode(value)) => {
+            Err(invalid(format!("not valid UTF-8: {value:?}")))
+        }
+        Ok(value) if value.trim().is_empty() => Ok("warn".into()),
+        Ok(value) => tracing_subscriber::EnvFilter::try_new(&value).map_err(|e| {
+            invalid(format!(
+                "{e} in {value:?} (expected a filter such as info or eventfold_postgres=debug,warn)"
+            ))
+        }),
+    }
+}
+
+/// `error: <err>`, then each cause on a line of its own, except a cause whose text the
+/// line before already contains (the core's errors show their source in their message).
+fn error_report(err: &anyhow::Error) -> String {
+    let mut report = format!("error: {err}");
+    let mut previous = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if previous.contains(&text) {
+            continue;
+        }
+        report.push_str("\n  caused by: ");
+        report.push_str(&text);
+        previous = text;
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_chain_shows_each_cause_once() {
+        let json = serde_json::from_slice::<serde_json::Value>(b"nope").unwrap_err();
+        let json_text = json.to_string();
+        let codec = eventfold::CodecError::Json(json);
+        let codec_text = codec.to_string();
+        let decode = eventfold::Error::Decode {
+            kind: "event",
+            stream_id: "w1".to_owned(),
+            version: 3,
+            source: codec,
+        };
+        let err = anyhow::Error::new(decode).context("reading notification 7");
+        let report = error_report(&err);
+        assert_eq!(report.matches(&json_text).count(), 1, "{report}");
+        assert_eq!(
+            report.lines().collect::<Vec<_>>(),
+            [
+                "error: reading notification 7".to_owned(),
+                format!("  caused by: cannot decode stored event w1@3: {codec_text}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_log_filter_is_an_error_naming_the_variable() {
+        assert!(log_filter(Err(std::env::VarError::NotPresent)).is_ok());
+        assert!(log_filter(Ok("eventfold_postgres=debug,warn".to_owned())).is_ok());
+        let err = log_filter(Ok("eventfold=loud".to_owned())).unwrap_err();
+        assert!(err.to_string().contains("EVENTFOLD_LOG"), "{err}");
+    }
 }

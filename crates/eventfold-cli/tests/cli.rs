@@ -228,3 +228,132 @@ fn migrate_reports_what_it_applied_on_postgres() {
         "{second}"
     );
 }
+
+/// `eventfold log` on a file that does not exist says so, fails, and leaves no file.
+#[test]
+fn log_of_a_missing_sqlite_file_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = eventfold(dir.path(), &["--sqlite-path", "missing.sqlite3", "log"]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("no SQLite database at missing.sqlite3"),
+        "{err}"
+    );
+    assert!(!dir.path().join("missing.sqlite3").exists());
+    let output = eventfold(dir.path(), &["log"]);
+    assert!(!output.status.success());
+    assert!(!dir.path().join("eventfold.sqlite3").exists());
+}
+
+#[test]
+fn log_says_when_nothing_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    stdout(&eventfold(dir.path(), &["migrate"]));
+    let output = eventfold(dir.path(), &["log"]);
+    assert_eq!(stdout(&output), "", "stdout has one line per notification");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(err.trim(), "0 notifications");
+
+    stdout(&eventfold(dir.path(), &["demo"]));
+    let output = eventfold(dir.path(), &["log", "--after", "5"]);
+    assert_eq!(stdout(&output), "");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("0 notifications after id 5"), "{err}");
+}
+
+fn eventfold_with_key(dir: &Path, key: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventfold"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("EVENTFOLD_STORE")
+        .env_remove("EVENTFOLD_SQLITE_PATH")
+        .env_remove("EVENTFOLD_COMPRESSOR")
+        .env_remove("EVENTFOLD_CIPHER_KEY");
+    if let Some(key) = key {
+        command.env("EVENTFOLD_CIPHER_KEY", key);
+    }
+    command.output().expect("the eventfold binary runs")
+}
+
+/// `--payload` shows each record's JSON, decoded through the mapper (the demo writes
+/// zlib); encrypted records read without a key say that the key is missing.
+#[test]
+fn log_payload_shows_the_decoded_json() {
+    let dir = tempfile::tempdir().unwrap();
+    stdout(&eventfold(dir.path(), &["demo"]));
+    let log = stdout(&eventfold(
+        dir.path(),
+        &["log", "--payload", "--topic", "World.SomethingHappened"],
+    ));
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    assert!(
+        lines[0].ends_with(r#"{"SomethingHappened":{"what":"dinosaurs"}}"#),
+        "{log}"
+    );
+
+    let encrypted = tempfile::tempdir().unwrap();
+    let key = eventfold::AesGcmCipher::generate_key();
+    stdout(&eventfold_with_key(encrypted.path(), Some(&key), &["demo"]));
+    let with_key = stdout(&eventfold_with_key(
+        encrypted.path(),
+        Some(&key),
+        &["log", "--payload", "--topic", "World.SomethingHappened"],
+    ));
+    assert!(with_key.contains(r#""what":"covid""#), "{with_key}");
+
+    let output = eventfold_with_key(encrypted.path(), None, &["log", "--payload"]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("no cipher key configured (EVENTFOLD_CIPHER_KEY)"),
+        "{err}"
+    );
+    assert!(err.contains("notification 1"), "{err}");
+    // The plain listing needs no key.
+    stdout(&eventfold_with_key(encrypted.path(), None, &["log"]));
+}
+
+#[test]
+fn a_bad_log_filter_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_eventfold"))
+        .args(["migrate"])
+        .current_dir(dir.path())
+        .env_remove("EVENTFOLD_STORE")
+        .env_remove("EVENTFOLD_SQLITE_PATH")
+        .env("EVENTFOLD_LOG", "eventfold=loud")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("EVENTFOLD_LOG"), "{err}");
+}
+
+/// Errors print each cause once: the core's messages already include their source.
+#[test]
+fn errors_print_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = eventfold(
+        dir.path(),
+        &["--sqlite-path", "/nonexistent/dir/x.db", "migrate"],
+    );
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        err.matches("cannot open /nonexistent/dir/x.db").count(),
+        1,
+        "{err}"
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let text = line
+            .trim_start_matches("error: ")
+            .trim_start_matches("  caused by: ");
+        for earlier in &lines[..i] {
+            assert!(!earlier.contains(text), "repeated {text:?} in {err}");
+        }
+    }
+}

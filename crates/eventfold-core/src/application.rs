@@ -172,7 +172,10 @@ impl<M: Mapper> Repository<M> {
 }
 
 /// Decodes a stored event of `A`, refusing another aggregate type's event.
-pub(crate) fn decode_event<A: Aggregate, M: Mapper>(mapper: &M, event: &StoredEvent) -> Result<A::Event> {
+pub(crate) fn decode_event<A: Aggregate, M: Mapper>(
+    mapper: &M,
+    event: &StoredEvent,
+) -> Result<A::Event> {
     let ours = event
         .topic
         .strip_prefix(A::TYPE)
@@ -397,8 +400,12 @@ impl<M: Mapper> Application<M> {
         tx: &mut Transaction,
         root: &mut Root<A>,
     ) -> Result<Vec<u64>> {
-        self.save_all_in(tx, &mut [root as &mut dyn Saveable<M>], &Metadata::default())
-            .await
+        self.save_all_in(
+            tx,
+            &mut [root as &mut dyn Saveable<M>],
+            &Metadata::default(),
+        )
+        .await
     }
 
     /// Records the aggregates' pending events (and due snapshots, each event with
@@ -464,7 +471,11 @@ impl<M: Mapper> Application<M> {
         self.prepare_with(roots, &Metadata::default())
     }
 
-    fn prepare_with(&self, roots: &[&mut dyn Saveable<M>], metadata: &Metadata) -> Result<Recording> {
+    fn prepare_with(
+        &self,
+        roots: &[&mut dyn Saveable<M>],
+        metadata: &Metadata,
+    ) -> Result<Recording> {
         let mut recording = Recording::default();
         for root in roots {
             let every = self.snapshot_intervals.get(root.aggregate_type()).copied();

@@ -315,7 +315,8 @@ impl<P: Projection> Follower<P> {
             self.set_up = true;
         }
         let mut position = self.store.tracking_position(&name).await?.unwrap_or(0);
-        let query = NotificationQuery::after(position, self.batch_size).topics(self.projection.topics());
+        let query =
+            NotificationQuery::after(position, self.batch_size).topics(self.projection.topics());
         let mut processed = 0;
         loop {
             let batch = self

@@ -75,7 +75,11 @@ struct Staged {
 impl Staged {
     fn latest_version(&self, inner: &Inner, stream_id: &str) -> u64 {
         let stored = inner.streams.get(stream_id).map_or(0, |s| s.events.len()) as u64;
-        let staged = self.events.iter().filter(|e| e.stream_id == stream_id).count() as u64;
+        let staged = self
+            .events
+            .iter()
+            .filter(|e| e.stream_id == stream_id)
+            .count() as u64;
         stored + staged
     }
 
@@ -249,7 +253,9 @@ impl NotificationReader for InMemoryStore {
         let start = (query.after as usize).min(inner.log.len());
         let end = query
             .before
-            .map_or(inner.log.len(), |b| (b.saturating_sub(1) as usize).min(inner.log.len()))
+            .map_or(inner.log.len(), |b| {
+                (b.saturating_sub(1) as usize).min(inner.log.len())
+            })
             .max(start);
         let in_range = inner.log[start..end]
             .iter()
@@ -337,7 +343,11 @@ impl StoreTransaction for InMemoryTransaction {
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
-        let InMemoryTransaction { store, _turn, staged } = *self;
+        let InMemoryTransaction {
+            store,
+            _turn,
+            staged,
+        } = *self;
         let recorded = !staged.events.is_empty();
         staged.apply(&mut store.lock());
         drop(_turn);

@@ -98,7 +98,15 @@ impl Metadata {
 
     /// The JSON text stores keep, or `None` when empty.
     pub fn to_json(&self) -> Option<String> {
-        (!self.is_empty()).then(|| serde_json::Value::from(self.0.clone().into_iter().collect::<serde_json::Map<_, _>>()).to_string())
+        (!self.is_empty()).then(|| {
+            serde_json::Value::from(
+                self.0
+                    .clone()
+                    .into_iter()
+                    .collect::<serde_json::Map<_, _>>(),
+            )
+            .to_string()
+        })
     }
 
     /// Parses what [`Metadata::to_json`] wrote (`None` or empty text is empty metadata).
@@ -792,4 +800,3 @@ pub fn error_chain<'a>(
 ) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
     std::iter::successors(Some(error), |e| e.source())
 }
-

@@ -20,7 +20,7 @@ pub enum Ordering {
     /// What the Python `eventsourcing` library does: every recording transaction takes
     /// `LOCK TABLE events IN EXCLUSIVE MODE` and holds it through its commit, so one
     /// writer commits at a time. Kept so the two can be measured against each other
-    /// (see [`crate::bench`]); its writers announce themselves too, so mixing the two
+    /// (`eventfold bench pg-writers`); its writers announce themselves too, so mixing the two
     /// modes on one set of tables stays safe.
     TableLock,
 }
@@ -150,13 +150,41 @@ impl PostgresConfig {
         redact_url(&self.url)
     }
 
-    /// Checks the schema and prefix: ASCII letters, digits and `_`, the schema not starting
-    /// with a digit, and every derived name short enough for PostgreSQL (63 bytes).
+    /// Checks the settings without connecting: the URL is a `postgres://` (or
+    /// `postgresql://`) URL that parses; schema and prefix are ASCII letters, digits and
+    /// `_`, the schema not starting with a digit, and every derived name short enough for
+    /// PostgreSQL (63 bytes); the pool and the connect timeout are above zero.
+    ///
+    /// The errors are [`Error::Config`] naming the field at fault (`url`, `schema`,
+    /// `table_prefix`, `max_connections`, `connect_timeout`); `eventfold::Config` reports
+    /// them under the environment variable the value came from.
     pub fn validate(&self) -> Result<()> {
         let bad = |variable: &str, message: String| Error::Config {
             variable: variable.to_owned(),
             message,
         };
+        let scheme = self.url.split_once("://").map(|(scheme, _)| scheme);
+        if !matches!(scheme, Some("postgres" | "postgresql")) {
+            return Err(bad(
+                "url",
+                match scheme {
+                    Some(scheme) => format!(
+                        "unsupported scheme {scheme}:// in {}; expected postgres:// or postgresql://",
+                        self.redacted_url()
+                    ),
+                    None => format!(
+                        "{:?} is not a URL; expected postgres://user@host/database",
+                        self.redacted_url()
+                    ),
+                },
+            ));
+        }
+        if let Err(e) = self.url.parse::<sqlx::postgres::PgConnectOptions>() {
+            return Err(bad(
+                "url",
+                format!("cannot parse {}: {e}", self.redacted_url()),
+            ));
+        }
         let word = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if self.schema.is_empty()
             || !word(&self.schema)
@@ -272,6 +300,27 @@ mod tests {
         c.table_prefix = "ok_".into();
         c.connect_timeout = Duration::ZERO;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn validates_the_url() {
+        let field_of = |url: &str| match PostgresConfig::new(url).validate() {
+            Err(Error::Config { variable, message }) => (variable, message),
+            other => panic!("{url}: expected a configuration error, got {other:?}"),
+        };
+        let (variable, message) = field_of("mysql://app:secret@db/orders");
+        assert_eq!(variable, "url");
+        assert!(message.contains("mysql://"), "{message}");
+        assert!(
+            !message.contains("secret"),
+            "the password stays hidden: {message}"
+        );
+        let (variable, message) = field_of("db.internal/orders");
+        assert_eq!(variable, "url");
+        assert!(message.contains("not a URL"), "{message}");
+        assert!(PostgresConfig::new("postgresql://app@db/orders")
+            .validate()
+            .is_ok());
     }
 
     #[test]

@@ -259,8 +259,8 @@
 //! `load` and per `select_notifications`, 1.4 per `record` (the extra 0.4 is the
 //! coalesced NOTIFY of the background sender and its pool ping).
 //!
-//! Where a command's time goes (`examples/anatomy.rs`: interleaved rounds of each piece,
-//! medians, on the shared 2-vCPU VM, so ±20%). On a current-thread runtime, as `eventfold
+//! Where a command's time goes (`eventfold-bench`'s `examples/anatomy.rs`: interleaved
+//! rounds of each piece, medians, on the shared 2-vCPU VM, so ±20%). On a current-thread runtime, as `eventfold
 //! bench` runs: a bare single-row INSERT commit ~190–215 µs, ~40–50 µs of it without the
 //! WAL flush (`synchronous_commit = off`); a `SELECT 1` round trip ~13–19 µs; `load`
 //! ~30–40 µs; `record` of one event ~230–380 µs, ~90–115 µs without the flush. Inside the
@@ -317,9 +317,9 @@
 //!
 //! # Benchmarks
 //!
-//! [`bench`](mod@bench) has the building blocks `eventfold bench` calls: the bare single-row commit
-//! rate of the server, and 1/4/16 concurrent writers with either ordering.
-//! `examples/bench_writers.rs` prints the whole matrix.
+//! The unpublished `eventfold-bench` crate has the building blocks `eventfold bench` calls:
+//! the bare single-row commit rate of the server, and 1/4/16 concurrent writers with either
+//! ordering. Its `examples/bench_writers.rs` prints the whole matrix.
 //!
 //! Measured on the project's 2-vCPU VM (PostgreSQL 15, default settings: `fsync` and
 //! `synchronous_commit` on) with schema version 4, in one batch of
@@ -350,14 +350,12 @@ mod schema;
 mod store;
 mod wakeup;
 
-pub mod bench;
-
 pub use config::{redact_url, Ordering, PostgresConfig};
 pub use schema::{MigrationReport, SCHEMA_VERSION};
 pub use store::{PostgresStore, PostgresTransaction, PostgresTransactionExt};
 pub use wakeup::{LISTENER_APPLICATION_NAME, NOTIFIER_APPLICATION_NAME};
 
-/// The backend name in errors and benchmarks.
+/// The backend name in errors (and in `eventfold-bench`'s).
 pub const BACKEND: &str = "postgres";
 
 /// The public futures can be spawned on a multi-threaded runtime (sqlx's generic
@@ -367,8 +365,7 @@ pub const BACKEND: &str = "postgres";
 mod send_checks {
     use eventfold_core::{Application, Recording};
 
-    use crate::bench::{self, BenchLength};
-    use crate::{Ordering, PostgresConfig, PostgresStore};
+    use crate::{PostgresConfig, PostgresStore};
 
     #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
     struct Probe;
@@ -409,11 +406,6 @@ mod send_checks {
                 .await?;
             tx.record(&Recording::new()).await?;
             tx.commit().await
-        });
-        let c = config.clone();
-        tokio::spawn(async move { bench::bare_insert_commit_rate(&c.url, 1).await });
-        tokio::spawn(async move {
-            bench::concurrent_writers(&config, 1, Ordering::TableLock, BenchLength::Count(1)).await
         });
     }
 }

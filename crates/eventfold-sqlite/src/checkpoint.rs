@@ -14,10 +14,11 @@
 //! The write connection keeps SQLite's own checkpoint as a safety net at a higher
 //! threshold, and any other process on the file checkpoints as usual.
 //!
-//! Measured on the 2-core VM with `examples/store_loop` (one load and one single-event
-//! record per command), in runs paired back to back: 43–66 µs per command with this
-//! thread against 61–102 µs with SQLite's own checkpoints in the commit, and 39–49 µs
-//! with `synchronous = OFF`, which never syncs (the spread is other work on the VM).
+//! Measured on the 2-core VM with `eventfold-bench`'s `examples/store_loop.rs` (one load
+//! and one single-event record per command), in runs paired back to back: 43–66 µs per
+//! command with this thread against 61–102 µs with SQLite's own checkpoints in the
+//! commit, and 39–49 µs with `synchronous = OFF`, which never syncs (the spread is other
+//! work on the VM).
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Weak;

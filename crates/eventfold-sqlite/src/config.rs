@@ -3,12 +3,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use eventfold_core::{Error, Result};
+
 /// Settings for [`crate::SqliteStore::open`].
 ///
 /// [`SqliteConfig::new`] gives the defaults that suit almost every application: create
 /// the tables when missing, WAL with `synchronous = NORMAL`, wait up to 5 s for another
-/// process's write lock.
+/// process's write lock. Change a setting by assigning its field:
+///
+/// ```
+/// let mut config = eventfold_sqlite::SqliteConfig::new("app.db");
+/// config.synchronous = eventfold_sqlite::Synchronous::Full;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SqliteConfig {
     /// The database file; created if missing (its folder must exist).
     pub path: PathBuf,
@@ -33,6 +41,38 @@ impl SqliteConfig {
             synchronous: Synchronous::default(),
             busy_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Checks the settings without opening the file: the path must not be empty (SQLite
+    /// would open a temporary database that is gone when the store closes).
+    ///
+    /// The error is [`Error::Config`] naming the field (`path`); `eventfold::Config`
+    /// reports it under `EVENTFOLD_SQLITE_PATH` when the value came from there.
+    pub fn validate(&self) -> Result<()> {
+        if self.path.as_os_str().is_empty() {
+            return Err(Error::Config {
+                variable: "path".to_owned(),
+                message: "is empty; name the database file, e.g. eventfold.sqlite3 \
+                          (an empty path would be a temporary database, lost on close)"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_path_is_refused() {
+        assert!(SqliteConfig::new("events.sqlite3").validate().is_ok());
+        let err = SqliteConfig::new("").validate().unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { variable, .. } if variable == "path"),
+            "{err:?}"
+        );
     }
 }
 

@@ -44,6 +44,10 @@ const MIGRATIONS: &[&str] = &[
         follower TEXT NOT NULL PRIMARY KEY,
         position INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 2: record metadata (correlation ids, headers) beside each event, as JSON text;
+    // NULL for empty metadata and for every event written before this step. Adding a
+    // nullable column without a default rewrites no row.
+    "ALTER TABLE events ADD COLUMN metadata TEXT;",
 ];
 
 /// The schema version this build reads and writes.
@@ -58,12 +62,21 @@ pub(crate) const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
 pub(crate) const COMMIT: &str = "COMMIT";
 pub(crate) const ROLLBACK: &str = "ROLLBACK";
 
+pub(crate) const SAVEPOINT: &str = "SAVEPOINT eventfold_record";
+pub(crate) const RELEASE: &str = "RELEASE eventfold_record";
+pub(crate) const ROLLBACK_TO: &str = "ROLLBACK TO eventfold_record";
+
 /// Inserts one event if it continues its stream (version 1, or the previous version
 /// exists): 0 rows changed means a gap, a unique violation means the version is taken.
 pub(crate) const INSERT_EVENT: &str =
-    "INSERT INTO events (stream_id, version, topic, timestamp, state) \
-     SELECT ?1, ?2, ?3, ?4, ?5 \
+    "INSERT INTO events (stream_id, version, topic, timestamp, state, metadata) \
+     SELECT ?1, ?2, ?3, ?4, ?5, ?6 \
      WHERE ?2 = 1 OR EXISTS (SELECT 1 FROM events WHERE stream_id = ?1 AND version = ?2 - 1)";
+/// Inserts one event at the next version of its stream. SQLite has one writer at a time,
+/// so no other writer can take that version between the `MAX` and the insert.
+pub(crate) const APPEND_EVENT: &str =
+    "INSERT INTO events (stream_id, version, topic, timestamp, state, metadata) \
+     SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4, ?5 FROM events WHERE stream_id = ?1";
 pub(crate) const INSERT_SNAPSHOT: &str =
     "INSERT INTO snapshots (stream_id, version, topic, timestamp, state) \
      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (stream_id, version) DO NOTHING";
@@ -71,49 +84,69 @@ pub(crate) const MOVE_TRACKING: &str = "INSERT INTO tracking (follower, position
      ON CONFLICT (follower) DO UPDATE SET position = excluded.position \
      WHERE excluded.position > tracking.position";
 pub(crate) const TRACKING_POSITION: &str = "SELECT position FROM tracking WHERE follower = ?1";
+pub(crate) const FOLLOWERS: &str = "SELECT follower, position FROM tracking ORDER BY follower";
 
 // Per-stream reads: ?1 stream, ?2 after (exclusive), ?3 up to (inclusive), ?4 limit (-1 = none).
-pub(crate) const EVENTS_ASC: &str = "SELECT version, topic, timestamp, state FROM events \
+// Every record read has the columns `version, topic, timestamp, state, metadata`
+// (snapshots have no metadata: NULL).
+pub(crate) const EVENTS_ASC: &str =
+    "SELECT version, topic, timestamp, state, metadata FROM events \
      WHERE stream_id = ?1 AND version > ?2 AND version <= ?3 ORDER BY version ASC LIMIT ?4";
-pub(crate) const EVENTS_DESC: &str = "SELECT version, topic, timestamp, state FROM events \
+pub(crate) const EVENTS_DESC: &str =
+    "SELECT version, topic, timestamp, state, metadata FROM events \
      WHERE stream_id = ?1 AND version > ?2 AND version <= ?3 ORDER BY version DESC LIMIT ?4";
-pub(crate) const SNAPSHOTS_ASC: &str = "SELECT version, topic, timestamp, state FROM snapshots \
+pub(crate) const SNAPSHOTS_ASC: &str =
+    "SELECT version, topic, timestamp, state, NULL FROM snapshots \
      WHERE stream_id = ?1 AND version > ?2 AND version <= ?3 ORDER BY version ASC LIMIT ?4";
-pub(crate) const SNAPSHOTS_DESC: &str = "SELECT version, topic, timestamp, state FROM snapshots \
+pub(crate) const SNAPSHOTS_DESC: &str =
+    "SELECT version, topic, timestamp, state, NULL FROM snapshots \
      WHERE stream_id = ?1 AND version > ?2 AND version <= ?3 ORDER BY version DESC LIMIT ?4";
 
 /// The latest snapshot at or below ?2 (first column 1) and the events after it up to ?2
 /// (first column 0), in one statement, hence one consistent read.
-pub(crate) const LOAD: &str = "SELECT 1, version, topic, timestamp, state FROM ( \
+pub(crate) const LOAD: &str = "SELECT 1, version, topic, timestamp, state, NULL FROM ( \
          SELECT version, topic, timestamp, state FROM snapshots \
          WHERE stream_id = ?1 AND version <= ?2 ORDER BY version DESC LIMIT 1) \
      UNION ALL \
-     SELECT 0, version, topic, timestamp, state FROM events \
+     SELECT 0, version, topic, timestamp, state, metadata FROM events \
      WHERE stream_id = ?1 AND version <= ?2 AND version > ( \
          SELECT COALESCE(MAX(version), 0) FROM snapshots WHERE stream_id = ?1 AND version <= ?2)";
 
-// The notification log: ?1 after, ?2 limit, ?3 topics as a JSON array.
-pub(crate) const NOTIFICATIONS: &str =
-    "SELECT id, stream_id, version, topic, timestamp, state FROM events \
-     WHERE id > ?1 ORDER BY id LIMIT ?2";
-pub(crate) const NOTIFICATIONS_BY_TOPIC: &str =
-    "SELECT id, stream_id, version, topic, timestamp, state FROM events \
-     WHERE id > ?1 AND topic IN (SELECT value FROM json_each(?3)) ORDER BY id LIMIT ?2";
+// The notification log: ?1 after (exclusive), ?2 before (exclusive), ?3 limit, ?4 topics
+// as a JSON array.
+pub(crate) const NOTIFICATIONS_ASC: &str =
+    "SELECT id, stream_id, version, topic, timestamp, state, metadata FROM events \
+     WHERE id > ?1 AND id < ?2 ORDER BY id ASC LIMIT ?3";
+pub(crate) const NOTIFICATIONS_DESC: &str =
+    "SELECT id, stream_id, version, topic, timestamp, state, metadata FROM events \
+     WHERE id > ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3";
+pub(crate) const NOTIFICATIONS_BY_TOPIC_ASC: &str =
+    "SELECT id, stream_id, version, topic, timestamp, state, metadata FROM events \
+     WHERE id > ?1 AND id < ?2 AND topic IN (SELECT value FROM json_each(?4)) \
+     ORDER BY id ASC LIMIT ?3";
+pub(crate) const NOTIFICATIONS_BY_TOPIC_DESC: &str =
+    "SELECT id, stream_id, version, topic, timestamp, state, metadata FROM events \
+     WHERE id > ?1 AND id < ?2 AND topic IN (SELECT value FROM json_each(?4)) \
+     ORDER BY id DESC LIMIT ?3";
 pub(crate) const MAX_NOTIFICATION_ID: &str = "SELECT COALESCE(MAX(id), 0) FROM events";
 
 /// Every statement the store runs, to check the schema and warm a connection's cache.
 const STATEMENTS: &[&str] = &[
     INSERT_EVENT,
+    APPEND_EVENT,
     INSERT_SNAPSHOT,
     MOVE_TRACKING,
     TRACKING_POSITION,
+    FOLLOWERS,
     EVENTS_ASC,
     EVENTS_DESC,
     SNAPSHOTS_ASC,
     SNAPSHOTS_DESC,
     LOAD,
-    NOTIFICATIONS,
-    NOTIFICATIONS_BY_TOPIC,
+    NOTIFICATIONS_ASC,
+    NOTIFICATIONS_DESC,
+    NOTIFICATIONS_BY_TOPIC_ASC,
+    NOTIFICATIONS_BY_TOPIC_DESC,
     MAX_NOTIFICATION_ID,
 ];
 

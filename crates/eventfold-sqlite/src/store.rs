@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eventfold_core::{
-    Conflict, Error, EventReader, EventWriter, Loaded, Notification, NotificationQuery,
-    NotificationReader, ProjectionStore, Recording, Result, Store, StoredEvent, StreamQuery,
-    Timestamp, Tracking, TrackingReader,
+    error_chain, CodecError, Conflict, Error, EventReader, EventWriter, Loaded, Metadata,
+    Notification, NotificationQuery, NotificationReader, RecordKind, Recording, Result, Store,
+    StoredEvent, StreamQuery, Timestamp, Tracking, TrackingReader, Transaction,
 };
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row};
@@ -20,7 +20,7 @@ use crate::checkpoint::{self, Checkpointer};
 use crate::config::{SqliteConfig, Synchronous};
 use crate::schema::{self, MigrationReport};
 use crate::transaction::SqliteTransaction;
-use crate::{sql_error, OpenError};
+use crate::{is_busy, sql_error, OpenError};
 
 /// Reader connections per store, opened on first use. Readers never block each other or
 /// the writer in WAL mode; more than the cores that run tasks would only sit idle.
@@ -117,16 +117,19 @@ fn open_connection(
         Ok(conn)
     };
     setup().map_err(|source| {
-        Error::backend(
-            "sqlite",
-            OpenError {
-                path: match location {
-                    Location::File(path) => path.display().to_string(),
-                    Location::Memory(uri) => uri.clone(),
-                },
-                source,
+        let busy = is_busy(&source);
+        let error = OpenError {
+            path: match location {
+                Location::File(path) => path.display().to_string(),
+                Location::Memory(uri) => uri.clone(),
             },
-        )
+            source,
+        };
+        if busy {
+            Error::transient("sqlite", error)
+        } else {
+            Error::backend("sqlite", error)
+        }
     })
 }
 
@@ -162,7 +165,7 @@ impl SqliteStore {
     /// A fresh, private, empty store in memory, gone when the last clone drops: for tests.
     ///
     /// It uses SQLite's `memdb` storage, shared by the store's connections (so a
-    /// projection transaction and concurrent reads behave as with a file), in rollback-
+    /// transaction and concurrent reads behave as with a file), in rollback-
     /// journal mode since `memdb` has no WAL. Each call gets its own database.
     pub fn open_in_memory() -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -227,7 +230,7 @@ impl SqliteStore {
     }
 
     /// After a commit: let the checkpoint thread know the log grew.
-    fn committed(&self) {
+    pub(crate) fn committed(&self) {
         if let Some(checkpointer) = &self.inner.checkpointer {
             checkpointer.poke();
         }
@@ -286,22 +289,54 @@ impl SqliteStore {
     /// Runs a short read inline: on the write connection if it is idle (its page cache is
     /// still valid after its own commits, where another connection would have to reread
     /// the pages), else on a reader.
-    async fn read_short<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+    async fn read_short<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> std::result::Result<T, Failure>,
+    ) -> Result<T> {
         if let Ok(conn) = self.inner.writer.try_lock() {
-            return f(&conn).map_err(sql_error);
+            return f(&conn).map_err(Error::from);
         }
         self.read(f).await
     }
 
     /// Runs `f` on a reader connection, inline: a statement takes microseconds, less than
     /// a hop to another thread would.
-    async fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+    async fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> std::result::Result<T, Failure>,
+    ) -> Result<T> {
         let mut guard = self.reader().await;
         let conn = match &mut *guard {
             Some(conn) => conn,
             slot => slot.insert(self.inner.open_connection(Role::Reader)?),
         };
-        f(conn).map_err(sql_error)
+        f(conn).map_err(Error::from)
+    }
+
+    /// Wakes the followers of this process: new notifications were committed.
+    pub(crate) fn wake_followers(&self) {
+        self.inner.wakeups.notify_waiters();
+    }
+}
+
+/// Why a read failed: the driver, or a stored value it could not decode.
+pub(crate) enum Failure {
+    Sql(rusqlite::Error),
+    Store(Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(error: rusqlite::Error) -> Self {
+        Failure::Sql(error)
+    }
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Sql(e) => sql_error(e),
+            Failure::Store(e) => e,
+        }
     }
 }
 
@@ -314,8 +349,12 @@ fn limit(value: Option<usize>) -> i64 {
     value.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX))
 }
 
-/// Reads `version, topic, timestamp, state` starting at column `first`.
-fn read_record(row: &Row<'_>, stream_id: String, first: usize) -> rusqlite::Result<StoredEvent> {
+/// Reads `version, topic, timestamp, state, metadata` starting at column `first`.
+fn read_record(
+    row: &Row<'_>,
+    stream_id: String,
+    first: usize,
+) -> std::result::Result<StoredEvent, Failure> {
     let state = match row.get_ref(first + 3)? {
         ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes.to_vec(),
         other => {
@@ -323,16 +362,43 @@ fn read_record(row: &Row<'_>, stream_id: String, first: usize) -> rusqlite::Resu
                 first + 3,
                 other.data_type(),
                 "state is neither a BLOB nor TEXT".into(),
-            ))
+            )
+            .into())
         }
     };
-    Ok(StoredEvent {
+    let version: u64 = row.get(first)?;
+    let metadata = match row.get_ref(first + 4)? {
+        ValueRef::Null => Metadata::new(),
+        value => read_metadata(value).map_err(|source| {
+            Failure::Store(Error::Decode {
+                kind: RecordKind::Metadata,
+                stream_id: stream_id.clone(),
+                version,
+                source: CodecError::Json(source),
+            })
+        })?,
+    };
+    Ok(StoredEvent::new(
         stream_id,
-        version: row.get(first)?,
-        topic: row.get(first + 1)?,
-        timestamp: Timestamp::from_micros(row.get(first + 2)?),
+        version,
+        row.get::<_, String>(first + 1)?,
+        Timestamp::from_micros(row.get(first + 2)?),
         state,
-    })
+    )
+    .with_metadata(metadata))
+}
+
+/// Parses a stored metadata value; what is not JSON text of an object is an error.
+fn read_metadata(value: ValueRef<'_>) -> std::result::Result<Metadata, serde_json::Error> {
+    match value {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => Metadata::from_json(Some(text)),
+            Err(_) => serde_json::from_slice(bytes),
+        },
+        ValueRef::Integer(i) => serde_json::from_str(&i.to_string()),
+        ValueRef::Real(f) => serde_json::from_str(&f.to_string()),
+        ValueRef::Null => Ok(Metadata::new()),
+    }
 }
 
 fn select_stream(
@@ -340,7 +406,7 @@ fn select_stream(
     sql: &str,
     stream_id: &str,
     query: StreamQuery,
-) -> rusqlite::Result<Vec<StoredEvent>> {
+) -> std::result::Result<Vec<StoredEvent>, Failure> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params![
         stream_id,
@@ -378,7 +444,7 @@ fn conflict(recording: &Recording) -> Error {
             None => expected.push((event.stream_id.clone(), before)),
         }
     }
-    Error::Conflict(Conflict::new(expected))
+    Error::Conflict(Conflict::streams(expected))
 }
 
 /// Moves a follower forward inside the caller's transaction, or fails with a conflict
@@ -393,17 +459,20 @@ fn move_tracking(conn: &Connection, tracking: &Tracking) -> Result<()> {
             .prepare_cached(schema::TRACKING_POSITION)
             .and_then(|mut stmt| stmt.query_row([&tracking.follower], |row| row.get(0)))
             .map_err(sql_error)?;
-        return Err(Error::Conflict(Conflict::new(vec![(
-            format!("tracking:{}", tracking.follower),
+        return Err(Error::Conflict(Conflict::tracking(
+            tracking.follower.clone(),
+            tracking.position,
             current,
-        )])));
+        )));
     }
     Ok(())
 }
 
-/// Writes a recording inside an open transaction; returns the new notification ids.
-fn write_recording(conn: &Connection, recording: &Recording) -> Result<Vec<u64>> {
-    let mut ids = Vec::with_capacity(recording.events.len());
+/// Writes a recording inside an open transaction; returns the new notification ids (of
+/// the events, then of the appends). On error the caller rolls back: a statement may have
+/// been written before the failing one.
+pub(crate) fn write_recording(conn: &Connection, recording: &Recording) -> Result<Vec<u64>> {
+    let mut ids = Vec::with_capacity(recording.notification_count());
     if !recording.events.is_empty() {
         let mut insert = conn
             .prepare_cached(schema::INSERT_EVENT)
@@ -417,12 +486,31 @@ fn write_recording(conn: &Connection, recording: &Recording) -> Result<Vec<u64>>
                 event.topic,
                 event.timestamp.as_micros(),
                 event.state,
+                event.metadata.to_json(),
             ]) {
                 Ok(1) => ids.push(conn.last_insert_rowid() as u64),
                 Ok(_) => return Err(conflict(recording)),
                 Err(e) if is_unique_violation(&e) => return Err(conflict(recording)),
                 Err(e) => return Err(sql_error(e)),
             }
+        }
+    }
+    if !recording.appends.is_empty() {
+        let mut append = conn
+            .prepare_cached(schema::APPEND_EVENT)
+            .map_err(sql_error)?;
+        for event in &recording.appends {
+            // The next version is read and taken in one statement, under the one writer.
+            append
+                .execute(params![
+                    event.stream_id,
+                    event.topic,
+                    event.timestamp.as_micros(),
+                    event.state,
+                    event.metadata.to_json(),
+                ])
+                .map_err(sql_error)?;
+            ids.push(conn.last_insert_rowid() as u64);
         }
     }
     if !recording.snapshots.is_empty() {
@@ -479,21 +567,21 @@ impl EventReader for SqliteStore {
         self.read_short(|conn| {
             let mut stmt = conn.prepare_cached(schema::LOAD)?;
             let mut rows = stmt.query(params![stream_id, bound(up_to.unwrap_or(u64::MAX))])?;
-            let mut loaded = Loaded::default();
+            let (mut snapshot, mut events) = (None, Vec::new());
             while let Some(row) = rows.next()? {
                 let is_snapshot: bool = row.get(0)?;
                 let record = read_record(row, stream_id.to_owned(), 1)?;
                 if is_snapshot {
-                    loaded.snapshot = Some(record);
+                    snapshot = Some(record);
                 } else {
-                    loaded.events.push(record);
+                    events.push(record);
                 }
             }
             // The index yields versions in order; SQL does not promise it for UNION ALL.
-            if !loaded.events.is_sorted_by_key(|e| e.version) {
-                loaded.events.sort_by_key(|e| e.version);
+            if !events.is_sorted_by_key(|e| e.version) {
+                events.sort_by_key(|e| e.version);
             }
-            Ok(loaded)
+            Ok(Loaded::new(snapshot, events))
         })
         .await
     }
@@ -527,11 +615,11 @@ impl EventWriter for SqliteStore {
     }
 }
 
-fn read_notification(row: &Row<'_>) -> rusqlite::Result<Notification> {
-    Ok(Notification {
-        id: row.get(0)?,
-        event: read_record(row, row.get(1)?, 2)?,
-    })
+fn read_notification(row: &Row<'_>) -> std::result::Result<Notification, Failure> {
+    Ok(Notification::new(
+        row.get(0)?,
+        read_record(row, row.get(1)?, 2)?,
+    ))
 }
 
 #[async_trait]
@@ -547,17 +635,26 @@ impl NotificationReader for SqliteStore {
             Some(serde_json::to_string(&query.topics).map_err(|e| Error::backend("sqlite", e))?)
         };
         let after = bound(query.after);
+        let before = bound(query.before.unwrap_or(u64::MAX));
         let limit = limit(Some(query.limit));
         self.read(|conn| {
             let mut stmt;
             let mut rows = match &topics {
                 None => {
-                    stmt = conn.prepare_cached(schema::NOTIFICATIONS)?;
-                    stmt.query(params![after, limit])?
+                    stmt = conn.prepare_cached(if query.descending {
+                        schema::NOTIFICATIONS_DESC
+                    } else {
+                        schema::NOTIFICATIONS_ASC
+                    })?;
+                    stmt.query(params![after, before, limit])?
                 }
                 Some(topics) => {
-                    stmt = conn.prepare_cached(schema::NOTIFICATIONS_BY_TOPIC)?;
-                    stmt.query(params![after, limit, topics])?
+                    stmt = conn.prepare_cached(if query.descending {
+                        schema::NOTIFICATIONS_BY_TOPIC_DESC
+                    } else {
+                        schema::NOTIFICATIONS_BY_TOPIC_ASC
+                    })?;
+                    stmt.query(params![after, before, limit, topics])?
                 }
             };
             let mut notifications = Vec::with_capacity(query.limit.min(1024));
@@ -571,8 +668,9 @@ impl NotificationReader for SqliteStore {
 
     async fn max_notification_id(&self) -> Result<u64> {
         self.read_short(|conn| {
-            conn.prepare_cached(schema::MAX_NOTIFICATION_ID)?
-                .query_row([], |row| row.get(0))
+            Ok(conn
+                .prepare_cached(schema::MAX_NOTIFICATION_ID)?
+                .query_row([], |row| row.get(0))?)
         })
         .await
     }
@@ -590,38 +688,43 @@ impl TrackingReader for SqliteStore {
         self.read_short(|conn| {
             let mut stmt = conn.prepare_cached(schema::TRACKING_POSITION)?;
             let mut rows = stmt.query([follower])?;
-            rows.next()?.map(|row| row.get(0)).transpose()
+            Ok(rows.next()?.map(|row| row.get(0)).transpose()?)
+        })
+        .await
+    }
+
+    async fn followers(&self) -> Result<Vec<Tracking>> {
+        self.read_short(|conn| {
+            let mut stmt = conn.prepare_cached(schema::FOLLOWERS)?;
+            let mut rows = stmt.query([])?;
+            let mut followers = Vec::new();
+            while let Some(row) = rows.next()? {
+                followers.push(Tracking::new(row.get::<_, String>(0)?, row.get(1)?));
+            }
+            Ok(followers)
         })
         .await
     }
 }
 
+#[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
-}
-
-#[async_trait]
-impl ProjectionStore for SqliteStore {
-    type Transaction = SqliteTransaction;
 
     /// Takes the write connection (waiting for in-process writers) and runs
-    /// `BEGIN IMMEDIATE` on it.
-    async fn begin(&self) -> Result<SqliteTransaction> {
+    /// `BEGIN IMMEDIATE` on it: see [`SqliteTransaction`].
+    async fn begin(&self) -> Result<Transaction> {
         let conn = self.inner.writer.clone().lock_owned().await;
-        SqliteTransaction::begin(conn).map_err(sql_error)
+        let tx = SqliteTransaction::begin(self.clone(), conn).map_err(sql_error)?;
+        Ok(Transaction::new(tx))
     }
 
-    async fn commit(&self, tx: SqliteTransaction, tracking: &Tracking) -> Result<()> {
-        // On any error `tx` drops here and rolls back.
-        move_tracking(tx.connection(), tracking)?;
-        tx.commit().map_err(sql_error)?;
-        self.committed();
-        Ok(())
-    }
-
-    async fn position(&self, follower: &str) -> Result<Option<u64>> {
-        self.tracking_position(follower).await
+    /// True when `error` or one of its sources is a [`rusqlite::Error`] with the code
+    /// `SQLITE_BUSY` or `SQLITE_LOCKED`: another connection held a lock the statement
+    /// needed for longer than the busy timeout.
+    fn is_transient_error(&self, error: &(dyn std::error::Error + 'static)) -> bool {
+        error_chain(error).any(|e| e.downcast_ref::<rusqlite::Error>().is_some_and(is_busy))
     }
 }

@@ -1,7 +1,7 @@
 //! Configuration by environment or builder: which store, where, compression, encryption,
 //! snapshot intervals, cache.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use eventfold_core::{
@@ -89,9 +89,9 @@ impl StoreHandle {
 /// | variable | values | default |
 /// |---|---|---|
 /// | `EVENTFOLD_STORE` | `memory`, `sqlite`, `postgres` | `sqlite` |
-/// | `EVENTFOLD_SQLITE_PATH` | file path | `eventfold.sqlite3` |
+/// | `EVENTFOLD_SQLITE_PATH` | file path, not empty | `eventfold.sqlite3` |
 /// | `EVENTFOLD_SQLITE_SYNCHRONOUS` | `off`, `normal`, `full` | `normal` (with WAL) |
-/// | `EVENTFOLD_DATABASE_URL` (or `DATABASE_URL`) | `postgres://...` | required for `postgres` |
+/// | `EVENTFOLD_DATABASE_URL` (or `DATABASE_URL`) | `postgres://...` or `postgresql://...` | required for `postgres` |
 /// | `EVENTFOLD_POSTGRES_SCHEMA` | schema name | `public` |
 /// | `EVENTFOLD_TABLE_PREFIX` | table name prefix | `eventfold_` |
 /// | `EVENTFOLD_POSTGRES_MAX_CONNECTIONS` | pool size | `10` |
@@ -102,15 +102,27 @@ impl StoreHandle {
 /// | `EVENTFOLD_CREATE_TABLES` | `true`, `false` | `true` |
 /// | `EVENTFOLD_COMPRESSOR` | `none`, `zlib` | `none` |
 /// | `EVENTFOLD_CIPHER_KEY` | base64 of 32 bytes (AES-256-GCM) | none |
-/// | `EVENTFOLD_SNAPSHOT_INTERVALS` | `World=5,Dog=10` | none |
+/// | `EVENTFOLD_SNAPSHOT_INTERVALS` | `World=5,Dog=10`: declared types only (see [`Config::aggregate`]) | none |
 /// | `EVENTFOLD_CACHE_SIZE` | aggregates kept in memory | `0` (off) |
 /// | `EVENTFOLD_CACHE_FASTFORWARD` | `true`: a cache hit reads newer events first; `false`: for a single writer, no read (a stale copy fails its save with a conflict) | `true` |
+///
+/// A bad value is an [`Error::Config`] whose `variable` is the environment variable it came
+/// from (a store setting's own check, such as the schema name, is reported under
+/// `EVENTFOLD_POSTGRES_SCHEMA`); values set with the builder keep the setting's name
+/// (`schema`, `path`, ...). Variables set to the empty string count as unset, except
+/// `EVENTFOLD_SQLITE_PATH`, where an empty value is an error.
 #[derive(Debug, Clone)]
 pub struct Config {
     store: StoreConfig,
     compress: bool,
     cipher_key: Option<String>,
     snapshot_intervals: HashMap<String, u64>,
+    /// Names read from `EVENTFOLD_SNAPSHOT_INTERVALS`, checked against `aggregate_types`
+    /// when the application is built.
+    env_snapshot_names: Vec<String>,
+    /// Aggregate types the program declared (`aggregate`, `snapshot_every`,
+    /// `snapshot_interval`).
+    aggregate_types: BTreeSet<String>,
     cache_size: usize,
     cache_fastforward: bool,
 }
@@ -140,6 +152,21 @@ fn parse_seconds(variable: &str, value: &str) -> Result<std::time::Duration> {
         })
 }
 
+/// Reports a store setting's own error (which names its field, such as `schema`) under
+/// the environment variable the value came from.
+fn from_variable(error: Error, fields: &[(&str, &str)]) -> Error {
+    match error {
+        Error::Config { variable, message } => {
+            let variable = fields
+                .iter()
+                .find(|(field, _)| *field == variable)
+                .map_or(variable, |(_, name)| (*name).to_owned());
+            Error::Config { variable, message }
+        }
+        other => other,
+    }
+}
+
 fn parse_bool(variable: &str, value: &str) -> Result<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" | "y" => Ok(true),
@@ -158,6 +185,8 @@ impl Config {
             compress: false,
             cipher_key: None,
             snapshot_intervals: HashMap::new(),
+            env_snapshot_names: Vec::new(),
+            aggregate_types: BTreeSet::new(),
             cache_size: 0,
             cache_fastforward: true,
         }
@@ -219,9 +248,15 @@ impl Config {
             "memory" | "popo" => StoreConfig::Memory,
             #[cfg(feature = "sqlite")]
             "sqlite" => {
-                let mut sqlite = eventfold_sqlite::SqliteConfig::new(
-                    get("EVENTFOLD_SQLITE_PATH").unwrap_or("eventfold.sqlite3"),
-                );
+                // Set but empty is a mistake (an unset variable gives the default file).
+                let path = match vars.get("EVENTFOLD_SQLITE_PATH") {
+                    Some(path) => path.trim(),
+                    None => "eventfold.sqlite3",
+                };
+                let mut sqlite = eventfold_sqlite::SqliteConfig::new(path);
+                sqlite
+                    .validate()
+                    .map_err(|e| from_variable(e, &[("path", "EVENTFOLD_SQLITE_PATH")]))?;
                 sqlite.create_tables = create_tables;
                 if let Some(value) = get("EVENTFOLD_SQLITE_SYNCHRONOUS") {
                     sqlite.synchronous = match value.trim().to_ascii_lowercase().as_str() {
@@ -240,14 +275,17 @@ impl Config {
             }
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => {
-                let url = get("EVENTFOLD_DATABASE_URL")
-                    .or_else(|| get("DATABASE_URL"))
-                    .ok_or_else(|| {
-                        invalid(
-                            "EVENTFOLD_DATABASE_URL",
-                            "required when EVENTFOLD_STORE=postgres (e.g. postgres://user@host/db)",
-                        )
-                    })?;
+                let url_variable = if get("EVENTFOLD_DATABASE_URL").is_some() {
+                    "EVENTFOLD_DATABASE_URL"
+                } else {
+                    "DATABASE_URL"
+                };
+                let url = get(url_variable).ok_or_else(|| {
+                    invalid(
+                        "EVENTFOLD_DATABASE_URL",
+                        "required when EVENTFOLD_STORE=postgres (e.g. postgres://user@host/db)",
+                    )
+                })?;
                 let mut postgres = eventfold_postgres::PostgresConfig::new(url);
                 postgres.create_tables = create_tables;
                 if let Some(schema) = get("EVENTFOLD_POSTGRES_SCHEMA") {
@@ -295,14 +333,22 @@ impl Config {
                     ));
                 }
                 if let Some(value) = get("EVENTFOLD_POSTGRES_ORDERING") {
-                    postgres.ordering = value.parse().map_err(|e| match e {
-                        // The store's own message, under the variable's name.
-                        Error::Config { message, .. } => {
-                            invalid("EVENTFOLD_POSTGRES_ORDERING", message)
-                        }
-                        other => other,
+                    postgres.ordering = value.parse().map_err(|e| {
+                        from_variable(e, &[("ordering", "EVENTFOLD_POSTGRES_ORDERING")])
                     })?;
                 }
+                postgres.validate().map_err(|e| {
+                    from_variable(
+                        e,
+                        &[
+                            ("url", url_variable),
+                            ("schema", "EVENTFOLD_POSTGRES_SCHEMA"),
+                            ("table_prefix", "EVENTFOLD_TABLE_PREFIX"),
+                            ("max_connections", "EVENTFOLD_POSTGRES_MAX_CONNECTIONS"),
+                            ("connect_timeout", "EVENTFOLD_POSTGRES_CONNECT_TIMEOUT"),
+                        ],
+                    )
+                })?;
                 StoreConfig::Postgres(postgres)
             }
             other => {
@@ -354,6 +400,7 @@ impl Config {
                         format!("expected Type=N pairs separated by commas, got {item:?}"),
                     )
                 })?;
+                config.env_snapshot_names.push(name.clone());
                 config.snapshot_intervals.insert(name, every);
             }
         }
@@ -384,16 +431,86 @@ impl Config {
         self
     }
 
-    /// Snapshots `A` every `versions` versions.
+    /// Declares that the application stores aggregates of type `A`, so that
+    /// `EVENTFOLD_SNAPSHOT_INTERVALS` may name it.
+    ///
+    /// The names in `EVENTFOLD_SNAPSHOT_INTERVALS` are checked when the application is
+    /// built ([`Config::application`], [`Config::application_on`]): each must be a type
+    /// declared here, with [`Config::snapshot_every`] or with [`Config::snapshot_interval`].
+    /// A misspelt name (`Wrold=5`) would otherwise never snapshot anything and nobody
+    /// would notice; it is an [`Error::Config`] naming the variable instead. The check
+    /// cannot happen in [`Config::from_env`] (the program has not said yet which types it
+    /// has), nor on first use (an aggregate type the program has not used yet may still
+    /// come), so the program declares its types once, where it builds the application:
+    ///
+    /// ```
+    /// # use eventfold::{Aggregate, Config};
+    /// # #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+    /// # struct World;
+    /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    /// # enum WorldEvent { Created }
+    /// # impl Aggregate for World {
+    /// #     const TYPE: &'static str = "World";
+    /// #     type Id = uuid::Uuid;
+    /// #     type Event = WorldEvent;
+    /// #     fn apply(&mut self, _: &WorldEvent) {}
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let vars = [("EVENTFOLD_STORE", "memory"), ("EVENTFOLD_SNAPSHOT_INTERVALS", "World=5")];
+    /// let app = Config::from_vars(vars)?.aggregate::<World>().application().await?;
+    /// assert_eq!(app.snapshot_interval("World"), Some(5));
+    ///
+    /// let typo = [("EVENTFOLD_STORE", "memory"), ("EVENTFOLD_SNAPSHOT_INTERVALS", "Wrold=5")];
+    /// let err = Config::from_vars(typo)?.aggregate::<World>().application().await.err();
+    /// assert!(err.unwrap().to_string().contains("EVENTFOLD_SNAPSHOT_INTERVALS"));
+    /// # Ok::<(), eventfold::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn aggregate<A: Aggregate>(mut self) -> Self {
+        self.aggregate_types.insert(A::TYPE.to_owned());
+        self
+    }
+
+    /// Snapshots `A` every `versions` versions (and declares `A`, see
+    /// [`Config::aggregate`]).
     pub fn snapshot_every<A: Aggregate>(self, versions: u64) -> Self {
         self.snapshot_interval(A::TYPE, versions)
     }
 
-    /// Snapshots the named aggregate type every `versions` versions.
+    /// Snapshots the named aggregate type every `versions` versions (and declares the
+    /// name, see [`Config::aggregate`]).
     pub fn snapshot_interval(mut self, aggregate_type: &str, versions: u64) -> Self {
+        self.aggregate_types.insert(aggregate_type.to_owned());
         self.snapshot_intervals
             .insert(aggregate_type.to_owned(), versions);
         self
+    }
+
+    /// Every name of `EVENTFOLD_SNAPSHOT_INTERVALS` is a declared aggregate type.
+    fn check_snapshot_names(&self) -> Result<()> {
+        let unknown: Vec<&str> = self
+            .env_snapshot_names
+            .iter()
+            .filter(|name| !self.aggregate_types.contains(*name))
+            .map(String::as_str)
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let declared = if self.aggregate_types.is_empty() {
+            "no aggregate type is declared".to_owned()
+        } else {
+            let names: Vec<&str> = self.aggregate_types.iter().map(String::as_str).collect();
+            format!("the declared types are {}", names.join(", "))
+        };
+        Err(invalid(
+            "EVENTFOLD_SNAPSHOT_INTERVALS",
+            format!(
+                "unknown aggregate type {}: {declared} (declare each with \
+                 Config::aggregate::<A>() or snapshot_every::<A>())",
+                unknown.join(", ")
+            ),
+        ))
     }
 
     /// Keeps up to `size` aggregates in the application's cache.
@@ -432,6 +549,7 @@ impl Config {
             StoreConfig::Memory => StoreHandle::Memory(InMemoryStore::new()),
             #[cfg(feature = "sqlite")]
             StoreConfig::Sqlite(config) => {
+                config.validate()?;
                 StoreHandle::Sqlite(eventfold_sqlite::SqliteStore::open(config)?)
             }
             #[cfg(feature = "postgres")]
@@ -454,6 +572,7 @@ impl Config {
             }
             #[cfg(feature = "sqlite")]
             StoreConfig::Sqlite(config) => {
+                config.validate()?;
                 Ok(eventfold_sqlite::SqliteStore::migrate_with(config)?.to_string())
             }
             StoreConfig::Memory => self.open_store().await?.migrate().await,
@@ -461,7 +580,12 @@ impl Config {
     }
 
     /// Builds an application on an already opened store.
+    ///
+    /// Fails with [`Error::Config`] naming `EVENTFOLD_SNAPSHOT_INTERVALS` when that names
+    /// an aggregate type the program did not declare (see [`Config::aggregate`]), and
+    /// naming `EVENTFOLD_CIPHER_KEY` for a bad key.
     pub fn application_on(&self, store: &StoreHandle) -> Result<Application<JsonMapper>> {
+        self.check_snapshot_names()?;
         let mut builder = Application::builder(store.as_dyn())
             .mapper(self.mapper()?)
             .cache(self.cache_size)
@@ -472,8 +596,11 @@ impl Config {
         Ok(builder.build())
     }
 
-    /// Opens the store and builds the application.
+    /// Opens the store and builds the application (see [`Config::application_on`] for
+    /// the checks). The names of `EVENTFOLD_SNAPSHOT_INTERVALS` are checked before the
+    /// store is opened.
     pub async fn application(&self) -> Result<Application<JsonMapper>> {
+        self.check_snapshot_names()?;
         let store = self.open_store().await?;
         self.application_on(&store)
     }

@@ -19,7 +19,7 @@
 //!
 //! impl Aggregate for Account {
 //!     const TYPE: &'static str = "Account";
-//!     type Id = uuid::Uuid;
+//!     type Id = eventfold::uuid::Uuid;
 //!     type Event = AccountEvent;
 //!     fn apply(&mut self, event: &AccountEvent) {
 //!         if let AccountEvent::Deposited { amount } = event { self.balance += amount; }
@@ -41,6 +41,43 @@ mod config;
 
 pub use config::{Config, StoreConfig, StoreHandle};
 pub use eventfold_core::*;
+
+/// The `uuid` crate, for aggregate ids (`type Id = eventfold::uuid::Uuid;`) without a
+/// dependency of your own.
+pub use uuid;
+
+/// The attribute that makes a trait's `async fn`s object safe, for implementing
+/// [`Projection`] without a dependency of your own:
+///
+/// ```
+/// use eventfold::{async_trait, BoxError, InMemoryStore, InMemoryTransaction};
+/// use eventfold::{Notification, Projection};
+///
+/// /// Counts the notifications it has seen.
+/// struct Counter(u64);
+///
+/// #[async_trait]
+/// impl Projection<InMemoryStore> for Counter {
+///     fn name(&self) -> &str {
+///         "counter"
+///     }
+///
+///     async fn process(
+///         &mut self,
+///         _tx: &mut InMemoryTransaction,
+///         _notification: &Notification,
+///     ) -> Result<(), BoxError> {
+///         self.0 += 1;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub use async_trait::async_trait;
+
+/// The README's Rust blocks, compiled as doctests so the tour stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
 
 /// The embedded SQLite store.
 #[cfg(feature = "sqlite")]

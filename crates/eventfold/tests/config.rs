@@ -60,6 +60,19 @@ fn bad_values_name_their_variable() {
             "EVENTFOLD_SQLITE_SYNCHRONOUS",
             "off, normal or full",
         ),
+        (
+            &[("EVENTFOLD_SQLITE_PATH", "")],
+            "EVENTFOLD_SQLITE_PATH",
+            "empty",
+        ),
+        (
+            &[
+                ("EVENTFOLD_STORE", "sqlite"),
+                ("EVENTFOLD_SQLITE_PATH", "  "),
+            ],
+            "EVENTFOLD_SQLITE_PATH",
+            "empty",
+        ),
     ];
     for (vars, variable, needle) in cases {
         let (got_variable, message) = error_of(vars);
@@ -83,6 +96,73 @@ fn postgres_needs_a_url() {
     let (variable, message) = error_of(&[("EVENTFOLD_STORE", "postgres")]);
     assert_eq!(variable, "EVENTFOLD_DATABASE_URL");
     assert!(message.contains("required"), "{message}");
+}
+
+/// The store crates check their own settings and name their fields (`schema`); from the
+/// environment, the error names the variable instead.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_names_and_urls_are_reported_under_their_variable() {
+    let url = ("EVENTFOLD_DATABASE_URL", "postgres://app@db/orders");
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
+        (
+            &[url, ("EVENTFOLD_POSTGRES_SCHEMA", "bad-name")],
+            "EVENTFOLD_POSTGRES_SCHEMA",
+            "bad-name",
+        ),
+        (
+            &[url, ("EVENTFOLD_TABLE_PREFIX", "a-b")],
+            "EVENTFOLD_TABLE_PREFIX",
+            "a-b",
+        ),
+        (
+            &[url, ("EVENTFOLD_TABLE_PREFIX", "1st_")],
+            "EVENTFOLD_TABLE_PREFIX",
+            "digit",
+        ),
+        (
+            &[("EVENTFOLD_DATABASE_URL", "mysql://app:secret@db/orders")],
+            "EVENTFOLD_DATABASE_URL",
+            "unsupported scheme mysql://",
+        ),
+        (
+            &[("DATABASE_URL", "mysql://app@db/orders")],
+            "DATABASE_URL",
+            "unsupported scheme mysql://",
+        ),
+        (
+            &[("EVENTFOLD_DATABASE_URL", "db.internal/orders")],
+            "EVENTFOLD_DATABASE_URL",
+            "not a URL",
+        ),
+    ];
+    for (vars, variable, needle) in cases {
+        let mut vars = vars.to_vec();
+        vars.push(("EVENTFOLD_STORE", "postgres"));
+        let (got_variable, message) = error_of(&vars);
+        assert_eq!(&got_variable, variable, "for {vars:?}: {message}");
+        assert!(
+            message.contains(needle),
+            "{variable}: {message:?} lacks {needle:?}"
+        );
+        assert!(!message.contains("secret"), "{message}");
+    }
+}
+
+/// A value set with the builder keeps the setting's name.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn builder_settings_keep_their_own_name() {
+    let err = Config::postgres("mysql://db/orders")
+        .open_store()
+        .await
+        .err()
+        .expect("a MySQL URL is refused");
+    assert!(
+        matches!(&err, Error::Config { variable, .. } if variable == "url"),
+        "{err:?}"
+    );
 }
 
 #[cfg(feature = "postgres")]
@@ -149,7 +229,7 @@ async fn good_values_configure_a_working_application() {
         ("EVENTFOLD_SQLITE_SYNCHRONOUS", "full"),
         ("EVENTFOLD_COMPRESSOR", "zlib"),
         ("EVENTFOLD_CIPHER_KEY", key.as_str()),
-        ("EVENTFOLD_SNAPSHOT_INTERVALS", "Note=2, Other=9"),
+        ("EVENTFOLD_SNAPSHOT_INTERVALS", "Note=2"),
         ("EVENTFOLD_CACHE_SIZE", "10"),
         ("UNRELATED", "ignored"),
     ];
@@ -158,9 +238,8 @@ async fn good_values_configure_a_working_application() {
         .store_config()
         .to_string()
         .contains("synchronous=Full"));
-    let app = config.application().await.unwrap();
+    let app = config.aggregate::<Note>().application().await.unwrap();
     assert_eq!(app.snapshot_interval("Note"), Some(2));
-    assert_eq!(app.snapshot_interval("Other"), Some(9));
 
     let mut note = eventfold::Root::<Note>::new(NoteEvent::Written {
         text: "hello".into(),
@@ -180,6 +259,7 @@ async fn good_values_configure_a_working_application() {
         }
     }))
     .unwrap()
+    .aggregate::<Note>()
     .cache_size(0)
     .application()
     .await
@@ -190,6 +270,7 @@ async fn good_values_configure_a_working_application() {
     ));
     let again = Config::from_vars(vars)
         .unwrap()
+        .aggregate::<Note>()
         .application()
         .await
         .unwrap();
@@ -202,6 +283,46 @@ async fn good_values_configure_a_working_application() {
             .texts,
         ["hello", "again"]
     );
+}
+
+/// A misspelt aggregate type in `EVENTFOLD_SNAPSHOT_INTERVALS` would never snapshot
+/// anything: building the application fails instead, naming the variable, the unknown
+/// name and the declared types.
+#[tokio::test]
+async fn snapshot_intervals_name_declared_aggregate_types_only() {
+    let typo = [
+        ("EVENTFOLD_STORE", "memory"),
+        ("EVENTFOLD_SNAPSHOT_INTERVALS", "Note=2,Nots=5"),
+    ];
+    let expect_error = |result: eventfold::Result<eventfold::Application>| match result {
+        Err(Error::Config { variable, message }) => {
+            assert_eq!(variable, "EVENTFOLD_SNAPSHOT_INTERVALS");
+            message
+        }
+        Err(other) => panic!("expected a configuration error, got {other:?}"),
+        Ok(_) => panic!("expected an error for the unknown type"),
+    };
+    let config = Config::from_vars(typo).unwrap().aggregate::<Note>();
+    let message = expect_error(config.application().await);
+    assert!(message.contains("Nots"), "{message}");
+    assert!(message.contains("declared types are Note"), "{message}");
+    let store = config.open_store().await.unwrap();
+    expect_error(config.application_on(&store));
+
+    // Nothing declared: every name is unknown, and the message says how to declare.
+    let message = expect_error(Config::from_vars(typo).unwrap().application().await);
+    assert!(message.contains("Config::aggregate"), "{message}");
+
+    // Declared through snapshot_every, or by name: accepted; the builder's value wins.
+    let app = Config::from_vars(typo)
+        .unwrap()
+        .snapshot_every::<Note>(3)
+        .snapshot_interval("Nots", 7)
+        .application()
+        .await
+        .unwrap();
+    assert_eq!(app.snapshot_interval("Note"), Some(3));
+    assert_eq!(app.snapshot_interval("Nots"), Some(7));
 }
 
 #[tokio::test]

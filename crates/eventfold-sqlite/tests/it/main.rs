@@ -3,3 +3,4 @@
 
 mod conformance;
 mod sqlite;
+mod transaction;

@@ -6,32 +6,37 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use eventfold_core::{
-    BoxError, Error, EventReader, EventWriter, Follower, Notification, NotificationQuery,
-    NotificationReader, Projection, ProjectionStore, Recording, Store, StoredEvent, StreamQuery,
-    Timestamp, Tracking, TrackingReader,
+    BoxError, Conflict, Error, EventReader, EventWriter, ExpectedVersion, Follower, Notification,
+    NotificationQuery, NotificationReader, Projection, Recording, Store, StoredEvent, StreamQuery,
+    Timestamp, Tracking, TrackingReader, Transaction,
 };
 use eventfold_sqlite::{
-    rusqlite, SqliteConfig, SqliteStore, SqliteTransaction, Synchronous, SCHEMA_VERSION,
+    rusqlite, SqliteConfig, SqliteStore, SqliteTransactionExt, Synchronous, SCHEMA_VERSION,
 };
 
-fn event(stream_id: &str, version: u64, topic: &str) -> StoredEvent {
-    StoredEvent {
-        stream_id: stream_id.to_owned(),
+pub(crate) fn event(stream_id: &str, version: u64, topic: &str) -> StoredEvent {
+    StoredEvent::new(
+        stream_id,
         version,
-        topic: topic.to_owned(),
-        timestamp: Timestamp::from_micros(1_700_000_000_000_000 + version as i64),
-        state: format!("{stream_id}@{version}").into_bytes(),
+        topic,
+        Timestamp::from_micros(1_700_000_000_000_000 + version as i64),
+        format!("{stream_id}@{version}").into_bytes(),
+    )
+}
+
+pub(crate) fn events(events: Vec<StoredEvent>) -> Recording {
+    events.into_iter().fold(Recording::new(), Recording::event)
+}
+
+/// The expected versions of a stream conflict, or a panic.
+pub(crate) fn stream_conflict(err: Error) -> Vec<ExpectedVersion> {
+    match err {
+        Error::Conflict(Conflict::Streams(expected)) => expected,
+        other => panic!("not a stream conflict: {other:?}"),
     }
 }
 
-fn events(events: Vec<StoredEvent>) -> Recording {
-    Recording {
-        events,
-        ..Recording::default()
-    }
-}
-
-fn open(path: &Path) -> SqliteStore {
+pub(crate) fn open(path: &Path) -> SqliteStore {
     SqliteStore::open(&SqliteConfig::new(path)).unwrap()
 }
 
@@ -46,19 +51,14 @@ async fn data_survives_reopening_the_file() {
     {
         let store = open(&path);
         assert_eq!(store.path(), Some(path.as_path()));
-        let snapshot = StoredEvent {
-            topic: "Thing".into(),
-            ..event("s", 2, "Thing")
-        };
         store
-            .record(&Recording {
-                events: vec![event("s", 1, "Thing.A"), event("s", 2, "Thing.B")],
-                snapshots: vec![snapshot],
-                tracking: Some(Tracking {
-                    follower: "f".into(),
-                    position: 2,
-                }),
-            })
+            .record(
+                &Recording::new()
+                    .event(event("s", 1, "Thing.A"))
+                    .event(event("s", 2, "Thing.B"))
+                    .snapshot(event("s", 2, "Thing"))
+                    .tracking(Tracking::new("f", 2)),
+            )
             .await
             .unwrap();
     }
@@ -113,11 +113,11 @@ async fn two_stores_on_one_file_race_and_exactly_one_wins() {
             .count();
         let wins = outcomes.iter().filter(|r| r.is_ok()).count();
         assert_eq!((wins, conflicts), (1, 1), "version {version}: {outcomes:?}");
-        let Err(Error::Conflict(conflict)) = outcomes.into_iter().find(|r| r.is_err()).unwrap()
-        else {
-            unreachable!()
-        };
-        assert_eq!(conflict.expected, vec![("race".to_owned(), version - 1)]);
+        let err = outcomes.into_iter().find_map(|r| r.err()).unwrap();
+        assert_eq!(
+            stream_conflict(err),
+            vec![ExpectedVersion::new("race", version - 1)]
+        );
     }
     for store in [&a, &b] {
         let stream = store
@@ -171,12 +171,9 @@ async fn a_conflict_names_every_stream_of_the_recording() {
         ]))
         .await
         .unwrap_err();
-    let Error::Conflict(conflict) = err else {
-        panic!("not a conflict: {err:?}")
-    };
     assert_eq!(
-        conflict.expected,
-        vec![("a".to_owned(), 0), ("b".to_owned(), 1)]
+        stream_conflict(err),
+        vec![ExpectedVersion::new("a", 0), ExpectedVersion::new("b", 1)]
     );
     // The writer connection is usable again: the failed transaction was rolled back.
     store
@@ -398,11 +395,7 @@ async fn topic_filters_select_only_those_topics() {
     }
     let select = |topics: Vec<&str>, after, limit| {
         let store = store.clone();
-        let query = NotificationQuery {
-            after,
-            limit,
-            topics: topics.into_iter().map(str::to_owned).collect(),
-        };
+        let query = NotificationQuery::after(after, limit).topics(topics);
         async move {
             store
                 .select_notifications(&query)
@@ -425,7 +418,7 @@ async fn topic_filters_select_only_those_topics() {
 
 const CREATE_VIEW: &str = "CREATE TABLE IF NOT EXISTS seen (stream_id TEXT, version INTEGER)";
 
-fn seen(path: &Path) -> i64 {
+pub(crate) fn seen(path: &Path) -> i64 {
     rusqlite::Connection::open(path)
         .unwrap()
         .query_row("SELECT COUNT(*) FROM seen", [], |r| r.get(0))
@@ -437,50 +430,46 @@ async fn a_dropped_projection_transaction_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proj.db");
     let store = open(&path);
-    let tx = store.begin().await.unwrap();
-    tx.execute(CREATE_VIEW, []).unwrap();
-    tx.execute("INSERT INTO seen VALUES ('s', 1)", []).unwrap();
-    store
-        .commit(
-            tx,
-            &Tracking {
-                follower: "view".into(),
-                position: 1,
-            },
-        )
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.backend(), "sqlite");
+    tx.execute(CREATE_VIEW, &[]).await.unwrap();
+    tx.execute("INSERT INTO seen VALUES ('s', 1)", &[])
         .await
         .unwrap();
+    tx.track(Tracking::new("view", 1)).await.unwrap();
+    tx.commit().await.unwrap();
     assert_eq!(seen(&path), 1);
 
     // Written, then dropped: rolled back.
-    let tx = store.begin().await.unwrap();
-    tx.execute("INSERT INTO seen VALUES ('s', 2)", []).unwrap();
-    tx.connection()
+    let mut tx = store.begin().await.unwrap();
+    tx.execute("INSERT INTO seen VALUES ('s', 2)", &[])
+        .await
+        .unwrap();
+    tx.sqlite()
+        .unwrap()
         .execute("INSERT INTO seen VALUES ('s', 3)", [])
         .unwrap();
     // Other readers do not see uncommitted rows, and are not blocked.
-    assert_eq!(store.position("view").await.unwrap(), Some(1));
+    assert_eq!(store.tracking_position("view").await.unwrap(), Some(1));
     drop(tx);
     assert_eq!(seen(&path), 1);
-    assert_eq!(store.position("view").await.unwrap(), Some(1));
+    assert_eq!(store.tracking_position("view").await.unwrap(), Some(1));
 
-    // A stale position: conflict, and the rows go too.
-    let tx = store.begin().await.unwrap();
-    tx.execute("INSERT INTO seen VALUES ('s', 4)", []).unwrap();
-    let err = store
-        .commit(
-            tx,
-            &Tracking {
-                follower: "view".into(),
-                position: 1,
-            },
-        )
+    // A stale position: a tracking conflict; dropping the transaction drops the rows too.
+    let mut tx = store.begin().await.unwrap();
+    tx.execute("INSERT INTO seen VALUES ('s', 4)", &[])
         .await
-        .unwrap_err();
-    let Error::Conflict(conflict) = err else {
-        panic!("not a conflict: {err:?}")
-    };
-    assert_eq!(conflict.expected, vec![("tracking:view".to_owned(), 1)]);
+        .unwrap();
+    let err = tx.track(Tracking::new("view", 1)).await.unwrap_err();
+    match err {
+        Error::Conflict(Conflict::Tracking {
+            follower,
+            position,
+            current,
+        }) => assert_eq!((follower.as_str(), position, current), ("view", 1, 1)),
+        other => panic!("not a tracking conflict: {other:?}"),
+    }
+    drop(tx);
     assert_eq!(seen(&path), 1);
 
     // The store writes normally afterwards.
@@ -490,11 +479,14 @@ async fn a_dropped_projection_transaction_changes_nothing() {
         .unwrap();
 }
 
-/// Counts events into a table of the store's own file.
-struct Counter;
+/// Counts events into a table of the store's own file: through the connection itself
+/// (`tx.sqlite()`) or through portable SQL.
+struct Counter {
+    portable: bool,
+}
 
 #[async_trait]
-impl Projection<SqliteStore> for Counter {
+impl Projection for Counter {
     fn name(&self) -> &str {
         "counter"
     }
@@ -503,16 +495,29 @@ impl Projection<SqliteStore> for Counter {
         vec!["Counted".into()]
     }
 
+    async fn setup(&mut self, tx: &mut Transaction) -> Result<(), BoxError> {
+        tx.execute(CREATE_VIEW, &[]).await?;
+        Ok(())
+    }
+
     async fn process(
         &mut self,
-        tx: &mut SqliteTransaction,
+        tx: &mut Transaction,
         notification: &Notification,
     ) -> Result<(), BoxError> {
-        tx.execute(CREATE_VIEW, [])?;
-        tx.execute(
-            "INSERT INTO seen (stream_id, version) VALUES (?1, ?2)",
-            rusqlite::params![notification.event.stream_id, notification.event.version],
-        )?;
+        let stream_id = notification.event.stream_id.as_str();
+        let version = notification.event.version as i64;
+        if self.portable {
+            tx.execute(
+                "INSERT INTO seen (stream_id, version) VALUES ($1, $2)",
+                &[stream_id.into(), version.into()],
+            )
+            .await?;
+        } else {
+            tx.sqlite()?
+                .prepare_cached("INSERT INTO seen (stream_id, version) VALUES (?1, ?2)")?
+                .execute(rusqlite::params![stream_id, version])?;
+        }
         Ok(())
     }
 }
@@ -529,17 +534,17 @@ async fn a_follower_writes_its_rows_with_its_position() {
             .await
             .unwrap();
     }
-    let log: Arc<dyn NotificationReader> = Arc::new(store.clone());
-    let mut follower = Follower::builder(log.clone(), store.clone(), Counter)
+    let shared: Arc<dyn Store> = Arc::new(store.clone());
+    let mut follower = Follower::builder(shared.clone(), Counter { portable: false })
         .batch_size(2)
         .build();
     assert_eq!(follower.catch_up().await.unwrap(), 5);
     assert_eq!(seen(&path), 5);
-    assert_eq!(store.position("counter").await.unwrap(), Some(10));
+    assert_eq!(store.tracking_position("counter").await.unwrap(), Some(10));
 
     // Following: a new event wakes it.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut follower = Follower::builder(log, store.clone(), Counter)
+    let mut follower = Follower::builder(shared, Counter { portable: true })
         .poll_interval(std::time::Duration::from_secs(60))
         .build();
     let running = tokio::spawn(async move {
@@ -557,7 +562,7 @@ async fn a_follower_writes_its_rows_with_its_position() {
         .await
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.position("counter").await.unwrap() != Some(12) {
+    while store.tracking_position("counter").await.unwrap() != Some(12) {
         assert!(
             std::time::Instant::now() < deadline,
             "the follower never woke"
@@ -567,6 +572,10 @@ async fn a_follower_writes_its_rows_with_its_position() {
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
     assert_eq!(seen(&path), 6);
+    assert_eq!(
+        store.followers().await.unwrap(),
+        vec![Tracking::new("counter", 12)]
+    );
 }
 
 #[tokio::test]

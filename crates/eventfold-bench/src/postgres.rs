@@ -1,4 +1,5 @@
-//! Benchmark building blocks, called by `eventfold bench` (the CLI prints and compares).
+//! PostgreSQL benchmark building blocks, called by `eventfold bench` (the CLI prints and
+//! compares).
 //!
 //! Each function works in a scratch schema `eventfold_bench_<random>` that it creates and
 //! drops, so it never touches application tables. Figures are plain numbers; latencies
@@ -9,10 +10,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, Executor, PgConnection};
 
 use eventfold_core::{Error, EventWriter, Recording, Result, StoredEvent, Timestamp};
-
-use crate::config::{Ordering, PostgresConfig};
-use crate::error::{sqlx_error, Target};
-use crate::store::PostgresStore;
+use eventfold_postgres::{redact_url, Ordering, PostgresConfig, PostgresStore, BACKEND};
 
 /// The bytes of one benchmark event (about the size of a Worlds event after JSON).
 const PAYLOAD: usize = 100;
@@ -82,8 +80,24 @@ fn scratch_schema() -> String {
     )
 }
 
+/// Where a connection goes, without the password.
+struct Target(String);
+
+/// A failed connection is [`Error::Unavailable`], anything else [`Error::Backend`] (the
+/// store's finer mapping is its own business).
+fn sqlx_error(error: sqlx::Error, target: &Target) -> Error {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Error::Unavailable {
+            backend: BACKEND,
+            target: target.0.clone(),
+            source: Box::new(error),
+        },
+        other => Error::backend(BACKEND, other),
+    }
+}
+
 async fn connect(url: &str) -> Result<PgConnection> {
-    let target = Target(crate::config::redact_url(url));
+    let target = Target(redact_url(url));
     PgConnection::connect(url)
         .await
         .map_err(|e| sqlx_error(e, &target))
@@ -142,7 +156,7 @@ pub struct BareFigures {
 impl BareCommits {
     /// Connects and creates the scratch table.
     pub async fn open(url: &str) -> Result<Self> {
-        let target = Target(crate::config::redact_url(url));
+        let target = Target(redact_url(url));
         let mut conn = connect(url).await?;
         let schema = scratch_schema();
         let create = format!(
@@ -256,7 +270,6 @@ pub async fn concurrent_writers(
 
 /// Like [`concurrent_writers`], but each recording sends its wake-up NOTIFY inside its
 /// own transaction (as [`PostgresStore::record_in`] does), to measure what that costs.
-#[doc(hidden)]
 pub async fn concurrent_writers_notify_in_transaction(
     config: &PostgresConfig,
     writers: usize,
@@ -286,7 +299,7 @@ async fn writers_bench(
     let drop_schema = format!("DROP SCHEMA \"{}\" CASCADE", scratch.schema);
     let dropped = store.pool().execute(drop_schema.as_str()).await;
     let (recordings, seconds, mut latencies) = result?;
-    dropped.map_err(|e| Error::backend(crate::BACKEND, e))?;
+    dropped.map_err(|e| Error::backend(BACKEND, e))?;
     latencies.sort_unstable();
     Ok(WriterThroughput {
         writers,
@@ -312,11 +325,7 @@ async fn run_writers(
         .collect::<Vec<_>>();
     let mut held = Vec::new();
     for acquire in warm {
-        held.push(
-            acquire
-                .await
-                .map_err(|e| Error::backend(crate::BACKEND, e))?,
-        );
+        held.push(acquire.await.map_err(|e| Error::backend(BACKEND, e))?);
     }
     drop(held);
 
@@ -355,11 +364,24 @@ async fn run_writers(
         .collect();
     let mut all = Vec::new();
     for task in tasks {
-        let latencies = task
-            .await
-            .map_err(|e| Error::backend(crate::BACKEND, e))??;
+        let latencies = task.await.map_err(|e| Error::backend(BACKEND, e))??;
         all.extend(latencies);
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok((all.len() as u64, seconds, all))
+}
+
+/// The public futures can be spawned on a multi-threaded runtime.
+#[cfg(test)]
+#[allow(dead_code, unreachable_code, clippy::diverging_sub_expression)]
+mod send_checks {
+    use super::*;
+
+    fn spawnable(config: PostgresConfig) {
+        let c = config.clone();
+        tokio::spawn(async move { bare_insert_commit_rate(&c.url, 1).await });
+        tokio::spawn(async move {
+            concurrent_writers(&config, 1, Ordering::TableLock, BenchLength::Count(1)).await
+        });
+    }
 }

@@ -4,7 +4,7 @@
 //! so that the machine's drift hits them alike; medians are printed.
 //!
 //! ```sh
-//! cargo run --release -p eventfold-postgres --example anatomy -- [rounds, default 10]
+//! cargo run --release -p eventfold-bench --example anatomy -- [rounds, default 10]
 //! ```
 //!
 //! Uses `EVENTFOLD_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);

@@ -2,7 +2,7 @@
 //! phase: per command one `load` and one `record` of one event (plus a snapshot every 5th
 //! version), sequential, one command in flight, on a fresh file with the default settings.
 //!
-//! `cargo run --release -p eventfold-sqlite --example store_loop [streams] [rounds] [off|normal|full]`
+//! `cargo run --release -p eventfold-bench --example store_loop -- [streams] [rounds] [off|normal|full]`
 
 use std::time::{Duration, Instant};
 
@@ -10,13 +10,13 @@ use eventfold_core::{EventReader, EventWriter, Recording, StoredEvent, Timestamp
 use eventfold_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 
 fn record(stream_id: &str, version: u64, topic: &str, bytes: usize) -> StoredEvent {
-    StoredEvent {
-        stream_id: stream_id.to_owned(),
+    StoredEvent::new(
+        stream_id,
         version,
-        topic: topic.to_owned(),
-        timestamp: Timestamp::now(),
-        state: vec![b'x'; bytes],
-    }
+        topic,
+        Timestamp::now(),
+        vec![b'x'; bytes],
+    )
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -38,10 +38,7 @@ async fn main() -> eventfold_core::Result<()> {
     let started = Instant::now();
     for id in &ids {
         store
-            .record(&Recording {
-                events: vec![record(id, 1, "World.Created", 60)],
-                ..Recording::default()
-            })
+            .record(&Recording::new().event(record(id, 1, "World.Created", 60)))
             .await?;
     }
     let creates = started.elapsed();
@@ -55,19 +52,13 @@ async fn main() -> eventfold_core::Result<()> {
             loading += t.elapsed();
             let version =
                 loaded.snapshot.as_ref().map_or(0, |s| s.version) + loaded.events.len() as u64 + 1;
-            let snapshots = if version % 5 == 0 {
-                vec![record(id, version, "World", 200)]
-            } else {
-                Vec::new()
-            };
+            let mut command =
+                Recording::new().event(record(id, version, "World.SomethingHappened", 80));
+            if version % 5 == 0 {
+                command = command.snapshot(record(id, version, "World", 200));
+            }
             let t = Instant::now();
-            store
-                .record(&Recording {
-                    events: vec![record(id, version, "World.SomethingHappened", 80)],
-                    snapshots,
-                    tracking: None,
-                })
-                .await?;
+            store.record(&command).await?;
             recording += t.elapsed();
         }
     }

@@ -2,7 +2,7 @@
 //! rate, then 1, 4 and 16 concurrent writers with each ordering.
 //!
 //! ```sh
-//! cargo run --release -p eventfold-postgres --example bench_writers -- [seconds per run]
+//! cargo run --release -p eventfold-bench --example bench_writers -- [seconds per run]
 //! ```
 //!
 //! Uses `EVENTFOLD_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use eventfold_postgres::bench::{self, BenchLength};
+use eventfold_bench::postgres::{self as bench, BenchLength};
 use eventfold_postgres::{Ordering, PostgresConfig};
 
 #[tokio::main]

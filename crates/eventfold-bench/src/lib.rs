@@ -1,0 +1,22 @@
+//! Benchmarks of eventfold's stores: what is not library code, kept out of the library
+//! crates (a user of `eventfold-postgres` does not compile a benchmark harness).
+//!
+//! * [`postgres`] (feature `postgres`): the building blocks `eventfold bench pg-writers`
+//!   and `eventfold bench worlds --backend postgres` call: the bare single-row commit rate
+//!   of the server, and 1/4/16 concurrent writers with either ordering.
+//! * `examples/bench_writers.rs` prints the whole writer matrix;
+//!   `examples/anatomy.rs` times the pieces of a command on PostgreSQL;
+//!   `examples/store_loop.rs` times the SQLite store alone in the shape of the Worlds
+//!   command loop:
+//!
+//! ```sh
+//! cargo run --release -p eventfold-bench --example bench_writers -- [seconds per run]
+//! cargo run --release -p eventfold-bench --example anatomy -- [rounds]
+//! cargo run --release -p eventfold-bench --example store_loop -- [streams] [rounds] [off|normal|full]
+//! ```
+//!
+//! Not published; the figures they measured are in the store crates' docs and
+//! BENCHMARKS.md.
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
