@@ -2,8 +2,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`). Each test uses its own schema and
 //! drops it at the end.
 
-// The conformance suite comes back once eventfold-conformance builds against the new core.
-// mod conformance;
+mod conformance;
 mod faults;
 mod follower_restart;
 mod followers;

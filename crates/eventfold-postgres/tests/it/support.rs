@@ -140,8 +140,13 @@ pub fn events_only(events: Vec<StoredEvent>) -> Recording {
 
 /// A [`PostgresStore`] that drops its schema when its last clone is dropped: what the
 /// conformance suite gets from `make_store`.
-#[allow(dead_code)] // until the conformance suite builds against the new core
-pub type GuardedStore = (PostgresStore, SchemaGuard);
+pub type GuardedStore = eventfold_conformance::Guarded<PostgresStore, SchemaGuard>;
+
+/// A fresh [`GuardedStore`].
+pub async fn guarded(tag: &str) -> GuardedStore {
+    let (store, guard) = fresh(tag).await;
+    eventfold_conformance::Guarded::new(store, guard)
+}
 
 /// Copies every notification into a table, in the follower's transaction, and remembers
 /// the ids it processed (including any it would process twice).
