@@ -2,7 +2,9 @@
 //!
 //! An order service keeps an ordinary `orders` table (for its own queries) and an
 //! event-sourced `Order` aggregate. Both are written in one PostgreSQL transaction:
-//! committed, both exist; rolled back, neither does.
+//! committed, both exist; rolled back, neither does. The first order goes through a sqlx
+//! transaction the service opened itself ([`PostgresStore::join`]), the second through one
+//! the application opened ([`Application::begin`]).
 //!
 //! ```sh
 //! EVENTFOLD_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
@@ -13,7 +15,7 @@
 
 use anyhow::{ensure, Context};
 use eventfold_core::{Aggregate, Application, EventReader, Root, StreamQuery};
-use eventfold_postgres::{save_in, PostgresConfig, PostgresStore};
+use eventfold_postgres::{PostgresConfig, PostgresStore, PostgresTransactionExt};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -76,14 +78,14 @@ async fn run(store: &PostgresStore) -> anyhow::Result<()> {
     order.trigger(OrderEvent::LineAdded {
         item: "teapot".into(),
     });
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.join(store.pool().begin().await?);
     sqlx::query(&format!("INSERT INTO {orders} VALUES ($1, $2, $3)"))
         .bind(order.id())
         .bind("ada")
         .bind(order.lines.len() as i32)
-        .execute(&mut *tx)
+        .execute(tx.postgres()?)
         .await?;
-    let ids = save_in(&app, store, &mut tx, &mut [&mut order]).await?;
+    let ids = app.save_in(&mut tx, &mut order).await?;
     tx.commit().await?;
     println!(
         "committed order {} with notification ids {ids:?}",
@@ -105,13 +107,13 @@ async fn run(store: &PostgresStore) -> anyhow::Result<()> {
     let mut second = Root::<Order>::new(OrderEvent::Placed {
         customer: "grace".into(),
     });
-    let mut tx = store.pool().begin().await?;
+    let mut tx = app.begin().await?;
     sqlx::query(&format!("INSERT INTO {orders} VALUES ($1, $2, 0)"))
         .bind(second.id())
         .bind("grace")
-        .execute(&mut *tx)
+        .execute(tx.postgres()?)
         .await?;
-    save_in(&app, store, &mut tx, &mut [&mut second]).await?;
+    app.save_in(&mut tx, &mut second).await?;
     tx.rollback().await?;
     // `second` now believes it was saved; after a rollback, reload instead of reusing it.
     drop(second);

@@ -99,6 +99,14 @@ pub struct PostgresConfig {
     /// Statements sent into the caller's own transaction ([`crate::PostgresStore::record_in`])
     /// wait as the caller's other statements do. Default 30 s; zero turns it off.
     pub reply_timeout: Duration,
+    /// A tuning knob: send the followers' wake-up NOTIFY inside every
+    /// [`record`](eventfold_core::EventWriter::record) transaction instead of from a
+    /// background task after the commit (default `false`). PostgreSQL serialises the
+    /// commits of transactions that sent NOTIFY on a server-wide lock, so this costs
+    /// throughput under concurrent writers; it exists so that cost can be measured.
+    /// Transactions ([`eventfold_core::Store::begin`], [`crate::PostgresStore::join`])
+    /// always send it inside, since the store cannot know when the caller commits.
+    pub notify_in_transaction: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -113,6 +121,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("ordering", &self.ordering)
             .field("listener_heartbeat", &self.listener_heartbeat)
             .field("reply_timeout", &self.reply_timeout)
+            .field("notify_in_transaction", &self.notify_in_transaction)
             .finish()
     }
 }
@@ -132,6 +141,7 @@ impl PostgresConfig {
             ordering: Ordering::Concurrent,
             listener_heartbeat: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(30),
+            notify_in_transaction: false,
         }
     }
 

@@ -1,38 +1,32 @@
 //! The PostgreSQL store of eventfold: the same contract as the in-memory and SQLite
 //! stores (it passes the shared conformance suite), plus what a production database
-//! offers: saves inside the application's own transaction, a notification log that stays
+//! offers: one transaction for the application's own rows and its events
+//! ([`PostgresTransaction`]), a notification log that stays
 //! gap-safe under concurrent writers without a table lock, LISTEN/NOTIFY wake-ups for
 //! followers, and schemas shared by several applications.
 //!
 //! ```no_run
 //! # async fn demo() -> eventfold_core::Result<()> {
-//! use eventfold_core::{EventWriter, NotificationQuery, NotificationReader, Recording, StoredEvent, Timestamp};
+//! use eventfold_core::{EventWriter, Metadata, NotificationQuery, NotificationReader, Recording, StoredEvent, Timestamp};
 //! use eventfold_postgres::{PostgresConfig, PostgresStore};
 //!
 //! let mut config = PostgresConfig::new("postgres://app:secret@127.0.0.1/orders");
 //! config.schema = "billing".into(); // tables "billing"."eventfold_events", ...
 //! let store = PostgresStore::connect(&config).await?; // creates the tables if missing
 //!
-//! let ids = store
-//!     .record(&Recording {
-//!         events: vec![StoredEvent {
-//!             stream_id: "invoice-7".into(),
-//!             version: 1,
-//!             topic: "Invoice.Issued".into(),
-//!             timestamp: Timestamp::now(),
-//!             state: br#"{"amount":42}"#.to_vec(),
-//!         }],
-//!         ..Recording::default()
-//!     })
-//!     .await?;
+//! let issued = StoredEvent::new("invoice-7", 1, "Invoice.Issued", Timestamp::now(), br#"{"amount":42}"#.to_vec())
+//!     .with_metadata(Metadata::new().with_correlation_id("req-1"));
+//! let ids = store.record(&Recording::new().event(issued)).await?;
 //! let log = store.select_notifications(&NotificationQuery::after(0, 100)).await?;
 //! assert_eq!(log.last().map(|n| n.id), ids.last().copied());
 //! # Ok(()) }
 //! ```
 //!
 //! Most applications do not call the store directly: they build an
-//! [`eventfold_core::Application`] on it, and use [`save_in`] where a command must commit
-//! together with the application's own rows (`examples/host_transaction.rs`).
+//! [`eventfold_core::Application`] on it, and use
+//! [`Application::save_in`](eventfold_core::Application::save_in) in a transaction where a
+//! command must commit together with the application's own rows (see "Transactions";
+//! `examples/host_transaction.rs`).
 //!
 //! # Tables
 //!
@@ -42,7 +36,7 @@
 //!
 //! | object | what | keys and indexes |
 //! |---|---|---|
-//! | `events` | every stream's events; `id` is the notification log position | `PRIMARY KEY (id)`, `UNIQUE (stream_id, version)` |
+//! | `events` | every stream's events (`id`, `stream_id`, `version`, `topic`, `occurred_at`, `state`, `metadata`); `id` is the notification log position | `PRIMARY KEY (id)`, `UNIQUE (stream_id, version)` |
 //! | `snapshots` | snapshots by stream and version | `PRIMARY KEY (stream_id, version)` |
 //! | `tracking` | follower positions | `PRIMARY KEY (follower) INCLUDE (position)` |
 //! | `schema_version` | applied migrations | `PRIMARY KEY (version)` |
@@ -119,9 +113,10 @@
 //! **What holds the log back:** only writers *of these tables* that have announced and not
 //! ended, and only for ids above their announcement. A long transaction elsewhere in the
 //! cluster (a report, a stuck session, another application) does not delay followers; a
-//! host transaction that called [`PostgresStore::record_in`] does, until it commits or
-//! rolls back, so keep those short. Writers never wait for readers or for each other
-//! (beyond the unique key of a stream both write). The sequence uses `CACHE 1` (a
+//! transaction that recorded (a [`PostgresTransaction`], a host transaction) does, until
+//! it commits or rolls back, so keep those short. Writers never wait for readers or for
+//! each other (beyond the unique key of a stream both write, and the append lock of a
+//! stream both append to). The sequence uses `CACHE 1` (a
 //! per-session cache would break the id order); do not insert into `events` except
 //! through this store.
 //!
@@ -130,15 +125,94 @@
 //! follower reading all the time: every event seen exactly once, ids ascending, each
 //! stream's versions in order; a naive id-order reader running alongside skips hundreds.
 //!
-//! # Host transactions
+//! # Transactions
 //!
-//! [`PostgresStore::record_in`] records inside the caller's `sqlx::Transaction`, and
-//! [`save_in`] does the same for aggregates ([`eventfold_core::Application::prepare`],
-//! `record_in`, [`eventfold_core::Application::saved`]): the application's rows and the
-//! events commit or roll back together. After a rollback, reload the aggregates (see
-//! [`save_in`]). A stream only continues from a stored version (the store turns a gap into
+//! [`Store::begin`](eventfold_core::Store::begin) opens a [`PostgresTransaction`] (a
+//! `sqlx::Transaction` from the pool) behind an [`eventfold_core::Transaction`]; a host
+//! that opened a sqlx transaction itself hands it over with [`PostgresStore::join`]. In it:
+//!
+//! * [`Transaction::record`](eventfold_core::Transaction::record) and
+//!   [`Application::save_in`](eventfold_core::Application::save_in) write events,
+//!   appends, snapshots and follower positions with the in-host statement (one round trip;
+//!   one announcement per transaction however many recordings; the wake-up NOTIFY inside
+//!   the transaction, so followers wake when, and only if, it commits);
+//! * [`Transaction::execute`](eventfold_core::Transaction::execute) and
+//!   [`Transaction::query`](eventfold_core::Transaction::query) run portable SQL (`$1`
+//!   placeholders are PostgreSQL's own). Values bind as `bigint`, `double precision`,
+//!   `text`, `bytea`, and `NULL` without a type (the server infers it; such a statement is
+//!   not kept prepared). Columns read by type: `smallint`/`integer`/`bigint` and `boolean`
+//!   (0/1) as integers, `real`/`double precision` as reals, `text`/`varchar`/`char`/`name`
+//!   and `numeric` as text, `bytea` as bytes; any other type is an error naming it (cast
+//!   it in the query);
+//! * the caller's own statements go to the connection,
+//!   [`PostgresTransactionExt::postgres`] (`sqlx::query(..).execute(tx.postgres()?)`).
+//!
+//! Everything commits or rolls back together; dropped without a commit, the transaction
+//! rolls back. The store's statements in a transaction it opened wait at most
+//! [`PostgresConfig::reply_timeout`]; in a joined one they wait as the host's do.
+//! [`PostgresStore::record_in`] still records into a bare `&mut sqlx::Transaction`.
+//!
+//! `Application::save_in` marks the roots saved at once and caches them only when the
+//! transaction commits. After a rollback, reload the aggregates: a stream only continues
+//! from a stored version (the store turns a gap into
 //! [`Error::Conflict`](eventfold_core::Error::Conflict), as the other stores do), so a
-//! stale copy can never leave a hole in a stream.
+//! stale copy can never leave a hole in a stream. A conflict found by the record statement
+//! itself (a stream that does not continue, a follower position that does not move
+//! forwards) writes nothing and leaves the transaction usable; one found by the unique key
+//! (another transaction committed the same version meanwhile) aborts it, as PostgreSQL
+//! aborts any transaction whose statement failed: roll back and retry.
+//!
+//! # Appends
+//!
+//! [`Recording::appends`](eventfold_core::Recording::appends) are events at whatever
+//! version comes next in their stream (change records, whose writer does not know the
+//! stream's latest version). Two transactions appending to one stream must both succeed,
+//! with distinct, ordered versions, and a unique violation would abort the loser's
+//! transaction; so appends are **serialised per stream with a transaction-level advisory
+//! lock** (class derived from schema and prefix, key a 32-bit hash of the stream id):
+//!
+//! 1. one statement takes the locks of the recording's append streams, in key order (so
+//!    two recordings cannot deadlock on them; two *transactions* that append to the same
+//!    streams in opposite orders across several recordings can, and PostgreSQL's deadlock
+//!    error is reported as transient);
+//! 2. a second statement reads each stream's latest version. Under READ COMMITTED every
+//!    statement takes a new snapshot, so it sees the rows of the lock's previous holder,
+//!    which committed before the lock was released;
+//! 3. the appends become events at the following versions (after the recording's own
+//!    events of that stream) and go through the ordinary record statement, with its
+//!    contiguity check and announcement.
+//!
+//! Gap safety is untouched: the stream locks are taken before the announcement, so a
+//! writer waiting for one has announced nothing and holds back no reader (a host
+//! transaction that announced in an earlier recording holds the log back while it waits,
+//! as it would while doing anything else). A hash collision only makes two streams take
+//! turns. A `stream_heads` upsert (`INSERT … ON CONFLICT DO UPDATE … RETURNING`) would
+//! serialise the same way, through a row lock, but only if every save wrote it; the
+//! advisory lock costs nothing when there are no appends, so the one-event command path
+//! is the same statement as before. Appends cost two more round trips (and, outside a
+//! transaction, `BEGIN` and `COMMIT`). They serialise with other appends only: a save at
+//! a known version racing an append on the same stream meets the unique key, and
+//! whichever commits second gets a conflict (that transaction is aborted).
+//!
+//! # Metadata (schema version 5)
+//!
+//! [`StoredEvent::metadata`](eventfold_core::StoredEvent::metadata) is kept in a nullable
+//! `text` column of `events`: the JSON that
+//! [`Metadata::to_json`](eventfold_core::Metadata::to_json) writes, or `NULL` when empty.
+//! `text`, not `jsonb`: the bytes read back are the bytes written (`jsonb` reorders keys,
+//! drops duplicates and rewrites numbers), and inserts skip `jsonb`'s parse. Query it
+//! with `metadata::jsonb` where needed. Text that is not a JSON object fails to load
+//! with [`Error::Decode`](eventfold_core::Error::Decode) of kind
+//! [`RecordKind::Metadata`](eventfold_core::RecordKind::Metadata). Migration 5 adds the
+//! column (existing events read as empty metadata) and redefines the log function with
+//! an upper bound and a newest-first order
+//! ([`NotificationQuery::before`](eventfold_core::NotificationQuery::before),
+//! [`NotificationQuery::newest`](eventfold_core::NotificationQuery::newest)), still never
+//! past the final id of the protocol below.
+//!
+//! A negative version, id or position in the tables (never written by this store) is an
+//! error, never a silent wrap to a huge `u64`: [`Error::Decode`](eventfold_core::Error::Decode)
+//! for a record, a non-transient backend error for a follower position.
 //!
 //! # Wake-ups
 //!
@@ -158,19 +232,24 @@
 //! [`record`](eventfold_core::EventWriter::record) commits without it, wakes this
 //! process's followers directly, and a background task sends one NOTIFY (with
 //! `synchronous_commit = off`) per burst of commits, at most every 5 ms, for other
-//! processes. [`PostgresStore::record_in`] cannot know when the caller commits, so there
-//! the NOTIFY is part of the transaction.
+//! processes. A transaction ([`PostgresTransaction`], [`PostgresStore::record_in`])
+//! cannot know when the caller commits, so there the NOTIFY is part of the transaction.
+//! [`PostgresConfig::notify_in_transaction`] sends it inside `record`'s transaction too,
+//! to measure what that costs.
 //!
 //! # Round trips
 //!
 //! | operation | round trips |
 //! |---|---|
 //! | [`record`](eventfold_core::EventWriter::record) (events, snapshots, tracking, any number of streams) | 1: one SQL statement in its own implicit transaction (scalar parameters for one event, arrays and UNNEST for more) |
-//! | [`PostgresStore::record_in`] | 1 inside the caller's transaction (plus the caller's BEGIN and COMMIT) |
+//! | [`PostgresStore::record_in`], `Transaction::record`, `Application::save_in` | 1 inside the transaction (plus its BEGIN and COMMIT) |
+//! | a recording with appends | 3 (append locks, the streams' latest versions, the record statement); in its own transaction also BEGIN and COMMIT |
+//! | `Transaction::execute`, `Transaction::query` | 1 each (one more to prepare a statement the connection has not seen, or one with a `NULL` parameter) |
 //! | [`load`](eventfold_core::EventReader::load) (latest snapshot + later events) | 1 (UNION ALL) |
 //! | `select_events`, `select_snapshots`, `select_notifications`, `max_notification_id`, `tracking_position` | 1 each |
 //! | an application command: `get` + `save` | 2 (1 with the aggregate cache and `cache_fastforward(false)`) |
 //! | projection transaction: `begin`, the projection's own statements, `commit` | 1 + its own + 2 (move the position, COMMIT) |
+//! | `followers` | 1 |
 //!
 //! Statements are prepared once per connection (the first use costs one more round trip).
 //! sqlx's pool pings every connection it gets back (one more round trip per statement,
@@ -216,12 +295,25 @@
 //!   without this deadline such a command would wait as long as the kernel keeps the
 //!   socket. A projection transaction that times out is rolled back by the server when
 //!   the connection finally closes; until then sqlx's pool counts its slot as taken.
-//! * A version that exists → [`Error::Conflict`](eventfold_core::Error::Conflict),
+//! * A version that exists → [`Error::Conflict`](eventfold_core::Error::Conflict)
+//!   (`Conflict::Streams`, naming each stream and the version the writer expected),
 //!   detected with sqlx's typed `DatabaseError::is_unique_violation()` (never by
 //!   matching SQLSTATE text). A stream that would not continue from its latest version,
-//!   or a tracking position that does not move forward, is a conflict too: the record
-//!   statement then writes nothing and says so in its result.
-//! * Other server errors → [`Error::Backend`](eventfold_core::Error::Backend).
+//!   or a tracking position that does not move forward (`Conflict::Tracking`, with the
+//!   stored position), is a conflict too: the record statement then writes nothing and
+//!   says so in its result.
+//! * Server errors a retry can get past, by SQLSTATE (sqlx's typed `DatabaseError::code()`):
+//!   serialization failure `40001`, deadlock `40P01`, lock not available `55P03`, too many
+//!   connections `53300`, shutdown `57P01`–`57P03`, connection exceptions `08*` →
+//!   [`Error::Backend`](eventfold_core::Error::Backend) with `transient: true`
+//!   ([`Error::is_transient`](eventfold_core::Error::is_transient)).
+//! * Other server errors → [`Error::Backend`](eventfold_core::Error::Backend), not transient.
+//! * A projection's own sqlx error (it writes through
+//!   [`PostgresTransactionExt::postgres`] and returns the driver's error):
+//!   [`Store::is_transient_error`](eventfold_core::Store::is_transient_error) walks its
+//!   sources and says yes to the same set (I/O, protocol, pool timed out or closed, FATAL,
+//!   the codes above), so a follower waits out a restart or a killed connection in the
+//!   middle of a batch instead of stopping for good (`tests/it/faults.rs` kills one).
 //!
 //! # Benchmarks
 //!
@@ -260,7 +352,7 @@ mod wakeup;
 
 pub use config::{redact_url, Ordering, PostgresConfig};
 pub use schema::{MigrationReport, SCHEMA_VERSION};
-pub use store::{save_in, PostgresStore, PostgresTransaction};
+pub use store::{PostgresStore, PostgresTransaction, PostgresTransactionExt};
 pub use wakeup::{LISTENER_APPLICATION_NAME, NOTIFIER_APPLICATION_NAME};
 
 /// The backend name in errors (and in `eventfold-bench`'s).
@@ -274,6 +366,16 @@ mod send_checks {
     use eventfold_core::{Application, Recording};
 
     use crate::{PostgresConfig, PostgresStore};
+
+    #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+    struct Probe;
+
+    impl eventfold_core::Aggregate for Probe {
+        const TYPE: &'static str = "Probe";
+        type Id = eventfold_core::uuid::Uuid;
+        type Event = ();
+        fn apply(&mut self, _: &()) {}
+    }
 
     fn spawnable(config: PostgresConfig, store: PostgresStore, app: Application) {
         let c = config.clone();
@@ -289,8 +391,21 @@ mod send_checks {
         });
         let s = store.clone();
         tokio::spawn(async move {
-            let mut tx = s.pool().begin().await.unwrap();
-            crate::save_in(&app, &s, &mut tx, &mut []).await
+            let tx = s.pool().begin().await.unwrap();
+            let mut tx = s.join(tx);
+            let mut root = eventfold_core::Root::<Probe>::new(());
+            app.save_in(&mut tx, &mut root).await?;
+            tx.commit().await
+        });
+        let s = store.clone();
+        tokio::spawn(async move {
+            use eventfold_core::Store;
+            let mut tx = s.begin().await?;
+            tx.execute("SELECT $1", &[1_i64.into()]).await?;
+            tx.query("SELECT $1", &[eventfold_core::SqlValue::Null])
+                .await?;
+            tx.record(&Recording::new()).await?;
+            tx.commit().await
         });
     }
 }

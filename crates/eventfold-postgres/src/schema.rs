@@ -11,7 +11,7 @@ use crate::config::PostgresConfig;
 use crate::error::{sqlx_error, Target};
 
 /// The schema version this build writes and expects.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Advisory-lock class (first key of the two-key form) for the id allocation section.
 const LOCK_CLASS_ALLOCATE: i32 = 0x4546_0001; // "EF" 1
@@ -73,6 +73,12 @@ pub(crate) struct Sql {
     pub tracking_position: String,
     pub move_tracking: String,
     pub notify: String,
+    /// Takes the per-stream append locks `$1` (int4 keys, sorted), in order.
+    pub lock_streams: String,
+    /// The latest stored version of each stream of `$1`.
+    pub stream_heads: String,
+    /// Every follower with a position, by name.
+    pub followers: String,
 }
 
 /// The second key of a transaction's writer lock: the low 32 bits of its xid, as int4.
@@ -81,7 +87,7 @@ fn writer_key(xid: &str) -> String {
 }
 
 /// 32-bit FNV-1a, as a stable key for advisory locks.
-fn fnv1a(text: &str) -> i32 {
+pub(crate) fn fnv1a(text: &str) -> i32 {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in text.bytes() {
         hash ^= u32::from(byte);
@@ -106,11 +112,13 @@ impl Sql {
             // make the rest unique.
             channel = format!("{}~{:08x}", &channel[..50], fnv1a(&channel));
         }
-        let record_columns = "stream_id, version, topic, occurred_at, state";
+        let record_columns = "stream_id, version, topic, occurred_at, state, metadata";
+        let snapshot_columns = "stream_id, version, topic, occurred_at, state, NULL::text";
         let notifications_fn = q("notifications");
         let max_fn = q("max_notification_id");
         let final_id_fn = q("final_id");
         let writer_announcement_class = fnv1a(&format!("announcements:{key_text}"));
+        let stream_lock_class = fnv1a(&format!("streams:{key_text}"));
         let writers = Writers {
             events: &events,
             snapshots: &snapshots,
@@ -135,24 +143,35 @@ impl Sql {
             schema_version_regclass: q("schema_version"),
             select_events_asc: select_stream(record_columns, &events, "ASC"),
             select_events_desc: select_stream(record_columns, &events, "DESC"),
-            select_snapshots_asc: select_stream(record_columns, &snapshots, "ASC"),
-            select_snapshots_desc: select_stream(record_columns, &snapshots, "DESC"),
+            select_snapshots_asc: select_stream(snapshot_columns, &snapshots, "ASC"),
+            select_snapshots_desc: select_stream(snapshot_columns, &snapshots, "DESC"),
             // One round trip: the newest snapshot at or below $2, then the events after it.
             load: format!(
                 "WITH snap AS ( \
                      SELECT version, topic, occurred_at, state FROM {snapshots} \
                      WHERE stream_id = $1 AND version <= $2 \
                      ORDER BY version DESC LIMIT 1) \
-                 SELECT true AS is_snapshot, version, topic, occurred_at, state FROM snap \
+                 SELECT true AS is_snapshot, version, topic, occurred_at, state, \
+                        NULL::text AS metadata FROM snap \
                  UNION ALL \
-                 (SELECT false, version, topic, occurred_at, state FROM {events} \
+                 (SELECT false, version, topic, occurred_at, state, metadata FROM {events} \
                   WHERE stream_id = $1 AND version <= $2 \
-                    AND version > coalesce((SELECT version FROM snap), 0) \
+                    AND version > coalesce((SELECT version FROM snap), -9223372036854775808) \
                   ORDER BY version)"
             ),
-            notifications: format!("SELECT * FROM {notifications_fn}($1, $2, $3)"),
+            notifications: format!("SELECT * FROM {notifications_fn}($1, $2, $3, $4, $5)"),
             max_notification_id: format!("SELECT {max_fn}()"),
             tracking_position: format!("SELECT position FROM {tracking} WHERE follower = $1"),
+            followers: format!("SELECT follower, position FROM {tracking} ORDER BY follower"),
+            lock_streams: format!(
+                "SELECT count(pg_catalog.pg_advisory_xact_lock({stream_lock_class}, k.key)) \
+                 FROM unnest($1::integer[]) WITH ORDINALITY AS k(key, ord)"
+            ),
+            stream_heads: format!(
+                "SELECT s.stream_id, (SELECT max(e.version) FROM {events} e \
+                                      WHERE e.stream_id = s.stream_id) \
+                 FROM unnest($1::text[]) AS s(stream_id)"
+            ),
             move_tracking: format!(
                 "WITH moved AS ( \
                      INSERT INTO {tracking} AS t (follower, position) VALUES ($1, $2) \
@@ -202,6 +221,11 @@ impl Sql {
                 4,
                 "writers announce an id floor instead of stamping rows; record is one SQL statement",
                 self.v4(),
+            ),
+            (
+                5,
+                "record metadata; the log reads newest first and pages with a bound",
+                self.v5(),
             ),
         ]
     }
@@ -303,6 +327,57 @@ BEGIN
     WHERE e.id <= v_final
     ORDER BY e.id DESC LIMIT 1;
     RETURN coalesce(v_id, 0);
+END
+$fn$;
+"#
+        )
+    }
+
+    /// Version 5: a nullable `metadata` column (the JSON text of
+    /// [`eventfold_core::Metadata::to_json`], byte for byte), and the log read with an upper
+    /// bound and either order, still never past [`Sql::final_id_fn`].
+    fn v5(&self) -> String {
+        let Sql {
+            events,
+            notifications_fn,
+            final_id_fn,
+            ..
+        } = self;
+        format!(
+            r#"
+ALTER TABLE {events} ADD COLUMN metadata text;
+COMMENT ON COLUMN {events}.metadata IS 'eventfold: JSON object of the record''s metadata (correlation id, headers), NULL when empty';
+DROP FUNCTION {notifications_fn}(bigint, bigint, text[]);
+
+-- The gap-safe log read: it runs after {final_id_fn}() returned, so with a newer snapshot.
+-- Ids in (p_after, p_before), never above the final id, oldest or newest first.
+CREATE FUNCTION {notifications_fn}(p_after bigint, p_before bigint, p_limit bigint,
+                                   p_topics text[], p_descending boolean)
+RETURNS TABLE (id bigint, stream_id text, version bigint, topic text,
+               occurred_at timestamptz, state bytea, metadata text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_final bigint := least({final_id_fn}(), coalesce(p_before - 1, 9223372036854775807));
+BEGIN
+    IF p_descending THEN
+        RETURN QUERY
+            SELECT e.id, e.stream_id, e.version, e.topic, e.occurred_at, e.state, e.metadata
+            FROM {events} e
+            WHERE e.id > p_after AND e.id <= v_final
+              AND (p_topics IS NULL OR e.topic = ANY (p_topics))
+            ORDER BY e.id DESC
+            LIMIT p_limit;
+    ELSE
+        RETURN QUERY
+            SELECT e.id, e.stream_id, e.version, e.topic, e.occurred_at, e.state, e.metadata
+            FROM {events} e
+            WHERE e.id > p_after AND e.id <= v_final
+              AND (p_topics IS NULL OR e.topic = ANY (p_topics))
+            ORDER BY e.id
+            LIMIT p_limit;
+    END IF;
 END
 $fn$;
 "#
@@ -657,9 +732,9 @@ $fn$;
 /// recording, so a command pays for no PL/pgSQL call (whose per-transaction setup cost more
 /// than the insert itself).
 ///
-/// Every statement takes the parameters `$1..$5` (the events' stream ids, versions,
-/// topics, times, states), `$6..$10` (the snapshots'), and the general ones `$11, $12`
-/// (follower, position). It writes nothing unless every stream continues from its stored
+/// The general statement takes the parameters `$1..$5` (the events' stream ids, versions,
+/// topics, times, states), `$6..$10` (the snapshots'), the general ones `$11, $12`
+/// (follower, position), and `$13` (the events' metadata, JSON text or NULL). It writes nothing unless every stream continues from its stored
 /// latest version (and, with a follower, the follower moved forwards), and it announces
 /// the writer before it allocates an id.
 struct Writers<'a> {
@@ -731,8 +806,8 @@ impl Writers<'_> {
         )
     }
 
-    /// One event (and at most one snapshot), bound as scalars: `$1..$5` the event's
-    /// stream id, version, topic, time and state, `$6..$10` the snapshot's. One INSERT
+    /// One event (and at most one snapshot), bound as scalars: `$1..$6` the event's
+    /// stream id, version, topic, time, state and metadata, `$7..$11` the snapshot's. One INSERT
     /// over the id sequence's single row: its WHERE clause checks contiguity (one index
     /// probe) and takes the announcement, and a scan applies its WHERE clause to a row
     /// before it computes the row's `nextval`, so the id is taken after the announcement.
@@ -748,9 +823,9 @@ impl Writers<'_> {
         } = self;
         let key = announcement_key(LAST_ALLOCATED);
         let insert = format!(
-            "INSERT INTO {events} (id, stream_id, version, topic, occurred_at, state) \
+            "INSERT INTO {events} (id, stream_id, version, topic, occurred_at, state, metadata) \
              SELECT pg_catalog.nextval('{id_seq}'), $1::text, $2::bigint, $3::text, \
-                    $4::timestamptz, $5::bytea \
+                    $4::timestamptz, $5::bytea, $6::text \
              FROM {id_seq} s \
              WHERE ($2::bigint = 1 OR EXISTS (SELECT FROM {events} e \
                                               WHERE e.stream_id = $1::text \
@@ -765,7 +840,7 @@ impl Writers<'_> {
             "WITH inserted AS ({insert}), \
              snapshot AS ( \
                  INSERT INTO {snapshots} (stream_id, version, topic, occurred_at, state) \
-                 SELECT $6::text, $7::bigint, $8::text, $9::timestamptz, $10::bytea \
+                 SELECT $7::text, $8::bigint, $9::text, $10::timestamptz, $11::bytea \
                  WHERE EXISTS (SELECT FROM inserted) \
                  ON CONFLICT DO NOTHING) \
              SELECT id FROM inserted"
@@ -803,8 +878,9 @@ impl Writers<'_> {
         format!(
             "WITH input AS ( \
                  SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], \
-                                                 $4::timestamptz[], $5::bytea[]) \
-                     WITH ORDINALITY AS r(stream_id, version, topic, occurred_at, state, ord)), \
+                                                 $4::timestamptz[], $5::bytea[], $13::text[]) \
+                     WITH ORDINALITY AS r(stream_id, version, topic, occurred_at, state, \
+                                          metadata, ord)), \
              continues AS ( \
                  SELECT CASE \
                      WHEN coalesce(cardinality($1::text[]), 0) = 0 THEN true \
@@ -834,8 +910,9 @@ impl Writers<'_> {
                        FROM writer w, \
                             pg_catalog.generate_series(1, cardinality($1::text[]))) a), \
              inserted AS ( \
-                 INSERT INTO {events} (id, stream_id, version, topic, occurred_at, state) \
-                 SELECT a.ids[i.ord], i.stream_id, i.version, i.topic, i.occurred_at, i.state \
+                 INSERT INTO {events} (id, stream_id, version, topic, occurred_at, state, metadata) \
+                 SELECT a.ids[i.ord], i.stream_id, i.version, i.topic, i.occurred_at, i.state, \
+                        i.metadata \
                  FROM allocated a, input i \
                  WHERE a.ids IS NOT NULL), \
              {snapshot}{notified} \

@@ -1,8 +1,9 @@
 //! [`PostgresStore`]: the storage contract on PostgreSQL.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,19 +11,19 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, Postgres, Row};
+use sqlx::{Column, Connection, PgConnection, Postgres, Row, TypeInfo, ValueRef};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use eventfold_core::{
-    Application, Conflict, Error, EventReader, EventWriter, Loaded, Mapper, Notification,
-    NotificationQuery, NotificationReader, ProjectionStore, Recording, Result, Saveable, Store,
-    StoredEvent, StreamQuery, Timestamp, Tracking, TrackingReader,
+    CodecError, Conflict, Error, EventReader, EventWriter, Loaded, Metadata, Notification,
+    NotificationQuery, NotificationReader, RecordKind, Recording, Result, SqlRow, SqlValue, Store,
+    StoreTransaction, StoredEvent, StreamQuery, Timestamp, Tracking, TrackingReader, Transaction,
 };
 
 use crate::config::{Ordering, PostgresConfig};
 use crate::error::{sqlx_error, unique_violation, Target};
-use crate::schema::{self, MigrationReport, Sql, SCHEMA_VERSION};
+use crate::schema::{self, fnv1a, MigrationReport, Sql, SCHEMA_VERSION};
 use crate::wakeup::{self, ListenerStats};
 use crate::BACKEND;
 
@@ -43,7 +44,6 @@ struct Inner {
     listener: Mutex<Option<JoinHandle<()>>>,
     listener_stats: Arc<ListenerStats>,
     notifier: Mutex<Option<(JoinHandle<()>, Arc<Notify>)>>,
-    notify_in_transaction: AtomicBool,
     /// Connections kept out of the pool between single-statement operations (see [`Lease`]).
     hot: Mutex<Vec<PoolConnection<Postgres>>>,
     hot_capacity: usize,
@@ -129,12 +129,15 @@ pub(crate) async fn within<T>(
     }
     tokio::time::timeout(limit, statement)
         .await
-        .unwrap_or_else(|_| {
-            Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no reply from the server within {limit:?} (reply_timeout)"),
-            )))
-        })
+        .unwrap_or_else(|_| Err(timed_out(limit)))
+}
+
+/// The I/O error of a statement that got no reply within `limit`.
+fn timed_out(limit: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no reply from the server within {limit:?} (reply_timeout)"),
+    ))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,6 +164,7 @@ struct RecordArgs<'r> {
     topics: Vec<&'r str>,
     occurred_at: Vec<DateTime<Utc>>,
     states: Vec<&'r [u8]>,
+    metadata: Vec<Option<String>>,
     snap_stream_ids: Vec<&'r str>,
     snap_versions: Vec<i64>,
     snap_topics: Vec<&'r str>,
@@ -213,11 +217,10 @@ impl<'r> RecordArgs<'r> {
                 None => event.version >= 1,
             };
             if !ok {
-                return Err(Error::Conflict(Conflict::new(
+                return Err(Error::Conflict(Conflict::streams(
                     expected_versions(recording)
                         .into_iter()
-                        .filter(|(s, _)| *s == event.stream_id)
-                        .collect(),
+                        .filter(|(s, _)| *s == event.stream_id),
                 )));
             }
             next.insert(&event.stream_id, event.version + 1);
@@ -233,6 +236,7 @@ impl<'r> RecordArgs<'r> {
             topics: events.iter().map(|e| e.topic.as_str()).collect(),
             occurred_at: events.iter().map(|e| e.timestamp.to_datetime()).collect(),
             states: events.iter().map(|e| e.state.as_slice()).collect(),
+            metadata: events.iter().map(|e| e.metadata.to_json()).collect(),
             snap_stream_ids: snaps.iter().map(|e| e.stream_id.as_str()).collect(),
             snap_versions: snaps
                 .iter()
@@ -248,6 +252,19 @@ impl<'r> RecordArgs<'r> {
                 .map(|t| to_i64(t.position, "tracking position"))
                 .transpose()?,
         })
+    }
+
+    /// Adds the recording's appends at the versions the store allocated for them.
+    fn with_appends(&mut self, appends: &'r [StoredEvent], versions: &[u64]) {
+        for (append, &version) in appends.iter().zip(versions) {
+            self.stream_ids.push(&append.stream_id);
+            self.versions
+                .push(i64::try_from(version).unwrap_or(i64::MAX));
+            self.topics.push(&append.topic);
+            self.occurred_at.push(append.timestamp.to_datetime());
+            self.states.push(&append.state);
+            self.metadata.push(append.metadata.to_json());
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -292,17 +309,61 @@ enum Recorded {
     TrackingBehind,
 }
 
-fn stored(row: &PgRow, stream_id: &str, first_column: usize) -> Result<StoredEvent> {
+/// A value that cannot be what the database holds (a negative version or id): a decode
+/// error of the record, never a silent wrap to a huge `u64`.
+fn out_of_range(kind: RecordKind, stream_id: &str, what: &str, value: i64) -> Error {
+    Error::Decode {
+        kind,
+        stream_id: stream_id.to_owned(),
+        version: 0,
+        source: CodecError::Json(serde::de::Error::custom(format!(
+            "the stored {what} {value} is out of range (below zero)"
+        ))),
+    }
+}
+
+/// A stored non-negative bigint (a version or notification id) of a record.
+fn unsigned(kind: RecordKind, stream_id: &str, what: &str, value: i64) -> Result<u64> {
+    u64::try_from(value).map_err(|_| out_of_range(kind, stream_id, what, value))
+}
+
+/// A stored position or id that belongs to no record (a follower's position, the log's
+/// end): out of range is a backend error naming it.
+fn unsigned_scalar(what: &str, value: i64) -> Result<u64> {
+    u64::try_from(value).map_err(|_| {
+        Error::backend(
+            BACKEND,
+            format!("the stored {what} {value} is out of range (below zero)"),
+        )
+    })
+}
+
+/// One record from `row`: version, topic, time, state and metadata from `first_column` on.
+fn stored(
+    row: &PgRow,
+    kind: RecordKind,
+    stream_id: &str,
+    first_column: usize,
+) -> Result<StoredEvent> {
     let get = |e: sqlx::Error| Error::backend(BACKEND, e);
     let version: i64 = row.try_get(first_column).map_err(get)?;
+    let version = unsigned(kind, stream_id, "version", version)?;
     let occurred_at: DateTime<Utc> = row.try_get(first_column + 2).map_err(get)?;
-    Ok(StoredEvent {
+    let metadata: Option<&str> = row.try_get(first_column + 4).map_err(get)?;
+    let metadata = Metadata::from_json(metadata).map_err(|e| Error::Decode {
+        kind: RecordKind::Metadata,
         stream_id: stream_id.to_owned(),
-        version: version as u64,
-        topic: row.try_get(first_column + 1).map_err(get)?,
-        timestamp: Timestamp::from_micros(occurred_at.timestamp_micros()),
-        state: row.try_get(first_column + 3).map_err(get)?,
-    })
+        version,
+        source: CodecError::Json(e),
+    })?;
+    Ok(StoredEvent::new(
+        stream_id,
+        version,
+        row.try_get::<String, _>(first_column + 1).map_err(get)?,
+        Timestamp::from_micros(occurred_at.timestamp_micros()),
+        row.try_get(first_column + 3).map_err(get)?,
+    )
+    .with_metadata(metadata))
 }
 
 impl PostgresStore {
@@ -357,7 +418,6 @@ impl PostgresStore {
                 listener: Mutex::new(None),
                 listener_stats: Arc::new(ListenerStats::default()),
                 notifier: Mutex::new(None),
-                notify_in_transaction: AtomicBool::new(false),
                 hot: Mutex::new(Vec::new()),
                 // Leave most of the pool to transactions (host, projections).
                 hot_capacity: (config.max_connections as usize / 4)
@@ -461,36 +521,144 @@ impl PostgresStore {
             .load(AtomicOrdering::Relaxed)
     }
 
-    /// Records `recording` inside the caller's open transaction, so the application's own
-    /// rows and the events commit or roll back together. Returns the notification ids.
+    /// Records `recording` inside the caller's open sqlx transaction, so the application's
+    /// own rows and the events commit or roll back together. Returns the notification ids
+    /// (of the events, then of the appends).
     ///
-    /// One round trip. The wake-up NOTIFY is part of the transaction, so followers wake
-    /// when (and only if) the caller commits. On [`Error::Conflict`] nothing of the
-    /// recording was written: roll the transaction back, reload, and run the command again
-    /// (after a conflict found by the unique key the transaction is aborted anyway).
+    /// One round trip (three with appends: see the crate docs, "Appends"). The wake-up
+    /// NOTIFY is part of the transaction, so followers wake when (and only if) the caller
+    /// commits. On [`Error::Conflict`] nothing of the recording was written: roll the
+    /// transaction back, reload, and run the command again (after a conflict found by the
+    /// unique key the transaction is aborted anyway).
     ///
     /// Notification ids become visible to followers only after the caller commits, and
     /// only once every transaction that started writing before it has ended (see the
-    /// crate docs, "Gap-safe order"): keep host transactions short.
+    /// crate docs, "Gap-safe order"): keep host transactions short. To save aggregates in
+    /// the caller's transaction, wrap it with [`Self::join`] instead and use
+    /// [`eventfold_core::Application::save_in`].
     pub async fn record_in(
         &self,
         tx: &mut sqlx::Transaction<'_, Postgres>,
         recording: &Recording,
     ) -> Result<Vec<u64>> {
-        let args = RecordArgs::new(recording)?;
-        if args.is_empty() {
-            return Ok(Vec::new());
+        self.record_into(tx, recording).await
+    }
+
+    /// [`Self::record_in`] on a connection inside an open transaction.
+    async fn record_into(
+        &self,
+        conn: &mut PgConnection,
+        recording: &Recording,
+    ) -> Result<Vec<u64>> {
+        let mut args = RecordArgs::new(recording)?;
+        if recording.events.is_empty()
+            && recording.appends.is_empty()
+            && recording.snapshots.is_empty()
+        {
+            return match &recording.tracking {
+                Some(tracking) => self.move_tracking(conn, tracking).await,
+                None => Ok(Vec::new()),
+            };
         }
         if self.inner.config.ordering == Ordering::TableLock {
             sqlx::query(&self.inner.sql.lock_events)
-                .execute(&mut **tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(|e| self.err(e))?;
         }
-        let outcome = self
-            .call_record(&mut **tx, &args, RecordStatement::InHost)
-            .await;
+        let outcome = async {
+            if !recording.appends.is_empty() {
+                let versions = self.allocate_versions(&mut *conn, recording).await?;
+                args.with_appends(&recording.appends, &versions);
+            }
+            self.call_record(&mut *conn, &args, RecordStatement::InHost)
+                .await
+        }
+        .await;
         self.recorded(outcome, recording).await
+    }
+
+    /// Moves a follower's position (only forwards) in the open transaction on `conn`.
+    async fn move_tracking(
+        &self,
+        conn: &mut PgConnection,
+        tracking: &Tracking,
+    ) -> Result<Vec<u64>> {
+        let position = to_i64(tracking.position, "tracking position")?;
+        let (moved, current): (Option<i64>, Option<i64>) =
+            sqlx::query_as(&self.inner.sql.move_tracking)
+                .bind(&tracking.follower)
+                .bind(position)
+                .fetch_one(conn)
+                .await
+                .map_err(|e| self.err(e))?;
+        if moved.is_none() {
+            let current = current.map_or(Ok(0), |c| unsigned_scalar("tracking position", c))?;
+            return Err(Error::Conflict(Conflict::tracking(
+                tracking.follower.clone(),
+                tracking.position,
+                current,
+            )));
+        }
+        Ok(Vec::new())
+    }
+
+    /// The versions of `recording.appends`, allocated under the per-stream append locks:
+    /// one statement takes the locks of their streams (in key order, so two recordings
+    /// cannot deadlock on them), the next reads each stream's latest version (a new
+    /// statement, so under READ COMMITTED it sees the commit of the lock's previous
+    /// holder), and the appends follow it (and the recording's own events of that stream).
+    /// Must run inside a transaction: the locks are held until it ends.
+    async fn allocate_versions(
+        &self,
+        conn: &mut PgConnection,
+        recording: &Recording,
+    ) -> std::result::Result<Vec<u64>, sqlx::Error> {
+        let mut streams: Vec<&str> = recording
+            .appends
+            .iter()
+            .map(|a| a.stream_id.as_str())
+            .collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let mut keys: Vec<i32> = streams.iter().map(|s| fnv1a(s)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        sqlx::query(&self.inner.sql.lock_streams)
+            .bind(&keys)
+            .execute(&mut *conn)
+            .await?;
+        let heads: Vec<(String, Option<i64>)> = sqlx::query_as(&self.inner.sql.stream_heads)
+            .bind(&streams)
+            .fetch_all(&mut *conn)
+            .await?;
+        let heads: HashMap<String, u64> = heads
+            .into_iter()
+            .map(|(stream, head)| {
+                (
+                    stream,
+                    head.and_then(|h| u64::try_from(h).ok()).unwrap_or(0),
+                )
+            })
+            .collect();
+        let mut next: HashMap<&str, u64> = streams
+            .iter()
+            .map(|s| (*s, heads.get(*s).copied().unwrap_or(0)))
+            .collect();
+        for event in &recording.events {
+            if let Some(head) = next.get_mut(event.stream_id.as_str()) {
+                *head = (*head).max(event.version);
+            }
+        }
+        Ok(recording
+            .appends
+            .iter()
+            .map(|append| {
+                let head = next.entry(append.stream_id.as_str()).or_insert(0);
+                *head += 1;
+                *head
+            })
+            .collect())
     }
 
     /// Sends `statement` with `args`.
@@ -515,7 +683,8 @@ impl PostgresStore {
                 .bind(args.versions[0])
                 .bind(args.topics[0])
                 .bind(args.occurred_at[0])
-                .bind(args.states[0]);
+                .bind(args.states[0])
+                .bind(args.metadata[0].as_deref());
             if snapshot {
                 query = query
                     .bind(args.snap_stream_ids[0])
@@ -549,6 +718,7 @@ impl PostgresStore {
             .bind(&args.snap_states)
             .bind(args.follower)
             .bind(args.position)
+            .bind(&args.metadata)
             .fetch_one(executor)
             .await?;
         let continues: bool = row.try_get(0)?;
@@ -570,10 +740,13 @@ impl PostgresStore {
         recording: &Recording,
     ) -> Result<Vec<u64>> {
         match outcome {
-            Ok(Recorded::Ids(ids)) => Ok(ids.into_iter().map(|id| id as u64).collect()),
-            Ok(Recorded::Discontinuous) => {
-                Err(Error::Conflict(Conflict::new(expected_versions(recording))))
-            }
+            Ok(Recorded::Ids(ids)) => ids
+                .into_iter()
+                .map(|id| unsigned_scalar("notification id", id))
+                .collect(),
+            Ok(Recorded::Discontinuous) => Err(Error::Conflict(Conflict::streams(
+                expected_versions(recording),
+            ))),
             Ok(Recorded::TrackingBehind) => {
                 let tracking = recording
                     .tracking
@@ -585,14 +758,17 @@ impl PostgresStore {
                     .ok()
                     .flatten()
                     .unwrap_or(tracking.position);
-                Err(Error::Conflict(Conflict::new(vec![(
-                    format!("tracking:{}", tracking.follower),
+                Err(Error::Conflict(Conflict::tracking(
+                    tracking.follower.clone(),
+                    tracking.position,
                     current,
-                )])))
+                )))
             }
             Err(error) if unique_violation(&error).is_some() => {
                 // Another writer took one of these versions first.
-                Err(Error::Conflict(Conflict::new(expected_versions(recording))))
+                Err(Error::Conflict(Conflict::streams(expected_versions(
+                    recording,
+                ))))
             }
             Err(error) => Err(self.err(error)),
         }
@@ -644,18 +820,9 @@ impl PostgresStore {
         }
     }
 
-    /// For benchmarks: send the wake-up NOTIFY inside every recording transaction (as
-    /// [`Self::record_in`] does) instead of after the commit. NOTIFY serialises commits
-    /// on a server-wide lock, so this costs throughput under concurrent writers.
-    #[doc(hidden)]
-    pub fn set_notify_in_transaction(&self, in_transaction: bool) {
-        self.inner
-            .notify_in_transaction
-            .store(in_transaction, AtomicOrdering::Relaxed);
-    }
-
     async fn select_records(
         &self,
+        kind: RecordKind,
         asc: &str,
         desc: &str,
         stream_id: &str,
@@ -664,13 +831,17 @@ impl PostgresStore {
         let mut lease = self.lease().await?;
         let statement = sqlx::query(if query.descending { desc } else { asc })
             .bind(stream_id)
-            .bind(clamp(query.after.unwrap_or(0)))
+            // Without a lower bound, from the lowest bigint: a corrupt (negative) version
+            // then fails to decode instead of staying out of sight.
+            .bind(query.after.map_or(i64::MIN, clamp))
             .bind(clamp(query.up_to.unwrap_or(u64::MAX)))
             .bind(query.limit.map(clamp_limit))
             .fetch_all(lease.conn());
         let result = self.within(statement).await;
         let rows = lease.finish(result).map_err(|e| self.err(e))?;
-        rows.iter().map(|row| stored(row, stream_id, 1)).collect()
+        rows.iter()
+            .map(|row| stored(row, kind, stream_id, 1))
+            .collect()
     }
 
     fn start_listener(&self) -> bool {
@@ -729,6 +900,7 @@ impl EventReader for PostgresStore {
     async fn select_events(&self, stream_id: &str, query: StreamQuery) -> Result<Vec<StoredEvent>> {
         let sql = &self.inner.sql;
         self.select_records(
+            RecordKind::Event,
             &sql.select_events_asc,
             &sql.select_events_desc,
             stream_id,
@@ -744,6 +916,7 @@ impl EventReader for PostgresStore {
     ) -> Result<Vec<StoredEvent>> {
         let sql = &self.inner.sql;
         self.select_records(
+            RecordKind::Snapshot,
             &sql.select_snapshots_asc,
             &sql.select_snapshots_desc,
             stream_id,
@@ -761,25 +934,26 @@ impl EventReader for PostgresStore {
             .fetch_all(lease.conn());
         let result = self.within(statement).await;
         let rows = lease.finish(result).map_err(|e| self.err(e))?;
-        let mut loaded = Loaded::default();
+        let (mut snapshot, mut events) = (None, Vec::new());
         for row in &rows {
             let is_snapshot: bool = row.try_get(0).map_err(|e| self.err(e))?;
-            let record = stored(row, stream_id, 1)?;
-            if is_snapshot {
-                loaded.snapshot = Some(record);
+            let kind = if is_snapshot {
+                RecordKind::Snapshot
             } else {
-                loaded.events.push(record);
+                RecordKind::Event
+            };
+            let record = stored(row, kind, stream_id, 1)?;
+            if is_snapshot {
+                snapshot = Some(record);
+            } else {
+                events.push(record);
             }
         }
         // UNION ALL keeps the branches' order in practice; make it a guarantee.
-        if !loaded
-            .events
-            .windows(2)
-            .all(|w| w[0].version < w[1].version)
-        {
-            loaded.events.sort_by_key(|e| e.version);
+        if !events.windows(2).all(|w| w[0].version < w[1].version) {
+            events.sort_by_key(|e| e.version);
         }
-        Ok(loaded)
+        Ok(Loaded::new(snapshot, events))
     }
 }
 
@@ -789,13 +963,13 @@ impl EventWriter for PostgresStore {
     /// [`Ordering::TableLock`], a transaction around `LOCK TABLE` and that statement).
     async fn record(&self, recording: &Recording) -> Result<Vec<u64>> {
         let args = RecordArgs::new(recording)?;
+        let in_tx = self.inner.config.notify_in_transaction;
+        if !recording.appends.is_empty() {
+            return self.record_with_appends(args, recording, in_tx).await;
+        }
         if args.is_empty() {
             return Ok(Vec::new());
         }
-        let in_tx = self
-            .inner
-            .notify_in_transaction
-            .load(AtomicOrdering::Relaxed);
         let statement = RecordStatement::for_own_transaction(&args, in_tx);
         let mut lease = self.lease().await?;
         let outcome = if self.inner.config.ordering == Ordering::TableLock {
@@ -819,6 +993,48 @@ impl EventWriter for PostgresStore {
 }
 
 impl PostgresStore {
+    /// A recording with appends, in a transaction of its own: `BEGIN`, the append locks
+    /// and the streams' latest versions ([`Self::allocate_versions`]), the record
+    /// statement, `COMMIT`.
+    async fn record_with_appends(
+        &self,
+        mut args: RecordArgs<'_>,
+        recording: &Recording,
+        in_tx: bool,
+    ) -> Result<Vec<u64>> {
+        let mut lease = self.lease().await?;
+        let table_lock = self.inner.config.ordering == Ordering::TableLock;
+        let work = async {
+            let mut tx = lease.conn().begin().await?;
+            if table_lock {
+                sqlx::query(&self.inner.sql.lock_events)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let versions = self.allocate_versions(&mut tx, recording).await?;
+            args.with_appends(&recording.appends, &versions);
+            let statement = RecordStatement::for_own_transaction(&args, in_tx);
+            let recorded = self.call_record(&mut *tx, &args, statement).await?;
+            if matches!(recorded, Recorded::Ids(_)) {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            Ok(recorded)
+        };
+        let outcome = self.within(work).await;
+        let outcome = lease.finish(outcome);
+        let ids = self.recorded(outcome, recording).await?;
+        if !ids.is_empty() {
+            if in_tx {
+                self.inner.wakeups.notify_waiters();
+            } else {
+                self.committed();
+            }
+        }
+        Ok(ids)
+    }
+
     /// What Python `eventsourcing` does: the table locked from before the ids are taken
     /// until the commit.
     async fn record_under_table_lock(
@@ -845,8 +1061,10 @@ impl NotificationReader for PostgresStore {
         let topics = (!query.topics.is_empty()).then_some(&query.topics);
         let statement = sqlx::query(&self.inner.sql.notifications)
             .bind(clamp(query.after))
+            .bind(query.before.map(clamp))
             .bind(clamp_limit(query.limit))
-            .bind(topics);
+            .bind(topics)
+            .bind(query.descending);
         let mut lease = self.lease().await?;
         let result = self.within(statement.fetch_all(lease.conn())).await;
         let rows = lease.finish(result).map_err(|e| self.err(e))?;
@@ -854,10 +1072,11 @@ impl NotificationReader for PostgresStore {
             .map(|row| {
                 let id: i64 = row.try_get(0).map_err(|e| self.err(e))?;
                 let stream_id: String = row.try_get(1).map_err(|e| self.err(e))?;
-                Ok(Notification {
-                    id: id as u64,
-                    event: stored(row, &stream_id, 2)?,
-                })
+                let id = unsigned(RecordKind::Event, &stream_id, "notification id", id)?;
+                Ok(Notification::new(
+                    id,
+                    stored(row, RecordKind::Event, &stream_id, 2)?,
+                ))
             })
             .collect()
     }
@@ -868,7 +1087,7 @@ impl NotificationReader for PostgresStore {
         let statement = sqlx::query_scalar(&self.inner.sql.max_notification_id);
         let result = self.within(statement.fetch_one(lease.conn())).await;
         let id: i64 = lease.finish(result).map_err(|e| self.err(e))?;
-        Ok(id as u64)
+        unsigned_scalar("notification id", id)
     }
 
     /// Woken by a background LISTEN connection (started on the first call, inside a Tokio
@@ -887,24 +1106,100 @@ impl TrackingReader for PostgresStore {
         let statement = sqlx::query_scalar(&self.inner.sql.tracking_position).bind(follower);
         let result = self.within(statement.fetch_optional(lease.conn())).await;
         let position: Option<i64> = lease.finish(result).map_err(|e| self.err(e))?;
-        Ok(position.map(|p| p as u64))
+        position
+            .map(|p| unsigned_scalar("tracking position", p))
+            .transpose()
+    }
+
+    async fn followers(&self) -> Result<Vec<Tracking>> {
+        let mut lease = self.lease().await?;
+        let statement = sqlx::query_as(&self.inner.sql.followers);
+        let result = self.within(statement.fetch_all(lease.conn())).await;
+        let rows: Vec<(String, i64)> = lease.finish(result).map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(follower, position)| {
+                Ok(Tracking::new(
+                    follower,
+                    unsigned_scalar("tracking position", position)?,
+                ))
+            })
+            .collect()
     }
 }
 
+#[async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         BACKEND
     }
+
+    /// `BEGIN` on a connection of the pool, within [`PostgresConfig::reply_timeout`].
+    async fn begin(&self) -> Result<Transaction> {
+        let tx = self
+            .within(self.inner.pool.begin())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(Transaction::new(PostgresTransaction {
+            store: self.clone(),
+            tx,
+            own: true,
+            recorded: false,
+        }))
+    }
+
+    /// sqlx's errors that a retry can get past: I/O, a broken protocol stream, a pool
+    /// that timed out or closed, and server errors of severity `FATAL` or with a passing
+    /// SQLSTATE (serialisation failure, deadlock, lock not available, too many
+    /// connections, shutdown, connection exceptions); and the core's transient errors.
+    fn is_transient_error(&self, error: &(dyn std::error::Error + 'static)) -> bool {
+        eventfold_core::error_chain(error).any(|e| {
+            e.downcast_ref::<sqlx::Error>()
+                .is_some_and(crate::error::is_transient)
+                || e.downcast_ref::<Error>().is_some_and(Error::is_transient)
+        })
+    }
 }
 
-/// A projection's open transaction: the projection writes its rows through it, and
-/// [`ProjectionStore::commit`] moves the follower's position in it before committing.
-///
-/// Dereferences to the [`PgConnection`], so queries run on it with
-/// `.execute(&mut **tx)` where `tx: &mut PostgresTransaction`.
-#[derive(Debug)]
+impl PostgresStore {
+    /// Wraps a transaction the caller opened on this store's database (from
+    /// [`Self::pool`] or a pool of their own) as an [`eventfold_core::Transaction`], so
+    /// [`eventfold_core::Application::save_in`] and [`Transaction::record`] write into it
+    /// and it commits or rolls back as a whole. The caller's own statements go through
+    /// [`PostgresTransactionExt::postgres`].
+    ///
+    /// The store's statements in it wait as the caller's do (no
+    /// [`PostgresConfig::reply_timeout`]: the transaction is the caller's).
+    pub fn join(&self, tx: sqlx::Transaction<'static, Postgres>) -> Transaction {
+        Transaction::new(PostgresTransaction {
+            store: self.clone(),
+            tx,
+            own: false,
+            recorded: false,
+        })
+    }
+}
+
+/// An open PostgreSQL transaction: eventfold's records, portable SQL and the caller's own
+/// statements (on [`PostgresTransactionExt::postgres`], or by dereferencing to the
+/// [`PgConnection`]) commit or roll back together. Opened by
+/// [`Store::begin`](eventfold_core::Store::begin) or wrapped by [`PostgresStore::join`];
+/// used through [`eventfold_core::Transaction`]. Dropped without a commit, it rolls back.
 pub struct PostgresTransaction {
+    store: PostgresStore,
     tx: sqlx::Transaction<'static, Postgres>,
+    /// Opened by the store: its statements wait at most `reply_timeout`.
+    own: bool,
+    /// Events were recorded: wake this process's followers after the commit.
+    recorded: bool,
+}
+
+impl std::fmt::Debug for PostgresTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresTransaction")
+            .field("store", &self.store)
+            .field("recorded", &self.recorded)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PostgresTransaction {
@@ -913,9 +1208,20 @@ impl PostgresTransaction {
         &mut self.tx
     }
 
-    /// The underlying sqlx transaction, to commit or roll back by hand.
+    /// The underlying sqlx transaction, to commit or roll back by hand (this process's
+    /// followers are then not woken at once; they poll, and NOTIFY reaches them).
     pub fn into_inner(self) -> sqlx::Transaction<'static, Postgres> {
         self.tx
+    }
+
+    /// How long the store waits for its statements in this transaction (zero: as long as
+    /// it takes).
+    fn limit(&self) -> Duration {
+        if self.own {
+            self.store.inner.config.reply_timeout
+        } else {
+            Duration::ZERO
+        }
     }
 }
 
@@ -934,70 +1240,289 @@ impl std::ops::DerefMut for PostgresTransaction {
 }
 
 #[async_trait]
-impl ProjectionStore for PostgresStore {
-    type Transaction = PostgresTransaction;
-
-    async fn begin(&self) -> Result<PostgresTransaction> {
-        let tx = self
-            .within(self.inner.pool.begin())
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(PostgresTransaction { tx })
+impl StoreTransaction for PostgresTransaction {
+    fn backend(&self) -> &'static str {
+        BACKEND
     }
 
-    /// Moves the position (only forwards) and commits: two round trips.
-    async fn commit(&self, mut tx: PostgresTransaction, tracking: &Tracking) -> Result<()> {
-        let position = to_i64(tracking.position, "tracking position")?;
-        let statement = sqlx::query_as(&self.inner.sql.move_tracking)
-            .bind(&tracking.follower)
-            .bind(position)
-            .fetch_one(&mut *tx.tx);
-        let (moved, current): (Option<i64>, Option<i64>) =
-            self.within(statement).await.map_err(|e| self.err(e))?;
-        if moved.is_none() {
-            let _ = self.within(tx.tx.rollback()).await;
-            return Err(Error::Conflict(Conflict::new(vec![(
-                format!("tracking:{}", tracking.follower),
-                current.map_or(0, |c| c as u64),
-            )])));
+    /// [`PostgresStore::record_in`] on this transaction.
+    async fn record(&mut self, recording: &Recording) -> Result<Vec<u64>> {
+        let store = self.store.clone();
+        let limit = self.limit();
+        let work = store.record_into(&mut self.tx, recording);
+        let ids = if limit.is_zero() {
+            work.await?
+        } else {
+            tokio::time::timeout(limit, work)
+                .await
+                .map_err(|_| store.err(timed_out(limit)))??
+        };
+        if !ids.is_empty() {
+            self.recorded = true;
         }
-        self.within(tx.tx.commit()).await.map_err(|e| self.err(e))
+        Ok(ids)
     }
 
-    async fn position(&self, follower: &str) -> Result<Option<u64>> {
-        self.tracking_position(follower).await
+    async fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64> {
+        let query = bind_all(sqlx::query(sql), params)?;
+        let done = within(self.limit(), query.execute(&mut *self.tx))
+            .await
+            .map_err(|e| self.store.err(e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn query(&mut self, sql: &str, params: &[SqlValue]) -> Result<Vec<SqlRow>> {
+        let query = bind_all(sqlx::query(sql), params)?;
+        let rows = within(self.limit(), query.fetch_all(&mut *self.tx))
+            .await
+            .map_err(|e| self.store.err(e))?;
+        rows.iter().map(sql_row).collect()
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let PostgresTransaction {
+            store,
+            tx,
+            own,
+            recorded,
+        } = *self;
+        let committed = if own {
+            store.within(tx.commit()).await
+        } else {
+            tx.commit().await
+        };
+        committed.map_err(|e| store.err(e))?;
+        if recorded {
+            // The NOTIFY went out with the commit; this process's followers need not wait
+            // for it to come back through the LISTEN connection.
+            store.inner.wakeups.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        let PostgresTransaction { store, tx, own, .. } = *self;
+        let rolled_back = if own {
+            store.within(tx.rollback()).await
+        } else {
+            tx.rollback().await
+        };
+        rolled_back.map_err(|e| store.err(e))
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 }
 
-/// Saves aggregates inside the caller's transaction: [`Application::prepare`], then
-/// [`PostgresStore::record_in`], then [`Application::saved`]. Returns the notification ids.
+/// The PostgreSQL connection of an [`eventfold_core::Transaction`], for the caller's own
+/// statements in it:
 ///
-/// The aggregates are marked saved (and cached, if the application caches) when the
-/// events are written into `tx`, before the caller commits. **If the caller then rolls
-/// back, drop those aggregates and reload them**: they believe versions exist that do
-/// not. A stale copy cannot corrupt a stream even so: the store rejects a recording that
-/// does not continue from the stored latest version with [`Error::Conflict`], which also
-/// evicts it from the application's cache.
+/// ```no_run
+/// # async fn demo(app: &eventfold_core::Application) -> eventfold_core::Result<()> {
+/// use eventfold_postgres::PostgresTransactionExt;
 ///
-/// `app` should be built on the same store (or at least the same tables) as `store`.
-pub async fn save_in<M: Mapper>(
-    app: &Application<M>,
-    store: &PostgresStore,
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    roots: &mut [&mut dyn Saveable<M>],
-) -> Result<Vec<u64>> {
-    let recording = app.prepare(roots)?;
-    if recording.events.is_empty() {
-        return Ok(Vec::new());
-    }
-    match store.record_in(tx, &recording).await {
-        Ok(ids) => {
-            app.saved(roots);
-            Ok(ids)
+/// let mut tx = app.begin().await?;
+/// sqlx::query("INSERT INTO orders (id) VALUES ($1)")
+///     .bind(7_i64)
+///     .execute(tx.postgres()?)
+///     .await
+///     .map_err(|e| eventfold_core::Error::backend("postgres", e))?;
+/// tx.commit().await
+/// # }
+/// ```
+pub trait PostgresTransactionExt {
+    /// The connection of the open transaction; [`Error::Unsupported`] when the
+    /// transaction is not on a [`PostgresStore`].
+    fn postgres(&mut self) -> Result<&mut PgConnection>;
+}
+
+impl PostgresTransactionExt for Transaction {
+    fn postgres(&mut self) -> Result<&mut PgConnection> {
+        let backend = self.backend();
+        match self.downcast_mut::<PostgresTransaction>() {
+            Some(tx) => Ok(&mut tx.tx),
+            None => Err(Error::Unsupported {
+                backend,
+                what: "a PostgreSQL connection",
+            }),
         }
-        Err(Error::Conflict(_)) => Err(Error::Conflict(Conflict::new(
-            roots.iter().map(|r| r.expected()).collect(),
-        ))),
-        Err(other) => Err(other),
     }
+}
+
+/// SQL `NULL` of no declared type: the server infers the parameter's type from where it
+/// is used (a typed NULL, say `text`, fails against an integer column).
+struct UntypedNull;
+
+impl sqlx::Type<Postgres> for UntypedNull {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        sqlx::postgres::PgTypeInfo::with_oid(sqlx::postgres::types::Oid(0))
+    }
+
+    fn compatible(_: &sqlx::postgres::PgTypeInfo) -> bool {
+        true
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for UntypedNull {
+    fn encode_by_ref(
+        &self,
+        _: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Ok(sqlx::encode::IsNull::Yes)
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds each value as the PostgreSQL type closest to it: `bigint`, `double precision`,
+/// `text`, `bytea`, and an untyped `NULL`.
+///
+/// A statement with a `NULL` parameter is not kept prepared: the server infers that
+/// parameter's type when it parses the statement, and a prepared statement keeps the
+/// type it inferred, which the next call's non-null value (always `bigint`, `double
+/// precision`, `text` or `bytea`) may not match.
+fn bind_all<'q>(query: PgQuery<'q>, params: &'q [SqlValue]) -> Result<PgQuery<'q>> {
+    let mut query = query.persistent(!params.iter().any(SqlValue::is_null));
+    for (i, param) in params.iter().enumerate() {
+        query = match param {
+            SqlValue::Null => query.bind(UntypedNull),
+            SqlValue::Integer(v) => query.bind(*v),
+            SqlValue::Real(v) => query.bind(*v),
+            SqlValue::Text(v) => query.bind(v.as_str()),
+            SqlValue::Blob(v) => query.bind(v.as_slice()),
+            other => {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!(
+                        "parameter ${} is a {other:?}, which this store cannot bind",
+                        i + 1
+                    ),
+                ))
+            }
+        };
+    }
+    Ok(query)
+}
+
+/// PostgreSQL type oids (`pg_type.oid`) read into [`SqlValue`]s.
+mod oid {
+    pub const BOOL: u32 = 16;
+    pub const BYTEA: u32 = 17;
+    pub const NAME: u32 = 19;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const UNKNOWN: u32 = 705;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const NUMERIC: u32 = 1700;
+}
+
+/// One result row as [`SqlValue`]s, by column type (see [`SqlValue`]); a column of
+/// another type is an error naming it (cast it in the query).
+fn sql_row(row: &PgRow) -> Result<SqlRow> {
+    let get = |e: sqlx::Error| Error::backend(BACKEND, e);
+    (0..row.len())
+        .map(|i| {
+            let raw = row.try_get_raw(i).map_err(get)?;
+            if raw.is_null() {
+                return Ok(SqlValue::Null);
+            }
+            let column = &row.columns()[i];
+            let type_info = column.type_info();
+            let value = match type_info.oid().map(|o| o.0) {
+                Some(oid::INT2) => SqlValue::Integer(row.try_get::<i16, _>(i).map_err(get)?.into()),
+                Some(oid::INT4) => SqlValue::Integer(row.try_get::<i32, _>(i).map_err(get)?.into()),
+                Some(oid::INT8) => SqlValue::Integer(row.try_get::<i64, _>(i).map_err(get)?),
+                Some(oid::FLOAT4) => SqlValue::Real(row.try_get::<f32, _>(i).map_err(get)?.into()),
+                Some(oid::FLOAT8) => SqlValue::Real(row.try_get::<f64, _>(i).map_err(get)?),
+                Some(oid::BOOL) => {
+                    SqlValue::Integer(row.try_get::<bool, _>(i).map_err(get)?.into())
+                }
+                Some(oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN) => {
+                    SqlValue::Text(row.try_get::<String, _>(i).map_err(get)?)
+                }
+                Some(oid::BYTEA) => SqlValue::Blob(row.try_get::<Vec<u8>, _>(i).map_err(get)?),
+                Some(oid::NUMERIC) => {
+                    let bytes = raw.as_bytes().map_err(|e| Error::backend(BACKEND, e))?;
+                    SqlValue::Text(numeric_text(bytes).ok_or_else(|| {
+                        Error::backend(
+                            BACKEND,
+                            format!("column {:?} holds a malformed numeric", column.name()),
+                        )
+                    })?)
+                }
+                _ => {
+                    return Err(Error::backend(
+                        BACKEND,
+                        format!(
+                            "column {:?} is of type {}, which SqlValue cannot hold: cast it in \
+                             the query (to bigint, double precision, text or bytea)",
+                            column.name(),
+                            type_info.name()
+                        ),
+                    ))
+                }
+            };
+            Ok(value)
+        })
+        .collect()
+}
+
+/// The text of a `numeric` in PostgreSQL's binary format (as `numeric_out` writes it):
+/// `ndigits`, `weight`, `sign`, `dscale`, then base-10000 digits, each an `i16`.
+fn numeric_text(bytes: &[u8]) -> Option<String> {
+    let word = |i: usize| -> Option<i16> {
+        Some(i16::from_be_bytes(
+            bytes.get(i * 2..i * 2 + 2)?.try_into().ok()?,
+        ))
+    };
+    let ndigits = usize::try_from(word(0)?).ok()?;
+    let weight = i64::from(word(1)?);
+    let sign = u16::from_be_bytes(bytes.get(4..6)?.try_into().ok()?);
+    let dscale = usize::try_from(word(3)?).ok()?;
+    let digits: Vec<i16> = (0..ndigits).map(|d| word(4 + d)).collect::<Option<_>>()?;
+    match sign {
+        0xC000 => return Some("NaN".to_owned()),
+        0xD000 => return Some("Infinity".to_owned()),
+        0xF000 => return Some("-Infinity".to_owned()),
+        _ => {}
+    }
+    let digit = |k: i64| -> i16 {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| digits.get(k).copied())
+            .unwrap_or(0)
+    };
+    let mut out = String::new();
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    if weight < 0 {
+        out.push('0');
+    } else {
+        for k in 0..=weight {
+            if k == 0 {
+                out.push_str(&digit(k).to_string());
+            } else {
+                out.push_str(&format!("{:04}", digit(k)));
+            }
+        }
+    }
+    if dscale > 0 {
+        out.push('.');
+        let mut fraction = String::new();
+        let mut k = weight + 1;
+        while fraction.len() < dscale {
+            fraction.push_str(&format!("{:04}", digit(k)));
+            k += 1;
+        }
+        fraction.truncate(dscale);
+        out.push_str(&fraction);
+    }
+    Some(out)
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use eventfold_core::{
-    Error, EventReader, EventWriter, NotificationQuery, NotificationReader, ProjectionStore,
+    Error, EventReader, EventWriter, Metadata, NotificationQuery, NotificationReader, Store,
     StreamQuery, Tracking, TrackingReader,
 };
 use eventfold_postgres::{PostgresConfig, PostgresStore, SCHEMA_VERSION};
@@ -80,15 +80,16 @@ async fn schema_versions_and_migrate() {
     // A database one version behind, with events written by that version: refused
     // without create_tables, then upgraded, its log intact and its streams continuing.
     let mut old = cfg.clone();
-    old.table_prefix = "v3_".into();
+    old.table_prefix = "v4_".into();
     let built = PostgresStore::migrate_up_to(&old, SCHEMA_VERSION - 1)
         .await
         .unwrap();
     assert_eq!(built.to_version, SCHEMA_VERSION - 1);
+    // Events as version 4 wrote them (no metadata column yet).
     let old_record = format!(
-        "SELECT {schema}.v3_record(ARRAY['up','up'], ARRAY[1,2]::bigint[], ARRAY['A','B'], \
-             ARRAY[now(), now()], ARRAY['\\x01','\\x02']::bytea[], '{{}}', '{{}}', '{{}}', '{{}}', \
-             '{{}}', NULL, NULL, false, false)",
+        "INSERT INTO \"{schema}\".v4_events (id, stream_id, version, topic, occurred_at, state) \
+         SELECT nextval('\"{schema}\".v4_notification_id_seq'), 'up', v, t, now(), s \
+         FROM (VALUES (1, 'A', '\\x01'::bytea), (2, 'B', '\\x02'::bytea)) AS r(v, t, s)",
         schema = old.schema
     );
     sqlx::query(&old_record)
@@ -116,11 +117,25 @@ async fn schema_versions_and_migrate() {
         .map(|n| (n.id, n.event.stream_id, n.event.version))
         .collect();
     assert_eq!(before, vec![(1, "up".into(), 1), (2, "up".into(), 2)]);
+    let loaded = upgraded.load("up", None).await.unwrap();
+    assert_eq!(
+        loaded.events.len(),
+        2,
+        "the v4 events load after the upgrade"
+    );
+    assert!(loaded.events.iter().all(|e| e.metadata.is_empty()));
+    assert_eq!(loaded.events[1].state, vec![2]);
+    let tagged = Metadata::new().with_correlation_id("after-upgrade");
     let ids = upgraded
-        .record(&events_only(vec![event("up", 3, "C"), event("up", 4, "D")]))
+        .record(&events_only(vec![
+            event("up", 3, "C").with_metadata(tagged.clone()),
+            event("up", 4, "D"),
+        ]))
         .await
         .unwrap();
     assert_eq!(ids, vec![3, 4]);
+    let loaded = upgraded.load("up", None).await.unwrap();
+    assert_eq!(loaded.events[2].metadata, tagged);
     assert_eq!(upgraded.max_notification_id().await.unwrap(), 4);
     assert!(matches!(
         upgraded
@@ -328,14 +343,14 @@ async fn a_silently_dead_connection_fails_the_command_in_time() {
         .await
         .unwrap();
     // A projection's transaction, open when the partition comes.
-    let projection = ProjectionStore::begin(&bounded).await.unwrap();
+    let mut projection = Store::begin(&bounded).await.unwrap();
 
     proxy.freeze_existing();
-    let moved = Tracking {
-        follower: "projection".into(),
-        position: 1,
+    let moved = async {
+        projection.track(Tracking::new("projection", 1)).await?;
+        projection.commit().await
     };
-    let err = tokio::time::timeout(Duration::from_secs(20), bounded.commit(projection, &moved))
+    let err = tokio::time::timeout(Duration::from_secs(20), moved)
         .await
         .expect("the projection's commit fails instead of hanging")
         .unwrap_err();
@@ -409,4 +424,121 @@ async fn close_does_not_hang() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+}
+
+/// Copies notifications into a table through the transaction it is handed, and kills its
+/// own backend (from another connection) once, in the middle of a batch, before a write:
+/// the projection's write then fails with sqlx's own error, which it returns as it is.
+struct KilledMidBatch {
+    table: String,
+    kill_at: u64,
+    admin: sqlx::PgPool,
+    killed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[eventfold_core::async_trait]
+impl eventfold_core::Projection for KilledMidBatch {
+    fn name(&self) -> &str {
+        "killed"
+    }
+
+    async fn process(
+        &mut self,
+        tx: &mut eventfold_core::Transaction,
+        notification: &eventfold_core::Notification,
+    ) -> Result<(), eventfold_core::BoxError> {
+        use eventfold_postgres::PostgresTransactionExt;
+        use std::sync::atomic::Ordering;
+        if notification.id == self.kill_at && !self.killed.swap(true, Ordering::SeqCst) {
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(tx.postgres()?)
+                .await?;
+            let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+                .bind(pid)
+                .fetch_one(&self.admin)
+                .await?;
+        }
+        sqlx::query(&format!("INSERT INTO {} (id) VALUES ($1)", self.table))
+            .bind(notification.id as i64)
+            .execute(tx.postgres()?)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The fault of the issue: PostgreSQL restarts, or the connection is killed, while a
+/// projection writes through the transaction it was handed. The projection's own sqlx
+/// error is transient for this store (`Store::is_transient_error`), so the follower waits
+/// it out instead of stopping for good, and ends with every row applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_outlives_its_projection_connection_being_killed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let (store, _guard) = fresh("projkill").await;
+    let table = format!("\"{}\".applied", store.config().schema);
+    sqlx::query(&format!("CREATE TABLE {table} (id bigint PRIMARY KEY)"))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for version in 1..=7 {
+        ids.extend(
+            store
+                .record(&events_only(vec![event("s", version, "Happened")]))
+                .await
+                .unwrap(),
+        );
+    }
+    let admin = sqlx::PgPool::connect(&crate::support::database_url())
+        .await
+        .unwrap();
+    let killed = Arc::new(AtomicBool::new(false));
+    let projection = KilledMidBatch {
+        table: table.clone(),
+        kill_at: ids[4],
+        admin,
+        killed: killed.clone(),
+    };
+    let shared: Arc<dyn Store> = Arc::new(store.clone());
+    let mut follower = eventfold_core::Follower::builder(shared, projection)
+        .batch_size(3)
+        .poll_interval(Duration::from_millis(20))
+        .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        follower
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let last = *ids.last().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.tracking_position("killed").await.ok().flatten() != Some(last) {
+        assert!(
+            !running.is_finished(),
+            "the follower stopped: {:?}",
+            running.await.unwrap()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    running
+        .await
+        .unwrap()
+        .expect("the run ended only because it was told to");
+    assert!(
+        killed.load(Ordering::SeqCst),
+        "the backend was killed mid-batch"
+    );
+    let applied: Vec<i64> = sqlx::query_scalar(&format!("SELECT id FROM {table} ORDER BY id"))
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, ids.iter().map(|&id| id as i64).collect::<Vec<_>>());
 }

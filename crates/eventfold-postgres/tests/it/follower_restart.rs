@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventfold_core::{Follower, NotificationReader, TrackingReader};
+use eventfold_core::{Follower, Store, TrackingReader};
 use eventfold_postgres::{PostgresConfig, PostgresStore};
 use sqlx::{Connection, PgConnection};
 
@@ -98,10 +98,9 @@ async fn running_follower_survives_every_connection_being_killed() {
         .unwrap();
 
     let processed = Arc::new(Mutex::new(Vec::new()));
-    let log: Arc<dyn NotificationReader> = Arc::new(store.clone());
+    let log: Arc<dyn Store> = Arc::new(store.clone());
     let mut follower = Follower::builder(
         log,
-        store.clone(),
         CopyProjection {
             table: "copies".into(),
             processed: processed.clone(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::support::{
     config, event, events_only, fresh, record_one_by_one, wait_for, CopyProjection, FreezingProxy,
 };
-use eventfold_core::{EventWriter, Follower, NotificationReader, TrackingReader};
+use eventfold_core::{EventWriter, Follower, NotificationReader, Store, TrackingReader};
 use eventfold_postgres::{PostgresStore, LISTENER_APPLICATION_NAME};
 
 async fn terminate_listener(store: &PostgresStore) -> i64 {
@@ -39,10 +39,9 @@ async fn follower_survives_a_killed_listen_connection() {
     .unwrap();
 
     let processed = Arc::new(Mutex::new(Vec::new()));
-    let log: Arc<dyn NotificationReader> = Arc::new(store.clone());
+    let log: Arc<dyn Store> = Arc::new(store.clone());
     let mut follower = Follower::builder(
         log,
-        store.clone(),
         CopyProjection {
             table: table.clone(),
             processed: processed.clone(),
@@ -138,10 +137,9 @@ async fn projection_rows_and_position_commit_together() {
         .await
         .unwrap();
     let processed = Arc::new(Mutex::new(Vec::new()));
-    let log: Arc<dyn NotificationReader> = Arc::new(store.clone());
+    let log: Arc<dyn Store> = Arc::new(store.clone());
     let mut follower = Follower::builder(
         log.clone(),
-        store.clone(),
         CopyProjection {
             table: table.clone(),
             processed: processed.clone(),
@@ -165,7 +163,6 @@ async fn projection_rows_and_position_commit_together() {
         .unwrap();
     let mut restarted = Follower::builder(
         log,
-        store.clone(),
         CopyProjection {
             table: table.clone(),
             processed: Arc::new(Mutex::new(Vec::new())),

@@ -1,7 +1,9 @@
 //! Saving aggregates inside the application's own transaction.
 
-use eventfold_core::{Aggregate, Application, Error, EventReader, Root, StreamQuery};
-use eventfold_postgres::save_in;
+use eventfold_core::{
+    Aggregate, Application, Conflict, Error, EventReader, ExpectedVersion, Root, StreamQuery,
+};
+use eventfold_postgres::PostgresTransactionExt;
 use serde::{Deserialize, Serialize};
 
 use crate::support::fresh;
@@ -45,15 +47,14 @@ async fn commit_writes_both_rollback_neither() {
 
     let mut account = Root::<Account>::new(AccountEvent::Opened);
     account.trigger(AccountEvent::Deposited { amount: 5 });
-    let mut tx = store.pool().begin().await.unwrap();
+    // The host opens its own sqlx transaction and hands it to the store.
+    let mut tx = store.join(store.pool().begin().await.unwrap());
     sqlx::query(&format!("INSERT INTO {ledger} VALUES ($1, 'opened')"))
         .bind(account.id())
-        .execute(&mut *tx)
+        .execute(tx.postgres().unwrap())
         .await
         .unwrap();
-    let ids = save_in(&app, &store, &mut tx, &mut [&mut account])
-        .await
-        .unwrap();
+    let ids = app.save_in(&mut tx, &mut account).await.unwrap();
     assert_eq!(ids.len(), 2);
     tx.commit().await.unwrap();
     assert_eq!(account.saved_version(), 2);
@@ -70,19 +71,18 @@ async fn commit_writes_both_rollback_neither() {
     );
 
     // Rolled back: no ledger row, no events; the in-memory copy is stale, and saving it
-    // (through the cache, too) is a conflict rather than a gap in the stream.
+    // is a conflict rather than a gap in the stream. The cache never saw the rolled-back
+    // version: it takes saves into a transaction only at the commit.
     account.trigger(AccountEvent::Deposited { amount: 7 });
-    let mut tx = store.pool().begin().await.unwrap();
+    let mut tx = store.join(store.pool().begin().await.unwrap());
     sqlx::query(&format!(
         "UPDATE {ledger} SET note = 'deposit' WHERE account = $1"
     ))
     .bind(account.id())
-    .execute(&mut *tx)
+    .execute(tx.postgres().unwrap())
     .await
     .unwrap();
-    save_in(&app, &store, &mut tx, &mut [&mut account])
-        .await
-        .unwrap();
+    app.save_in(&mut tx, &mut account).await.unwrap();
     tx.rollback().await.unwrap();
     let note: String = sqlx::query_scalar(&format!("SELECT note FROM {ledger}"))
         .fetch_one(store.pool())
@@ -98,14 +98,9 @@ async fn commit_writes_both_rollback_neither() {
             .len(),
         2
     );
-    let mut stale = app.repository().get::<Account>(account.id()).await.unwrap();
-    assert_eq!(
-        stale.version(),
-        3,
-        "the cache holds the rolled-back version"
-    );
-    stale.trigger(AccountEvent::Deposited { amount: 1 });
-    let err = app.save(&mut stale).await.unwrap_err();
+    assert_eq!(account.version(), 3, "the rolled-back copy is stale");
+    account.trigger(AccountEvent::Deposited { amount: 1 });
+    let err = app.save(&mut account).await.unwrap_err();
     assert!(err.is_conflict(), "{err:?}");
     let mut fresh = app.repository().get::<Account>(account.id()).await.unwrap();
     assert_eq!(
@@ -138,13 +133,14 @@ async fn conflict_inside_a_host_transaction() {
     second.trigger(AccountEvent::Deposited { amount: 2 });
     app.save(&mut first).await.unwrap();
 
-    let mut tx = store.pool().begin().await.unwrap();
-    let err = save_in(&app, &store, &mut tx, &mut [&mut second])
-        .await
-        .unwrap_err();
+    let mut tx = app.begin().await.unwrap();
+    let err = app.save_in(&mut tx, &mut second).await.unwrap_err();
     match err {
-        Error::Conflict(conflict) => {
-            assert_eq!(conflict.expected, vec![(account.id().to_string(), 1)]);
+        Error::Conflict(Conflict::Streams(expected)) => {
+            assert_eq!(
+                expected,
+                vec![ExpectedVersion::new(account.id().to_string(), 1)]
+            );
         }
         other => panic!("expected a conflict, got {other:?}"),
     }

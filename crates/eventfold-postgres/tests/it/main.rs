@@ -9,3 +9,4 @@ mod followers;
 mod gap_safety;
 mod host_tx;
 mod support;
+mod transactions;

@@ -4,8 +4,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use eventfold_core::{BoxError, Notification, Projection, Recording, StoredEvent, Timestamp};
-use eventfold_postgres::{PostgresConfig, PostgresStore, PostgresTransaction};
+use eventfold_core::{
+    BoxError, Notification, Projection, Recording, StoredEvent, Timestamp, Transaction,
+};
+use eventfold_postgres::{PostgresConfig, PostgresStore, PostgresTransactionExt};
 use sqlx::{Connection, PgConnection};
 
 /// `EVENTFOLD_TEST_DATABASE_URL`, or the local server.
@@ -123,20 +125,17 @@ pub async fn fresh(tag: &str) -> (PostgresStore, SchemaGuard) {
 
 /// A test event: topic `Test.<name>`, state `<stream>@<version>`.
 pub fn event(stream_id: &str, version: u64, name: &str) -> StoredEvent {
-    StoredEvent {
-        stream_id: stream_id.to_owned(),
+    StoredEvent::new(
+        stream_id,
         version,
-        topic: format!("Test.{name}"),
-        timestamp: Timestamp::now(),
-        state: format!("{stream_id}@{version}").into_bytes(),
-    }
+        format!("Test.{name}"),
+        Timestamp::now(),
+        format!("{stream_id}@{version}").into_bytes(),
+    )
 }
 
 pub fn events_only(events: Vec<StoredEvent>) -> Recording {
-    Recording {
-        events,
-        ..Recording::default()
-    }
+    events.into_iter().fold(Recording::new(), Recording::event)
 }
 
 /// A [`PostgresStore`] that drops its schema when its last clone is dropped: what the
@@ -157,14 +156,14 @@ pub struct CopyProjection {
 }
 
 #[async_trait]
-impl Projection<PostgresStore> for CopyProjection {
+impl Projection for CopyProjection {
     fn name(&self) -> &str {
         "copy"
     }
 
     async fn process(
         &mut self,
-        tx: &mut PostgresTransaction,
+        tx: &mut Transaction,
         notification: &Notification,
     ) -> Result<(), BoxError> {
         sqlx::query(&format!(
@@ -174,7 +173,7 @@ impl Projection<PostgresStore> for CopyProjection {
         .bind(notification.id as i64)
         .bind(&notification.event.stream_id)
         .bind(notification.event.version as i64)
-        .execute(&mut **tx)
+        .execute(tx.postgres()?)
         .await?;
         self.processed.lock().unwrap().push(notification.id);
         Ok(())
