@@ -45,8 +45,7 @@ fn sample() -> Order {
 }
 
 fn store() -> SqliteStore {
-    let store = SqliteStore::open_in_memory().unwrap();
-    store
+    SqliteStore::open_in_memory().unwrap()
 }
 
 async fn create_table(store: &SqliteStore) {
