@@ -1,0 +1,12 @@
+//! eventfold's RabbitMQ transport.
+#![allow(missing_docs)]
+mod config;
+mod error;
+mod message;
+mod publisher;
+
+pub use config::{connections_opened, AmqpConfig};
+pub use error::{AmqpError, Result};
+pub use lapin::ExchangeKind;
+pub use message::{HeaderValue, Headers, IncomingMessage, OutgoingMessage};
+pub use publisher::{ConfirmedPublisher, Outcome, PublisherOptions};
