@@ -3,6 +3,7 @@
 mod config;
 mod error;
 mod message;
+pub mod nameko;
 mod publisher;
 
 pub use config::{connections_opened, AmqpConfig};

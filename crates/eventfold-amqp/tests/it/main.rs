@@ -2,5 +2,6 @@
 //! `EVENTFOLD_TEST_AMQP_URL`). Every test gets its own virtual host, deleted when it ends.
 
 mod config;
+mod nameko;
 mod publisher;
 mod support;
