@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
@@ -59,7 +60,7 @@ impl Default for PublisherOptions {
 }
 
 struct Link {
-    conn: lapin::Connection,
+    conn: Arc<lapin::Connection>,
     channel: lapin::Channel,
 }
 
@@ -173,6 +174,28 @@ impl ConfirmedPublisher {
         Ok(publisher)
     }
 
+    /// A publisher on a channel of an existing connection (the consumer's dead letters).
+    /// [`Self::reconnect`] would open a connection of its own.
+    pub(crate) async fn on_connection(
+        config: AmqpConfig,
+        conn: Arc<lapin::Connection>,
+        window: usize,
+    ) -> Result<Self> {
+        let channel = confirm_channel(&config, &conn).await?;
+        Ok(ConfirmedPublisher {
+            config,
+            options: PublisherOptions {
+                window: window.max(1),
+                role: "dead-letters".to_owned(),
+            },
+            link: Mutex::new(Some(Link { conn, channel })),
+            batch: Mutex::new(()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            connections_opened: AtomicU64::new(0),
+        })
+    }
+
     /// Drops the current connection (if any) and opens a new one. Publishes still in flight
     /// on the old connection fail with [`AmqpError::Unavailable`]; their messages must be
     /// published again. Call it, with backoff, after an [`AmqpError::Unavailable`].
@@ -182,7 +205,7 @@ impl ConfirmedPublisher {
             let _ = old.conn.close(200, "reconnecting".into()).await;
         }
         self.connections_opened.fetch_add(1, Ordering::Relaxed);
-        let conn = self.config.connect(&self.options.role).await?;
+        let conn = Arc::new(self.config.connect(&self.options.role).await?);
         let channel = confirm_channel(&self.config, &conn).await?;
         *link = Some(Link { conn, channel });
         Ok(())

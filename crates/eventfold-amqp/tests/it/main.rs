@@ -2,6 +2,7 @@
 //! `EVENTFOLD_TEST_AMQP_URL`). Every test gets its own virtual host, deleted when it ends.
 
 mod config;
+mod consumer;
 mod nameko;
 mod publisher;
 mod support;
