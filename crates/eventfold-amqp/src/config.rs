@@ -157,17 +157,23 @@ impl fmt::Display for AmqpConfig {
     }
 }
 
-/// Percent-encodes everything but ASCII letters and digits (as amq-protocol's URI printer).
-pub(crate) fn percent_encode(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters (`ef-test.1` stays
+/// readable); `strict` also encodes `-._~`, as amq-protocol's URI printer does.
+pub(crate) fn percent_encode_with(s: &str, strict: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() {
+        if b.is_ascii_alphanumeric() || (!strict && matches!(b, b'-' | b'.' | b'_' | b'~')) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
     out
+}
+
+/// Percent-encodes as in a URL (unreserved characters kept).
+pub(crate) fn percent_encode(s: &str) -> String {
+    percent_encode_with(s, false)
 }
 
 /// Turns a name into an AMQP short string (at most 255 bytes), or a configuration error.

@@ -131,9 +131,11 @@ pub(crate) fn scrub(text: &str, password: &str) -> String {
         return text.to_owned();
     }
     let mut out = text.replace(password, "***");
-    let encoded = crate::config::percent_encode(password);
-    if encoded != password {
-        out = out.replace(&encoded, "***");
+    for strict in [false, true] {
+        let encoded = crate::config::percent_encode_with(password, strict);
+        if encoded != password {
+            out = out.replace(&encoded, "***");
+        }
     }
     out
 }
