@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use eventfold_amqp::{
-    AmqpConfig, ConfirmedPublisher, ExchangeKind, OutgoingMessage, Outcome, PublisherOptions,
+    AmqpConfig, ConfirmedPublisher, ExchangeKind, Outcome, OutgoingMessage, PublisherOptions,
 };
 
 struct Args {
@@ -60,7 +60,10 @@ fn parse() -> anyhow::Result<Args> {
 fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("rabbitmqctl").arg("-q").args(args).output()?;
     if !out.status.success() {
-        bail!("rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -163,11 +166,19 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .message_count();
     println!("confirmed {confirmed} (not confirmed {other}) in {secs:.3} s");
-    println!("{rate:.0} confirmed msgs/s, {mib:.2} MiB/s, max in flight {}", publisher.max_in_flight());
-    println!("queue holds {in_queue}; connections opened {}", eventfold_amqp::connections_opened());
+    println!(
+        "{rate:.0} confirmed msgs/s, {mib:.2} MiB/s, max in flight {}",
+        publisher.max_in_flight()
+    );
+    println!(
+        "queue holds {in_queue}; connections opened {}",
+        eventfold_amqp::connections_opened()
+    );
 
-    ch.queue_delete(queue.as_str().into(), Default::default()).await?;
-    ch.exchange_delete(exchange.as_str().into(), Default::default()).await?;
+    ch.queue_delete(queue.as_str().into(), Default::default())
+        .await?;
+    ch.exchange_delete(exchange.as_str().into(), Default::default())
+        .await?;
     let _ = conn.close(200, "done".into()).await;
     publisher.close().await?;
 

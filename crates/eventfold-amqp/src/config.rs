@@ -58,7 +58,9 @@ impl AmqpConfig {
         if uri.vhost.is_empty() {
             uri.vhost = "/".to_owned();
         }
-        uri.query.heartbeat.get_or_insert(Self::DEFAULT_HEARTBEAT_SECS);
+        uri.query
+            .heartbeat
+            .get_or_insert(Self::DEFAULT_HEARTBEAT_SECS);
         uri.query
             .connection_timeout
             .get_or_insert(Self::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64);

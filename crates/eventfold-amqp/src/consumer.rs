@@ -90,6 +90,9 @@ impl Subscription {
     }
 }
 
+/// A function giving a message's ordering key ([`OrderKey::Custom`]).
+pub type KeyFn = Arc<dyn Fn(&IncomingMessage) -> Option<String> + Send + Sync>;
+
 /// What a message's ordering key is. Messages with the same key are handled one at a time,
 /// in queue order, by the same worker; different keys run on different workers in parallel.
 #[derive(Clone, Default)]
@@ -105,7 +108,7 @@ pub enum OrderKey {
     /// No order: round robin over the workers.
     None,
     /// A function of the message.
-    Custom(Arc<dyn Fn(&IncomingMessage) -> Option<String> + Send + Sync>),
+    Custom(KeyFn),
 }
 
 impl std::fmt::Debug for OrderKey {
@@ -358,7 +361,9 @@ impl Consumer {
             return Err(AmqpError::config("a consumer needs at least one worker"));
         }
         if options.retry.attempts == 0 {
-            return Err(AmqpError::config("retry.attempts counts the first run: at least 1"));
+            return Err(AmqpError::config(
+                "retry.attempts counts the first run: at least 1",
+            ));
         }
         let exchange = short("exchange", &subscription.exchange)?;
         let queue = short("queue", &subscription.queue)?;
@@ -382,7 +387,11 @@ impl Consumer {
             .map_err(err)?;
         for q in [&queue, &dlq] {
             channel
-                .queue_declare(q.clone(), QueueDeclareOptions::durable(), FieldTable::default())
+                .queue_declare(
+                    q.clone(),
+                    QueueDeclareOptions::durable(),
+                    FieldTable::default(),
+                )
                 .await
                 .map_err(err)?;
         }
@@ -623,7 +632,11 @@ async fn dead_letter<H: Handler>(
     attempts: u32,
 ) {
     let reason: String = reason.chars().take(4000).collect();
-    let mut dl = OutgoingMessage::new("", shared.subscription.dead_letter_queue(), message.body.clone());
+    let mut dl = OutgoingMessage::new(
+        "",
+        shared.subscription.dead_letter_queue(),
+        message.body.clone(),
+    );
     dl.content_type = message.content_type.clone();
     dl.content_encoding = message.content_encoding.clone();
     dl.message_id = message.message_id.clone();
@@ -631,17 +644,31 @@ async fn dead_letter<H: Handler>(
     dl.kind = message.kind.clone();
     dl.timestamp = message.timestamp;
     dl.headers = message.headers.clone();
-    dl.headers.insert(HEADER_ERROR.into(), reason.clone().into());
-    dl.headers.insert(HEADER_ATTEMPTS.into(), i64::from(attempts).into());
-    dl.headers.insert(HEADER_ORIGINAL_EXCHANGE.into(), message.exchange.clone().into());
-    dl.headers.insert(HEADER_ORIGINAL_ROUTING_KEY.into(), message.routing_key.clone().into());
-    dl.headers.insert(HEADER_ORIGINAL_QUEUE.into(), shared.subscription.queue.clone().into());
+    dl.headers
+        .insert(HEADER_ERROR.into(), reason.clone().into());
+    dl.headers
+        .insert(HEADER_ATTEMPTS.into(), i64::from(attempts).into());
+    dl.headers.insert(
+        HEADER_ORIGINAL_EXCHANGE.into(),
+        message.exchange.clone().into(),
+    );
+    dl.headers.insert(
+        HEADER_ORIGINAL_ROUTING_KEY.into(),
+        message.routing_key.clone().into(),
+    );
+    dl.headers.insert(
+        HEADER_ORIGINAL_QUEUE.into(),
+        shared.subscription.queue.clone().into(),
+    );
     match shared.dead_letters.publish_one(&dl).await {
         Ok(Outcome::Confirmed) => {
             tracing::warn!(%reason, attempts, routing_key = %message.routing_key, "message dead-lettered");
             match acker.ack(BasicAckOptions::default()).await {
                 Ok(_) => {
-                    shared.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .dead_lettered
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     tracing::warn!(error = %shared.config.error(&e), "ack after dead letter failed");

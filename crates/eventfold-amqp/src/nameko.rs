@@ -54,7 +54,12 @@ impl NamekoEvent {
 
     /// The message nameko would publish for this event.
     pub fn to_message(&self) -> Result<OutgoingMessage> {
-        event_message(&self.service, &self.event_type, &self.payload, &self.headers)
+        event_message(
+            &self.service,
+            &self.event_type,
+            &self.payload,
+            &self.headers,
+        )
     }
 }
 
@@ -186,14 +191,14 @@ impl serde_json::ser::Formatter for PythonFormatter {
             if (' '..='~').contains(&c) {
                 continue;
             }
-            writer.write_all(fragment[start..i].as_bytes())?;
+            writer.write_all(&fragment.as_bytes()[start..i])?;
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
                 write!(writer, "\\u{unit:04x}")?;
             }
             start = i + c.len_utf8();
         }
-        writer.write_all(fragment[start..].as_bytes())
+        writer.write_all(&fragment.as_bytes()[start..])
     }
 
     fn write_f64<W: ?Sized + std::io::Write>(
@@ -288,7 +293,10 @@ mod tests {
             r#""\u00e9\ud83d\ude00\"\\\n\t\u007f\u0001a""#
         );
         assert_eq!(
-            String::from_utf8(python_json(&serde_json::json!({"a": [1, {}, []], "b": null, "c": true})).unwrap()).unwrap(),
+            String::from_utf8(
+                python_json(&serde_json::json!({"a": [1, {}, []], "b": null, "c": true})).unwrap()
+            )
+            .unwrap(),
             r#"{"a": [1, {}, []], "b": null, "c": true}"#
         );
     }

@@ -115,7 +115,12 @@ struct Raw {
 fn same_message(ret: &lapin::message::BasicReturnMessage, m: &OutgoingMessage) -> bool {
     ret.delivery.exchange.as_str() == m.exchange
         && ret.delivery.routing_key.as_str() == m.routing_key
-        && ret.delivery.properties.message_id().as_ref().map(|s| s.as_str())
+        && ret
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str())
             == m.message_id.as_deref()
         && ret.delivery.data == m.body
 }
@@ -344,7 +349,12 @@ impl ConfirmedPublisher {
         while let Some((j, confirm)) = pending.pop_front() {
             results[j] = Some(self.settle(confirm.await));
         }
-        reconcile(messages, results.into_iter().map(|r| r.expect("every message settled")))
+        reconcile(
+            messages,
+            results
+                .into_iter()
+                .map(|r| r.expect("every message settled")),
+        )
     }
 
     fn settle(&self, res: lapin::Result<Confirmation>) -> Result<Raw> {

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventfold_amqp::{
-    ConfirmedPublisher, Consumer, ConsumerOptions, ConsumerStats, HandlerError,
-    IncomingMessage, OrderKey, OutgoingMessage, Outcome, PublisherOptions, RetryPolicy,
-    Subscription, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_ORIGINAL_EXCHANGE,
-    HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY,
+    ConfirmedPublisher, Consumer, ConsumerOptions, ConsumerStats, HandlerError, IncomingMessage,
+    OrderKey, Outcome, OutgoingMessage, PublisherOptions, RetryPolicy, Subscription,
+    HEADER_ATTEMPTS, HEADER_ERROR, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_QUEUE,
+    HEADER_ORIGINAL_ROUTING_KEY,
 };
 use lapin::types::AMQPValue;
 
@@ -43,14 +43,28 @@ fn fast_retry(attempts: u32) -> RetryPolicy {
 }
 
 fn header_str(m: &lapin::message::BasicGetMessage, name: &str) -> Option<String> {
-    match m.delivery.properties.headers().as_ref()?.inner().get(name)? {
+    match m
+        .delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(name)?
+    {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         other => Some(format!("{other:?}")),
     }
 }
 
 fn header_int(m: &lapin::message::BasicGetMessage, name: &str) -> Option<i64> {
-    match m.delivery.properties.headers().as_ref()?.inner().get(name)? {
+    match m
+        .delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(name)?
+    {
         AMQPValue::LongInt(i) => Some((*i).into()),
         AMQPValue::LongLongInt(i) => Some(*i),
         _ => None,
@@ -88,9 +102,11 @@ async fn per_key_order_holds_while_four_workers_run_keys_in_parallel() {
         ..Default::default()
     };
     let consumer = {
-        let (arrivals, running, max_running) = (arrivals.clone(), running.clone(), max_running.clone());
+        let (arrivals, running, max_running) =
+            (arrivals.clone(), running.clone(), max_running.clone());
         start(&vhost, &sub, options, move |m| {
-            let (arrivals, running, max_running) = (arrivals.clone(), running.clone(), max_running.clone());
+            let (arrivals, running, max_running) =
+                (arrivals.clone(), running.clone(), max_running.clone());
             async move {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                 max_running.fetch_max(now, Ordering::SeqCst);
@@ -112,7 +128,11 @@ async fn per_key_order_holds_while_four_workers_run_keys_in_parallel() {
     let messages: Vec<_> = (0..per_key)
         .flat_map(|seq| {
             (0..keys).map(move |pk| {
-                OutgoingMessage::new("orders.events", "order.updated", format!(r#"{{"pk": {pk}, "seq": {seq}}}"#))
+                OutgoingMessage::new(
+                    "orders.events",
+                    "order.updated",
+                    format!(r#"{{"pk": {pk}, "seq": {seq}}}"#),
+                )
             })
         })
         .collect();
@@ -131,12 +151,22 @@ async fn per_key_order_holds_while_four_workers_run_keys_in_parallel() {
     }
     assert_eq!(by_key.len(), keys as usize);
     for (pk, seqs) in &by_key {
-        assert_eq!(seqs, &(0..per_key).collect::<Vec<_>>(), "key {pk} out of order");
+        assert_eq!(
+            seqs,
+            &(0..per_key).collect::<Vec<_>>(),
+            "key {pk} out of order"
+        );
     }
     let switches = arrivals.windows(2).filter(|w| w[0].0 != w[1].0).count();
-    assert!(switches > keys as usize * 8, "keys did not interleave: {switches} switches");
+    assert!(
+        switches > keys as usize * 8,
+        "keys did not interleave: {switches} switches"
+    );
     let max = max_running.load(Ordering::SeqCst);
-    assert!(max >= 2, "handlers never ran in parallel (max {max} at once)");
+    assert!(
+        max >= 2,
+        "handlers never ran in parallel (max {max} at once)"
+    );
     assert!(max <= 4, "more handlers at once than workers: {max}");
 }
 
@@ -171,13 +201,20 @@ async fn a_slow_key_does_not_block_other_keys() {
     };
     let mut messages = vec![OutgoingMessage::new("e", "k", "{}").with_header("key", "slow")];
     for i in 0..200 {
-        messages.push(OutgoingMessage::new("e", "k", "{}").with_header("key", format!("k{}", i % 20)));
+        messages
+            .push(OutgoingMessage::new("e", "k", "{}").with_header("key", format!("k{}", i % 20)));
     }
     publish(&vhost, &messages).await;
-    wait_for("all handled", Duration::from_secs(10), || consumer.stats().handled == 201).await;
+    wait_for("all handled", Duration::from_secs(10), || {
+        consumer.stats().handled == 201
+    })
+    .await;
     let during = handled_during_slow.lock().unwrap().len();
     // About 3/4 of the 20 keys hash to another worker than "slow".
-    assert!(during >= 50, "only {during} messages of other keys ran while the slow one did");
+    assert!(
+        during >= 50,
+        "only {during} messages of other keys ran while the slow one did"
+    );
     consumer.shutdown().await.unwrap();
 }
 
@@ -203,7 +240,9 @@ async fn a_failing_handler_is_retried_then_dead_lettered_and_the_consumer_goes_o
                 match id.as_str() {
                     "bad" => Err(HandlerError::new("projection table is locked")),
                     "hopeless" => Err(HandlerError::permanent("unknown order kind")),
-                    "flaky" if !panicked_once.swap(true, Ordering::SeqCst) => panic!("first try explodes"),
+                    "flaky" if !panicked_once.swap(true, Ordering::SeqCst) => {
+                        panic!("first try explodes")
+                    }
                     _ => Ok(()),
                 }
             }
@@ -215,7 +254,17 @@ async fn a_failing_handler_is_retried_then_dead_lettered_and_the_consumer_goes_o
             .with_message_id(id)
             .with_header("nameko.correlation_id", "c-1")
     };
-    publish(&vhost, &[msg("bad"), msg("next"), msg("hopeless"), msg("flaky"), msg("last")]).await;
+    publish(
+        &vhost,
+        &[
+            msg("bad"),
+            msg("next"),
+            msg("hopeless"),
+            msg("flaky"),
+            msg("last"),
+        ],
+    )
+    .await;
     wait_for("the rest handled", Duration::from_secs(10), || {
         let s = consumer.stats();
         s.handled == 3 && s.dead_lettered == 2
@@ -225,20 +274,49 @@ async fn a_failing_handler_is_retried_then_dead_lettered_and_the_consumer_goes_o
     assert_eq!(stats.retries, 2 + 1, "two retries of bad, one of flaky");
 
     let calls = calls.lock().unwrap().clone();
-    assert_eq!(calls, ["bad", "bad", "bad", "next", "hopeless", "flaky", "flaky", "last"]);
+    assert_eq!(
+        calls,
+        ["bad", "bad", "bad", "next", "hopeless", "flaky", "flaky", "last"]
+    );
     let dead = raw.drain(&sub.dead_letter_queue()).await;
     assert_eq!(dead.len(), 2);
     let bad = &dead[0];
-    assert_eq!(bad.delivery.properties.message_id().as_ref().unwrap().as_str(), "bad");
-    assert_eq!(header_str(bad, HEADER_ERROR).as_deref(), Some("projection table is locked"));
+    assert_eq!(
+        bad.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "bad"
+    );
+    assert_eq!(
+        header_str(bad, HEADER_ERROR).as_deref(),
+        Some("projection table is locked")
+    );
     assert_eq!(header_int(bad, HEADER_ATTEMPTS), Some(3));
-    assert_eq!(header_str(bad, HEADER_ORIGINAL_EXCHANGE).as_deref(), Some("orders.events"));
-    assert_eq!(header_str(bad, HEADER_ORIGINAL_ROUTING_KEY).as_deref(), Some("order__created"));
-    assert_eq!(header_str(bad, HEADER_ORIGINAL_QUEUE).as_deref(), Some("svc"));
-    assert_eq!(header_str(bad, "nameko.correlation_id").as_deref(), Some("c-1"));
+    assert_eq!(
+        header_str(bad, HEADER_ORIGINAL_EXCHANGE).as_deref(),
+        Some("orders.events")
+    );
+    assert_eq!(
+        header_str(bad, HEADER_ORIGINAL_ROUTING_KEY).as_deref(),
+        Some("order__created")
+    );
+    assert_eq!(
+        header_str(bad, HEADER_ORIGINAL_QUEUE).as_deref(),
+        Some("svc")
+    );
+    assert_eq!(
+        header_str(bad, "nameko.correlation_id").as_deref(),
+        Some("c-1")
+    );
     assert_eq!(bad.delivery.data, br#"{"id": 1}"#);
     let hopeless = &dead[1];
-    assert_eq!(header_str(hopeless, HEADER_ERROR).as_deref(), Some("unknown order kind"));
+    assert_eq!(
+        header_str(hopeless, HEADER_ERROR).as_deref(),
+        Some("unknown order kind")
+    );
     assert_eq!(header_int(hopeless, HEADER_ATTEMPTS), Some(1));
     assert_eq!(raw.count("svc").await, 0, "everything was acked");
 }
@@ -289,15 +367,31 @@ async fn malformed_and_oversized_bodies_are_dead_lettered_at_once() {
         .iter()
         .map(|m| {
             (
-                m.delivery.properties.message_id().as_ref().unwrap().to_string(),
-                (header_str(m, HEADER_ERROR).unwrap(), header_int(m, HEADER_ATTEMPTS)),
+                m.delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .unwrap()
+                    .to_string(),
+                (
+                    header_str(m, HEADER_ERROR).unwrap(),
+                    header_int(m, HEADER_ATTEMPTS),
+                ),
             )
         })
         .collect();
-    assert!(reasons["malformed"].0.contains("not valid JSON"), "{reasons:?}");
-    assert!(reasons["binary"].0.contains("not valid JSON"), "{reasons:?}");
     assert!(
-        reasons["oversized"].0.contains("exceeds the limit of 1024 bytes"),
+        reasons["malformed"].0.contains("not valid JSON"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["binary"].0.contains("not valid JSON"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["oversized"]
+            .0
+            .contains("exceeds the limit of 1024 bytes"),
         "{reasons:?}"
     );
     assert!(reasons.values().all(|(_, attempts)| *attempts == Some(0)));
@@ -321,7 +415,10 @@ async fn graceful_shutdown_acks_what_was_handled_and_leaves_the_rest_queued() {
             let handled = handled.clone();
             async move {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                handled.lock().unwrap().insert(m.message_id.clone().unwrap());
+                handled
+                    .lock()
+                    .unwrap()
+                    .insert(m.message_id.clone().unwrap());
                 Ok(())
             }
         })
@@ -332,17 +429,40 @@ async fn graceful_shutdown_acks_what_was_handled_and_leaves_the_rest_queued() {
         .map(|i| OutgoingMessage::new("e", "k", "{}").with_message_id(i.to_string()))
         .collect();
     publish(&vhost, &messages).await;
-    wait_for("some handled", Duration::from_secs(10), || handled.lock().unwrap().len() >= 40).await;
+    wait_for("some handled", Duration::from_secs(10), || {
+        handled.lock().unwrap().len() >= 40
+    })
+    .await;
     let stats: ConsumerStats = consumer.shutdown().await.unwrap();
     let handled = handled.lock().unwrap().clone();
-    assert_eq!(stats.handled as usize, handled.len(), "every handled message was acked");
-    assert!(handled.len() < total, "shutdown came too late to test anything");
+    assert_eq!(
+        stats.handled as usize,
+        handled.len(),
+        "every handled message was acked"
+    );
+    assert!(
+        handled.len() < total,
+        "shutdown came too late to test anything"
+    );
 
     let raw = vhost.raw().await;
     let rest = raw.drain("q").await;
-    assert_eq!(rest.len() + handled.len(), total, "nothing lost, nothing acked twice");
+    assert_eq!(
+        rest.len() + handled.len(),
+        total,
+        "nothing lost, nothing acked twice"
+    );
     for m in &rest {
-        let id = m.delivery.properties.message_id().as_ref().unwrap().to_string();
-        assert!(!handled.contains(&id), "message {id} was handled but left unacked");
+        let id = m
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .to_string();
+        assert!(
+            !handled.contains(&id),
+            "message {id} was handled but left unacked"
+        );
     }
 }

@@ -44,8 +44,14 @@ fn the_body_is_byte_for_byte_what_django_events_sourcing_sent() {
     assert_eq!(m.routing_key, capture["routing_key"].as_str().unwrap());
     let props = &capture["properties"];
     assert_eq!(m.content_type.as_deref(), props["content_type"].as_str());
-    assert_eq!(m.content_encoding.as_deref(), props["content_encoding"].as_str());
-    assert_eq!(i64::from(m.delivery_mode), props["delivery_mode"].as_i64().unwrap());
+    assert_eq!(
+        m.content_encoding.as_deref(),
+        props["content_encoding"].as_str()
+    );
+    assert_eq!(
+        i64::from(m.delivery_mode),
+        props["delivery_mode"].as_i64().unwrap()
+    );
     assert_eq!(m.priority.map(i64::from), props["priority"].as_i64());
     assert!(m.headers.is_empty(), "the capture has no headers");
 }
@@ -63,7 +69,11 @@ fn the_standalone_dispatcher_capture_matches_too() {
     let m = nameko::event_message(
         "orders",
         "order__updated",
-        &Small { id: 1, customer: "sample", qty: 5 },
+        &Small {
+            id: 1,
+            customer: "sample",
+            qty: 5,
+        },
         &Default::default(),
     )
     .unwrap();
@@ -73,7 +83,8 @@ fn the_standalone_dispatcher_capture_matches_too() {
     );
     // The same payload as a Value decodes to the same JSON as the capture's body.
     let e = NamekoEvent::new("orders", "order__updated", capture["body"].clone());
-    let from_value: serde_json::Value = serde_json::from_slice(&e.to_message().unwrap().body).unwrap();
+    let from_value: serde_json::Value =
+        serde_json::from_slice(&e.to_message().unwrap().body).unwrap();
     assert_eq!(from_value, capture["body"]);
 }
 
@@ -92,10 +103,21 @@ fn handler_queue_names_follow_nameko() {
         "on_created",
         &HandlerType::ServicePool,
     );
-    assert_eq!(name, "evt-orders-order__created--orders_consumer.on_created");
-    assert!(topology.contains(&format!("orders.events\texchange\t{name}\tqueue\torder__created")));
     assert_eq!(
-        nameko::handler_queue_name("orders", "order__created", "x", "y", &HandlerType::Singleton),
+        name,
+        "evt-orders-order__created--orders_consumer.on_created"
+    );
+    assert!(topology.contains(&format!(
+        "orders.events\texchange\t{name}\tqueue\torder__created"
+    )));
+    assert_eq!(
+        nameko::handler_queue_name(
+            "orders",
+            "order__created",
+            "x",
+            "y",
+            &HandlerType::Singleton
+        ),
         "evt-orders-order__created"
     );
     assert_eq!(
@@ -104,7 +126,9 @@ fn handler_queue_names_follow_nameko() {
             "order__created",
             "svc",
             "m",
-            &HandlerType::Broadcast { broadcast_id: "b1".into() }
+            &HandlerType::Broadcast {
+                broadcast_id: "b1".into()
+            }
         ),
         "evt-orders-order__created--svc.m-b1"
     );
@@ -128,24 +152,41 @@ async fn an_event_goes_through_the_broker_as_nameko_sends_it() {
         "on_created",
         &HandlerType::ServicePool,
     );
-    raw.bound_queue(&queue, "orders.events", "order__created").await;
+    raw.bound_queue(&queue, "orders.events", "order__created")
+        .await;
 
-    let event = NamekoEvent::new("orders", "order__created", serde_json::json!({"id": 7, "note": "naïve"}))
-        .with_header(
-            "call_id_stack",
-            vec!["gateway.create_order.5f1b".to_owned(), "orders.create.9c2a".to_owned()],
-        )
-        .with_header("correlation_id", "abc-123");
-    assert_eq!(p.publish_one(&event.to_message().unwrap()).await.unwrap(), Outcome::Confirmed);
+    let event = NamekoEvent::new(
+        "orders",
+        "order__created",
+        serde_json::json!({"id": 7, "note": "naïve"}),
+    )
+    .with_header(
+        "call_id_stack",
+        vec![
+            "gateway.create_order.5f1b".to_owned(),
+            "orders.create.9c2a".to_owned(),
+        ],
+    )
+    .with_header("correlation_id", "abc-123");
+    assert_eq!(
+        p.publish_one(&event.to_message().unwrap()).await.unwrap(),
+        Outcome::Confirmed
+    );
 
     let got = raw.drain(&queue).await;
     assert_eq!(got.len(), 1);
     let d = &got[0].delivery;
-    assert_eq!(std::str::from_utf8(&d.data).unwrap(), r#"{"id": 7, "note": "na\u00efve"}"#);
+    assert_eq!(
+        std::str::from_utf8(&d.data).unwrap(),
+        r#"{"id": 7, "note": "na\u00efve"}"#
+    );
     assert_eq!(d.exchange.as_str(), "orders.events");
     assert_eq!(d.routing_key.as_str(), "order__created");
     let props = &d.properties;
-    assert_eq!(props.content_type().as_ref().unwrap().as_str(), "application/json");
+    assert_eq!(
+        props.content_type().as_ref().unwrap().as_str(),
+        "application/json"
+    );
     assert_eq!(props.content_encoding().as_ref().unwrap().as_str(), "utf-8");
     assert_eq!(props.delivery_mode(), &Some(2));
     assert_eq!(props.priority(), &Some(0));
@@ -164,7 +205,10 @@ async fn an_event_goes_through_the_broker_as_nameko_sends_it() {
         }
         other => panic!("call_id_stack: {other:?}"),
     }
-    assert!(matches!(headers.get("nameko.correlation_id"), Some(AMQPValue::LongString(_))));
+    assert!(matches!(
+        headers.get("nameko.correlation_id"),
+        Some(AMQPValue::LongString(_))
+    ));
     // And back: the context of the received headers.
     let received = eventfold_amqp::HeaderValue::Str("abc-123".into());
     let ctx = nameko::context_of(&event.to_message().unwrap().headers);

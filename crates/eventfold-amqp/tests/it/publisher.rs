@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use eventfold_amqp::{
-    AmqpError, ConfirmedPublisher, ExchangeKind, OutgoingMessage, Outcome, PublisherOptions,
+    AmqpError, ConfirmedPublisher, ExchangeKind, Outcome, OutgoingMessage, PublisherOptions,
 };
 
 use crate::support::TestVhost;
@@ -27,12 +27,17 @@ async fn confirms_every_publish_and_the_queue_holds_them_in_order() {
     p.declare_exchange("orders.events", ExchangeKind::Topic)
         .await
         .unwrap();
-    raw.bound_queue("q", "orders.events", "order__created").await;
+    raw.bound_queue("q", "orders.events", "order__created")
+        .await;
 
     let messages: Vec<_> = (0..300)
         .map(|i| {
-            OutgoingMessage::new("orders.events", "order__created", format!("{{\"seq\": {i}}}"))
-                .with_message_id(i.to_string())
+            OutgoingMessage::new(
+                "orders.events",
+                "order__created",
+                format!("{{\"seq\": {i}}}"),
+            )
+            .with_message_id(i.to_string())
         })
         .collect();
     let outcomes = p.publish_all(&messages).await;
@@ -43,7 +48,14 @@ async fn confirms_every_publish_and_the_queue_holds_them_in_order() {
     let got = raw.drain("q").await;
     let ids: Vec<String> = got
         .iter()
-        .map(|m| m.delivery.properties.message_id().as_ref().unwrap().to_string())
+        .map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let expected: Vec<String> = (0..300).map(|i: i32| i.to_string()).collect();
     assert_eq!(ids, expected);
@@ -84,7 +96,9 @@ async fn returns_are_attributed_to_the_right_message_when_many_are_in_flight() {
     let vhost = TestVhost::new();
     let raw = vhost.raw().await;
     let p = publisher(&vhost, 256).await;
-    p.declare_exchange("mixed", ExchangeKind::Topic).await.unwrap();
+    p.declare_exchange("mixed", ExchangeKind::Topic)
+        .await
+        .unwrap();
     raw.bound_queue("routed", "mixed", "yes").await;
     // Every third message is unroutable.
     let messages: Vec<_> = (0..1500)
@@ -130,7 +144,11 @@ async fn a_publish_to_a_missing_exchange_is_a_typed_error_and_the_next_publish_w
         .await
         .unwrap();
     assert_eq!(outcome, Outcome::Confirmed);
-    assert_eq!(p.connections_opened(), 1, "a channel error needs no new connection");
+    assert_eq!(
+        p.connections_opened(),
+        1,
+        "a channel error needs no new connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +157,9 @@ async fn five_thousand_messages_confirmed_with_many_in_flight() {
     let raw = vhost.raw().await;
     let window = 256;
     let p = publisher(&vhost, window).await;
-    p.declare_exchange("bulk", ExchangeKind::Topic).await.unwrap();
+    p.declare_exchange("bulk", ExchangeKind::Topic)
+        .await
+        .unwrap();
     raw.bound_queue("bulk-q", "bulk", "#").await;
     let messages = vec![OutgoingMessage::new("bulk", "x.y", vec![b'x'; 200]); 5000];
     let outcomes = p.publish_all(&messages).await;
@@ -150,7 +170,10 @@ async fn five_thousand_messages_confirmed_with_many_in_flight() {
     assert_eq!(confirmed, 5000);
     let max = p.max_in_flight();
     assert!(max <= window, "{max} in flight, window {window}");
-    assert!(max > 16, "publishes were not pipelined: at most {max} in flight");
+    assert!(
+        max > 16,
+        "publishes were not pipelined: at most {max} in flight"
+    );
     assert_eq!(p.in_flight(), 0);
     raw.wait_count("bulk-q", 5000, Duration::from_secs(5)).await;
 }
@@ -167,10 +190,20 @@ async fn connection_loss_is_unavailable_and_reconnect_recovers() {
     drop(raw);
 
     let out = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "close_all_connections", "-p", &vhost.name, "test: broker gone"])
+        .args([
+            "-q",
+            "close_all_connections",
+            "-p",
+            &vhost.name,
+            "test: broker gone",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let start = std::time::Instant::now();
     let err = loop {

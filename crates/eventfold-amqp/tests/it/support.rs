@@ -13,12 +13,23 @@ pub fn base_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".to_owned())
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
+fn rabbitmqctl_stdin(args: &[&str], input: &str) {
+    use std::io::Write;
+    let mut child = Command::new("rabbitmqctl")
         .arg("-q")
         .args(args)
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("rabbitmqctl runs (scripts/services.sh installs and starts RabbitMQ)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "rabbitmqctl {args:?}: {}",
@@ -34,9 +45,19 @@ pub struct TestVhost {
 
 impl TestVhost {
     pub fn new() -> Self {
-        let name = format!("ef-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        rabbitmqctl(&["add_vhost", &name]);
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        let name = format!(
+            "ef-test-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        // One rabbitmqctl run (each boots an Erlang VM) for the vhost and its permissions.
+        let definitions = serde_json::json!({
+            "vhosts": [{ "name": name }],
+            "permissions": [{
+                "user": "guest", "vhost": name,
+                "configure": ".*", "write": ".*", "read": ".*",
+            }],
+        });
+        rabbitmqctl_stdin(&["import_definitions"], &definitions.to_string());
         TestVhost { name }
     }
 
@@ -121,7 +142,11 @@ impl Raw {
             .await
             .unwrap()
         {
-            m.delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+            m.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
             out.push(m);
         }
         out
@@ -135,7 +160,10 @@ impl Raw {
             if c == n {
                 return;
             }
-            assert!(start.elapsed() < timeout, "{queue}: {c} messages, expected {n}");
+            assert!(
+                start.elapsed() < timeout,
+                "{queue}: {c} messages, expected {n}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
