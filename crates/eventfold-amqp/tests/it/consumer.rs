@@ -466,3 +466,36 @@ async fn graceful_shutdown_acks_what_was_handled_and_leaves_the_rest_queued() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_stops_the_consumer_with_unavailable() {
+    let vhost = TestVhost::new();
+    let sub = Subscription::new("e", "#", "q");
+    let consumer = start(&vhost, &sub, ConsumerOptions::default(), |_m| async {
+        Ok(())
+    })
+    .await;
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "close_all_connections",
+            "-p",
+            &vhost.name,
+            "test: broker gone",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let why = tokio::time::timeout(Duration::from_secs(10), consumer.stopped())
+        .await
+        .expect("the consumer noticed the lost connection");
+    match why {
+        Some(e) => assert!(e.is_unavailable(), "{e:?}"),
+        None => panic!("the consumer stopped without an error"),
+    }
+    assert!(consumer.shutdown().await.is_ok());
+}

@@ -189,6 +189,28 @@ async fn connection_loss_is_unavailable_and_reconnect_recovers() {
     assert_eq!(p.publish_one(&msg).await.unwrap(), Outcome::Confirmed);
     drop(raw);
 
+    // The connection carries its name and the requested heartbeat.
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_connections",
+            "-p",
+            &vhost.name,
+            "client_properties",
+            "timeout",
+        ])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let line = listing
+        .lines()
+        .find(|l| l.contains("eventfold-tests/publisher"))
+        .unwrap_or_else(|| panic!("no named publisher connection in {listing}"));
+    assert!(
+        line.trim_end().ends_with("\t30"),
+        "heartbeat is not 30 s: {line}"
+    );
+
     let out = std::process::Command::new("rabbitmqctl")
         .args([
             "-q",
