@@ -278,7 +278,8 @@ pub struct ConsumerStats {
     pub retries: u64,
     /// Messages dead-lettered (and then acked).
     pub dead_lettered: u64,
-    /// Messages left unacked at shutdown (the broker redelivers them).
+    /// Messages a worker received and left unacked: not started or in a retry delay at
+    /// shutdown, or whose ack failed (the broker redelivers them).
     pub left_unacked: u64,
 }
 
@@ -525,7 +526,12 @@ async fn dispatch<H: Handler>(
         match next {
             Some(Ok(mut delivery)) => {
                 let message = IncomingMessage::from_delivery(&mut delivery);
-                let key = shared.options.key.key_of(&message);
+                // An oversized body is dead-lettered unread: do not parse it for its key.
+                let key = if message.body.len() > shared.options.max_body_bytes {
+                    None
+                } else {
+                    shared.options.key.key_of(&message)
+                };
                 let i = worker_index(key.as_deref(), workers, &round_robin);
                 let job = Job {
                     message: Arc::new(message),

@@ -242,3 +242,51 @@ async fn connection_loss_is_unavailable_and_reconnect_recovers() {
     assert_eq!(p.publish_one(&msg).await.unwrap(), Outcome::Confirmed);
     assert_eq!(p.connections_opened(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_the_queue_refuses_is_nacked() {
+    let vhost = TestVhost::new();
+    let raw = vhost.raw().await;
+    let p = publisher(&vhost, 16).await;
+    p.declare_exchange("full", ExchangeKind::Topic)
+        .await
+        .unwrap();
+    // A queue that holds one message and refuses the next ones (the broker nacks them).
+    let mut args = lapin::types::FieldTable::default();
+    args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    raw.channel
+        .queue_declare(
+            "tiny".into(),
+            lapin::options::QueueDeclareOptions::durable(),
+            args,
+        )
+        .await
+        .unwrap();
+    raw.channel
+        .queue_bind(
+            "tiny".into(),
+            "full".into(),
+            "k".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let messages: Vec<_> = (0..3)
+        .map(|i| OutgoingMessage::new("full", "k", "{}").with_message_id(i.to_string()))
+        .collect();
+    let outcomes = p.publish_all(&messages).await;
+    assert_eq!(
+        outcomes,
+        vec![
+            Ok(Outcome::Confirmed),
+            Ok(Outcome::Nacked),
+            Ok(Outcome::Nacked)
+        ]
+    );
+    assert!(!Outcome::Nacked.is_confirmed());
+}
