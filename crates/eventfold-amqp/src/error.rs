@@ -58,6 +58,15 @@ pub enum AmqpError {
         reason: String,
     },
 
+    /// The channel closed under this operation after an earlier channel-level error (a 404
+    /// for another message of the same batch, for instance): the message was not sent. The
+    /// connection is fine; the next batch uses a new channel.
+    #[error("AMQP channel closed: {reason}")]
+    ChannelClosed {
+        /// What lapin reported.
+        reason: String,
+    },
+
     /// The publisher or consumer was shut down, or its connection closed on request.
     #[error("AMQP {what} is closed")]
     Closed {

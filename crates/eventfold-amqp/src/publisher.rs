@@ -239,13 +239,13 @@ impl ConfirmedPublisher {
 
     /// The channel to publish on: the current one, or a new one on the same connection when
     /// the broker closed the old one (a channel-level error such as 404).
-    async fn channel(&self) -> Result<lapin::Channel> {
+    async fn channel(&self) -> Result<(lapin::Channel, Arc<lapin::Connection>)> {
         let mut guard = self.link.lock().await;
         let Some(link) = guard.as_mut() else {
             return Err(AmqpError::Closed { what: "publisher" });
         };
         if link.channel.status().connected() {
-            return Ok(link.channel.clone());
+            return Ok((link.channel.clone(), Arc::clone(&link.conn)));
         }
         if !link.conn.status().connected() {
             return Err(AmqpError::Unavailable {
@@ -255,14 +255,14 @@ impl ConfirmedPublisher {
         }
         tracing::debug!("publisher channel closed by the broker, opening a new one");
         link.channel = confirm_channel(&self.config, &link.conn).await?;
-        Ok(link.channel.clone())
+        Ok((link.channel.clone(), Arc::clone(&link.conn)))
     }
 
     /// Declares a durable exchange of `kind`, so that publishes to it are not lost for want
     /// of a consumer that declared it. Idempotent; a mismatch with an existing exchange is
     /// [`AmqpError::Channel`] (406).
     pub async fn declare_exchange(&self, name: &str, kind: ExchangeKind) -> Result<()> {
-        let channel = self.channel().await?;
+        let (channel, _) = self.channel().await?;
         channel
             .exchange_declare(
                 short("exchange", name)?,
@@ -277,12 +277,16 @@ impl ConfirmedPublisher {
             .map_err(|e| self.config.error(&e))
     }
 
-    /// Sends one message; the confirmation is awaited by the caller.
-    async fn send(&self, message: &OutgoingMessage) -> Result<PublisherConfirm> {
+    /// Sends one message on `channel`; the confirmation is awaited by the caller.
+    async fn send(
+        &self,
+        channel: &lapin::Channel,
+        conn: &lapin::Connection,
+        message: &OutgoingMessage,
+    ) -> Result<PublisherConfirm> {
         let exchange = short("exchange", &message.exchange)?;
         let routing_key = short("routing key", &message.routing_key)?;
         let properties = message.properties()?;
-        let channel = self.channel().await?;
         channel
             .basic_publish(
                 exchange,
@@ -295,7 +299,23 @@ impl ConfirmedPublisher {
                 properties,
             )
             .await
-            .map_err(|e| self.config.error(&e))
+            .map_err(|e| self.send_error(&e, conn))
+    }
+
+    /// A send refused because the channel is closed is [`AmqpError::ChannelClosed`] while
+    /// the connection is up, [`AmqpError::Unavailable`] once it is not.
+    fn send_error(&self, e: &lapin::Error, conn: &lapin::Connection) -> AmqpError {
+        let channel_state = matches!(
+            e.kind(),
+            lapin::ErrorKind::InvalidChannelState(..) | lapin::ErrorKind::InvalidChannel(_)
+        );
+        if channel_state && conn.status().connected() {
+            AmqpError::ChannelClosed {
+                reason: crate::error::scrub(&e.to_string(), self.config.password()),
+            }
+        } else {
+            self.config.error(e)
+        }
     }
 
     /// Publishes `message` and waits for its outcome: one round trip per message, so prefer
@@ -310,9 +330,14 @@ impl ConfirmedPublisher {
     /// Publishes every message, in order, with up to [`PublisherOptions::window`] of them
     /// unconfirmed at a time, and returns each one's outcome (same order).
     ///
-    /// A message that cannot be sent (the connection is lost, the broker closed the channel)
-    /// gets the error, and so does every later message of the batch, which is not sent:
-    /// publish them again (after [`Self::reconnect`] for [`AmqpError::Unavailable`]).
+    /// An error means "not known to be published": the message may or may not have reached
+    /// its queue (re-publishing it may duplicate it: consumers drop duplicates by
+    /// `message_id`). Once a message cannot be sent (the connection is lost, the broker
+    /// closed the channel), every later message of the batch gets an error and is not sent,
+    /// so nothing after a failure is published ahead of it: publish from the first failure
+    /// again (after [`Self::reconnect`] for [`AmqpError::Unavailable`]). When the broker
+    /// closes the channel (a 404), the confirmations still pending on it are errors too,
+    /// even for messages it had routed.
     ///
     /// Batches run one at a time. That, and matching each returned message to the message
     /// that was published (exchange, routing key, `message_id`, body), makes
@@ -320,6 +345,12 @@ impl ConfirmedPublisher {
     /// multiple-ack it resolves first, which is not necessarily the message returned.
     pub async fn publish_all(&self, messages: &[OutgoingMessage]) -> Vec<Result<Outcome>> {
         let _batch = self.batch.lock().await;
+        // One channel for the whole batch: if the broker closes it (a 404), the rest of the
+        // batch fails instead of going out on a new channel ahead of the failed messages.
+        let (channel, conn) = match self.channel().await {
+            Ok(c) => c,
+            Err(e) => return messages.iter().map(|_| Err(e.clone())).collect(),
+        };
         let mut results: Vec<Option<Result<Raw>>> = (0..messages.len()).map(|_| None).collect();
         let mut pending: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
         let mut failed: Option<AmqpError> = None;
@@ -332,7 +363,7 @@ impl ConfirmedPublisher {
                 let (j, confirm) = pending.pop_front().expect("window is not empty");
                 results[j] = Some(self.settle(confirm.await));
             }
-            match self.send(message).await {
+            match self.send(&channel, &conn, message).await {
                 Ok(confirm) => {
                     pending.push_back((i, confirm));
                     let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;

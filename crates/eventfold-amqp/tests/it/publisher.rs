@@ -290,3 +290,56 @@ async fn a_publish_the_queue_refuses_is_nacked() {
     );
     assert!(!Outcome::Nacked.is_confirmed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_exchange_inside_a_batch_fails_the_rest_and_the_next_batch_works() {
+    let vhost = TestVhost::new();
+    let raw = vhost.raw().await;
+    let p = publisher(&vhost, 64).await;
+    p.declare_exchange("ok.events", ExchangeKind::Topic)
+        .await
+        .unwrap();
+    raw.bound_queue("q", "ok.events", "k").await;
+    let good =
+        |i: usize| OutgoingMessage::new("ok.events", "k", "{}").with_message_id(i.to_string());
+    let mut batch: Vec<_> = (0..20).map(good).collect();
+    batch.insert(10, OutgoingMessage::new("missing", "k", "{}"));
+    let outcomes = p.publish_all(&batch).await;
+    assert!(
+        matches!(outcomes[10], Err(AmqpError::NotFound { .. })),
+        "{:?}",
+        outcomes[10]
+    );
+    // The broker closes the channel without confirming what it had routed before: those
+    // outcomes are errors too (not known to be published: re-publishing may duplicate).
+    // Nothing is ever reported Confirmed that the queue does not hold.
+    let confirmed = outcomes
+        .iter()
+        .filter(|o| o == &&Ok(Outcome::Confirmed))
+        .count();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o == &Ok(Outcome::Confirmed) || o.is_err()),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[11..].iter().all(|o| o.is_err()), "{outcomes:?}");
+    assert!(
+        !outcomes
+            .iter()
+            .any(|o| matches!(o, Err(AmqpError::Unavailable { .. }))),
+        "the connection is fine, nobody should reconnect: {outcomes:?}"
+    );
+    let held = raw.count("q").await as usize;
+    assert!(
+        confirmed <= held && held <= 10,
+        "confirmed {confirmed}, queue holds {held}"
+    );
+    println!("before the 404: {confirmed} confirmed, {held} in the queue");
+    let again = p.publish_all(&batch[11..]).await;
+    assert!(
+        again.iter().all(|o| o == &Ok(Outcome::Confirmed)),
+        "{again:?}"
+    );
+    assert_eq!(raw.count("q").await as usize, held + 10);
+}
