@@ -318,7 +318,7 @@ async fn a_failing_handler_is_retried_then_dead_lettered_and_the_consumer_goes_o
         Some("unknown order kind")
     );
     assert_eq!(header_int(hopeless, HEADER_ATTEMPTS), Some(1));
-    assert_eq!(raw.count("svc").await, 0, "everything was acked");
+    assert_eq!(raw.settled_count("svc").await, 0, "everything was acked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,7 +395,7 @@ async fn malformed_and_oversized_bodies_are_dead_lettered_at_once() {
         "{reasons:?}"
     );
     assert!(reasons.values().all(|(_, attempts)| *attempts == Some(0)));
-    assert_eq!(raw.count("q").await, 0);
+    assert_eq!(raw.settled_count("q").await, 0, "everything was acked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,6 +152,20 @@ impl Raw {
         out
     }
 
+    /// Ready messages in `queue` once the count is stable (two reads 100 ms apart agree):
+    /// the broker enqueues, acks and requeues asynchronously to other connections.
+    pub async fn settled_count(&self, queue: &str) -> u32 {
+        let mut last = self.count(queue).await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.count(queue).await;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// Waits until `queue` holds `n` messages (or panics after `timeout`).
     pub async fn wait_count(&self, queue: &str, n: u32, timeout: Duration) {
         let start = std::time::Instant::now();
