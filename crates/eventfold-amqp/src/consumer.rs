@@ -479,8 +479,10 @@ impl Consumer {
         }
     }
 
-    /// Waits until the consumer stops by itself (the broker cancelled it or the connection
-    /// was lost) and returns why. Use [`Self::shutdown`] afterwards to close what is left.
+    /// Waits until the consumer stops by itself and returns why: the error for a lost
+    /// connection ([`AmqpError::Unavailable`]), `None` when the broker cancelled the
+    /// consumer (its queue was deleted). Use [`Self::shutdown`] afterwards to close what is
+    /// left.
     pub async fn stopped(&self) -> Option<AmqpError> {
         let handle = self.dispatcher.lock().await.take();
         match handle {

@@ -24,7 +24,7 @@ pub enum HeaderValue {
     /// A list (`A`), e.g. nameko's `call_id_stack` of strings.
     List(Vec<HeaderValue>),
     /// A value received that has no equivalent above (a nested table, bytes, a timestamp,
-    /// a decimal, void), in lapin's debug form. Never sent.
+    /// a decimal, void), in lapin's debug form. Sent as a string.
     Other(String),
 }
 
