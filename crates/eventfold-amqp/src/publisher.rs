@@ -140,7 +140,8 @@ fn reconcile(
             raw.ack
         }));
     }
-    raws.into_iter()
+    let outcomes = raws
+        .into_iter()
         .zip(messages)
         .map(|(r, m)| {
             let ack = r?;
@@ -157,7 +158,17 @@ fn reconcile(
                 (None, false) => Outcome::Nacked,
             })
         })
-        .collect()
+        .collect();
+    for ret in returns.into_iter().flatten() {
+        // Only possible when the returned message's own publish failed.
+        tracing::warn!(
+            exchange = %ret.delivery.exchange,
+            routing_key = %ret.delivery.routing_key,
+            reply_code = ret.reply_code,
+            "a returned message matches no message of its batch"
+        );
+    }
+    outcomes
 }
 
 impl ConfirmedPublisher {
