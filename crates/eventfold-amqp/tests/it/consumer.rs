@@ -90,8 +90,8 @@ where
 async fn per_key_order_holds_while_four_workers_run_keys_in_parallel() {
     let vhost = TestVhost::new();
     let sub = Subscription::new("orders.events", "order.#", "projector");
-    let keys = 13; // not a multiple of the workers: round robin would not keep keys together
-    let per_key = 80;
+    let keys = 41; // not a multiple of the workers: round robin would not keep keys together
+    let per_key = 60;
     let arrivals: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     let running = Arc::new(AtomicUsize::new(0));
     let max_running = Arc::new(AtomicUsize::new(0));
