@@ -2,6 +2,10 @@
 # Makes sure what the test suite needs is installed and running; does nothing when it is.
 #   * PostgreSQL on 127.0.0.1:5432 accepting user "postgres" without a password
 #     (override with EVENTFOLD_TEST_DATABASE_URL to use another server: then nothing is touched)
+#   * RabbitMQ on 127.0.0.1:5672 with guest/guest and `rabbitmqctl` (eventfold-amqp's tests
+#     make a virtual host each with it): installed with apt when missing, started with
+#     `rabbitmq-server -detached` when not running (override with EVENTFOLD_TEST_AMQP_URL:
+#     then nothing is touched)
 #   * python3 (the zlib interop test uses it; it skips itself when python3 is missing)
 # Safe to run repeatedly. Needs root only when something must be installed or configured.
 set -euo pipefail
@@ -10,21 +14,23 @@ log() { echo "[services] $*"; }
 PG_URL=${EVENTFOLD_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 pg_ready() { psql "$PG_URL" -Atqc 'select 1' >/dev/null 2>&1; }
 
-if [ -n "${EVENTFOLD_TEST_DATABASE_URL:-}" ]; then
-  pg_ready || { log "cannot reach EVENTFOLD_TEST_DATABASE_URL"; exit 1; }
-  log "using EVENTFOLD_TEST_DATABASE_URL"; exit 0
-fi
-
-if command -v psql >/dev/null && pg_ready; then
-  log "PostgreSQL ready"; exit 0
-fi
-
+apt_updated=
 apt_install() {
   log "apt-get install $*"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
   apt-get install -y -qq "$@" >/dev/null
 }
+
+ensure_postgres() {
+if [ -n "${EVENTFOLD_TEST_DATABASE_URL:-}" ]; then
+  pg_ready || { log "cannot reach EVENTFOLD_TEST_DATABASE_URL"; exit 1; }
+  log "using EVENTFOLD_TEST_DATABASE_URL"; return 0
+fi
+
+if command -v psql >/dev/null && pg_ready; then
+  log "PostgreSQL ready"; return 0
+fi
 
 command -v pg_ctlcluster >/dev/null || apt_install postgresql postgresql-client
 
@@ -50,3 +56,27 @@ fi
 for _ in $(seq 1 60); do pg_ready && break; sleep 0.5; done
 pg_ready || { log "PostgreSQL did not come up"; exit 1; }
 log "PostgreSQL $ver ready"
+}
+
+rabbit_ready() { rabbitmqctl -q status >/dev/null 2>&1; }
+
+ensure_rabbitmq() {
+  if [ -n "${EVENTFOLD_TEST_AMQP_URL:-}" ]; then
+    log "using EVENTFOLD_TEST_AMQP_URL"; return 0
+  fi
+  if command -v rabbitmqctl >/dev/null && rabbit_ready; then
+    log "RabbitMQ ready"; return 0
+  fi
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  # Without systemd as PID 1 the package does not start the broker; start it detached.
+  rabbit_ready || rabbitmq-server -detached
+  for _ in $(seq 1 90); do
+    rabbitmqctl -q await_startup >/dev/null 2>&1 && break
+    sleep 1
+  done
+  rabbit_ready || { log "RabbitMQ did not come up"; exit 1; }
+  log "RabbitMQ ready"
+}
+
+ensure_postgres
+ensure_rabbitmq
