@@ -44,7 +44,7 @@
 //! instance's own stream `<service>.<model>:<key>`, so the records of one instance keep
 //! their order from the log to the consumer. The topic is `<service>.<event type>`; the
 //! payload is the body to publish, as JSON written the way Python's `json.dumps` writes
-//! it (see [`python_json`]); the metadata holds [`ChangeRecord`]'s routing facts under
+//! it (`eventfold_amqp::nameko::python_json`); the metadata holds [`ChangeRecord`]'s routing facts under
 //! [`CHANGE_KEY`] next to the caller's own (a correlation id, `nameko.*` headers).
 //!
 //! Event types follow django-events-sourcing: `<model>__created`, `<model>__updated`,
@@ -58,7 +58,6 @@
 //! code does not change.
 
 pub mod drf;
-pub mod python_json;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -217,10 +216,10 @@ impl Changes {
                 let model = any
                     .downcast_ref::<M>()
                     .expect("registered under its own type id");
-                python_json::to_vec(&serializer(model))
+                eventfold_amqp::nameko::python_json(&serializer(model))
             }),
             None => Arc::new(|any: &dyn Any| {
-                python_json::to_vec(
+                eventfold_amqp::nameko::python_json(
                     any.downcast_ref::<M>()
                         .expect("registered under its own type id"),
                 )

@@ -107,7 +107,7 @@ async fn the_body_is_byte_for_byte_what_drf_and_kombu_sent() {
 
 #[test]
 fn python_json_escapes_like_json_dumps() {
-    let text = eventfold_changes::python_json::to_vec(&serde_json::json!([
+    let text = eventfold_amqp::nameko::python_json(&serde_json::json!([
         "café", "😀", "tab\t", 1.5, null, true
     ]))
     .unwrap();
