@@ -316,6 +316,14 @@ pub enum CodecError {
     /// most likely encrypted, and the cipher key is missing.
     #[error("the record looks encrypted and no cipher key is configured (EVENTFOLD_CIPHER_KEY)")]
     MissingCipherKey,
+    /// A stored column holds a value the record cannot have (a negative version or id).
+    #[error("the stored {what} {value} is out of range")]
+    OutOfRange {
+        /// The column: `"version"`, `"notification id"`, ...
+        what: &'static str,
+        /// The value found.
+        value: i64,
+    },
     /// An upcast hook rejected an old stored record.
     #[error("upcast from schema version {from} failed: {message}")]
     Upcast {

@@ -311,19 +311,17 @@ enum Recorded {
 
 /// A value that cannot be what the database holds (a negative version or id): a decode
 /// error of the record, never a silent wrap to a huge `u64`.
-fn out_of_range(kind: RecordKind, stream_id: &str, what: &str, value: i64) -> Error {
+fn out_of_range(kind: RecordKind, stream_id: &str, what: &'static str, value: i64) -> Error {
     Error::Decode {
         kind,
         stream_id: stream_id.to_owned(),
         version: 0,
-        source: CodecError::Json(serde::de::Error::custom(format!(
-            "the stored {what} {value} is out of range (below zero)"
-        ))),
+        source: CodecError::OutOfRange { what, value },
     }
 }
 
 /// A stored non-negative bigint (a version or notification id) of a record.
-fn unsigned(kind: RecordKind, stream_id: &str, what: &str, value: i64) -> Result<u64> {
+fn unsigned(kind: RecordKind, stream_id: &str, what: &'static str, value: i64) -> Result<u64> {
     u64::try_from(value).map_err(|_| out_of_range(kind, stream_id, what, value))
 }
 
