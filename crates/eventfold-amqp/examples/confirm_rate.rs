@@ -188,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
             "messages": args.n, "size_bytes": args.size, "window": args.window,
             "batch": batch.len(), "persistent": true, "durable_queue": true,
         },
-        "versions": { "eventfold-amqp": env!("CARGO_PKG_VERSION"), "lapin": "4.12" },
+        "versions": { "eventfold-amqp": env!("CARGO_PKG_VERSION"), "lapin": "4.12.3" },
         "results": {
             "eventfold-amqp": {
                 "confirmed": confirmed,
