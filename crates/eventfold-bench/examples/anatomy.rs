@@ -26,16 +26,13 @@ const PIECES: [&str; 6] = [
 ];
 
 fn one_event(stream: &str, version: u64) -> Recording {
-    Recording {
-        events: vec![StoredEvent {
-            stream_id: stream.to_owned(),
-            version,
-            topic: "World.SomethingHappened".into(),
-            timestamp: Timestamp::now(),
-            state: vec![b'x'; 60],
-        }],
-        ..Recording::default()
-    }
+    Recording::new().event(StoredEvent::new(
+        stream,
+        version,
+        "World.SomethingHappened",
+        Timestamp::now(),
+        vec![b'x'; 60],
+    ))
 }
 
 fn median_micros(mut samples: Vec<Duration>) -> f64 {

@@ -293,8 +293,8 @@ async fn writers_bench(
     scratch.create_tables = true;
     scratch.ordering = ordering;
     scratch.max_connections = u32::try_from(writers + 2).unwrap_or(u32::MAX);
+    scratch.notify_in_transaction = notify_in_transaction;
     let store = PostgresStore::connect(&scratch).await?;
-    store.set_notify_in_transaction(notify_in_transaction);
     let result = run_writers(&store, writers, length).await;
     let drop_schema = format!("DROP SCHEMA \"{}\" CASCADE", scratch.schema);
     let dropped = store.pool().execute(drop_schema.as_str()).await;
@@ -347,16 +347,13 @@ async fn run_writers(
                 let mut version = 0u64;
                 while version < count && deadline.is_none_or(|d| Instant::now() < d) {
                     version += 1;
-                    let recording = Recording {
-                        events: vec![StoredEvent {
-                            stream_id: stream_id.clone(),
-                            version,
-                            topic: "Bench.Happened".to_owned(),
-                            timestamp: Timestamp::now(),
-                            state: vec![b'x'; PAYLOAD],
-                        }],
-                        ..Recording::default()
-                    };
+                    let recording = Recording::new().event(StoredEvent::new(
+                        stream_id.clone(),
+                        version,
+                        "Bench.Happened",
+                        Timestamp::now(),
+                        vec![b'x'; PAYLOAD],
+                    ));
                     let t = Instant::now();
                     store.record(&recording).await?;
                     latencies.push(t.elapsed());
