@@ -474,7 +474,12 @@ async fn raw(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<serde_json:
     let batches: Vec<Recording> = encoded
         .events
         .chunks(b)
-        .map(|chunk| chunk.iter().cloned().fold(Recording::new(), Recording::event))
+        .map(|chunk| {
+            chunk
+                .iter()
+                .cloned()
+                .fold(Recording::new(), Recording::event)
+        })
         .collect();
     let t0 = Instant::now();
     for batch in &batches {

@@ -77,7 +77,8 @@ pub async fn run(store: &StoreArgs, args: &DemoArgs) -> anyhow::Result<()> {
         )?;
     } else {
         // The same view on SQLite and PostgreSQL: its SQL is portable.
-        let mut follower = Follower::view(worlds.app(), EventsPerWorld::NAME, EventsPerWorld).build();
+        let mut follower =
+            Follower::view(worlds.app(), EventsPerWorld::NAME, EventsPerWorld).build();
         let counted = follower.catch_up().await?;
         outln!(
             "\nview {}: processed {counted} new notifications; world {id} has {} events \

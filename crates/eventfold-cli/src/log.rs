@@ -145,7 +145,10 @@ fn nothing_found(args: &LogArgs) -> String {
 
 /// Opens the configured store for reading. A SQLite file that does not exist is an
 /// error, and stays missing: reading creates nothing.
-async fn open_existing(config: &Config, what: &str) -> anyhow::Result<std::sync::Arc<dyn eventfold::Store>> {
+async fn open_existing(
+    config: &Config,
+    what: &str,
+) -> anyhow::Result<std::sync::Arc<dyn eventfold::Store>> {
     if let StoreConfig::Sqlite(sqlite) = config.store_config() {
         if !sqlite.path.exists() {
             anyhow::bail!(
@@ -206,7 +209,8 @@ pub async fn run(store: &StoreArgs, args: &LogArgs) -> anyhow::Result<()> {
     let wakeups = log.wakeups();
     loop {
         while left > 0 {
-            let mut query = NotificationQuery::after(after, left.min(1000)).topics(args.topics.clone());
+            let mut query =
+                NotificationQuery::after(after, left.min(1000)).topics(args.topics.clone());
             if let Some(before) = args.before {
                 query = query.before(before);
             }
@@ -258,7 +262,11 @@ pub async fn followers(store: &StoreArgs) -> anyhow::Result<()> {
         eprintln!("0 followers (the log has {newest} notifications)");
         return Ok(());
     }
-    let width = followers.iter().map(|t| t.follower.len()).max().unwrap_or(0);
+    let width = followers
+        .iter()
+        .map(|t| t.follower.len())
+        .max()
+        .unwrap_or(0);
     for tracking in &followers {
         outln!(
             "{:<width$}  at {:>8}  {} behind",

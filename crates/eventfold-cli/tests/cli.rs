@@ -398,7 +398,10 @@ fn log_newest_pages_back_with_before() {
     ));
     assert_eq!(ids(&created), [6, 1]);
 
-    let bounded = stdout(&eventfold(dir.path(), &["log", "--after", "1", "--before", "4"]));
+    let bounded = stdout(&eventfold(
+        dir.path(),
+        &["log", "--after", "1", "--before", "4"],
+    ));
     assert_eq!(ids(&bounded), [2, 3], "oldest first between the bounds");
 
     let output = eventfold(dir.path(), &["log", "--newest", "3", "--before", "1"]);
@@ -420,7 +423,11 @@ fn log_newest_refuses_follow_and_after() {
     ] {
         let output = eventfold(dir.path(), &args);
         assert!(!output.status.success(), "{args:?}");
-        assert!(stderr(&output).contains("cannot be used with"), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("cannot be used with"),
+            "{}",
+            stderr(&output)
+        );
     }
 }
 
@@ -455,7 +462,10 @@ fn log_shows_metadata_when_there_is_some() {
         "{out}"
     );
     assert!(!lines[1].contains("meta="), "{out}");
-    let newest = stdout(&eventfold(dir.path(), &["log", "--newest", "1", "--before", "2"]));
+    let newest = stdout(&eventfold(
+        dir.path(),
+        &["log", "--newest", "1", "--before", "2"],
+    ));
     assert!(newest.contains("req-7"), "{newest}");
 }
 
@@ -470,12 +480,20 @@ fn followers_lists_positions_and_lag() {
     stdout(&eventfold(dir.path(), &["migrate"]));
     let output = eventfold(dir.path(), &["followers"]);
     assert_eq!(stdout(&output), "");
-    assert!(stderr(&output).contains("0 followers"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("0 followers"),
+        "{}",
+        stderr(&output)
+    );
 
     stdout(&eventfold(dir.path(), &["demo"]));
     let out = stdout(&eventfold(dir.path(), &["followers"]));
     let fields: Vec<&str> = out.split_whitespace().collect();
-    assert_eq!(fields, ["events-per-world", "at", "5", "0", "behind"], "{out}");
+    assert_eq!(
+        fields,
+        ["events-per-world", "at", "5", "0", "behind"],
+        "{out}"
+    );
 
     // An event the follower has not seen yet: it is one behind.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -491,5 +509,9 @@ fn followers_lists_positions_and_lag() {
     });
     let out = stdout(&eventfold(dir.path(), &["followers"]));
     let fields: Vec<&str> = out.split_whitespace().collect();
-    assert_eq!(fields, ["events-per-world", "at", "5", "1", "behind"], "{out}");
+    assert_eq!(
+        fields,
+        ["events-per-world", "at", "5", "1", "behind"],
+        "{out}"
+    );
 }

@@ -79,7 +79,10 @@ async fn run_on(config: Config) -> Vec<Vec<SqlValue>> {
         .unwrap();
     assert_eq!(
         rows,
-        [vec![SqlValue::Text(note.id().to_string()), SqlValue::Integer(5)]]
+        [vec![
+            SqlValue::Text(note.id().to_string()),
+            SqlValue::Integer(5)
+        ]]
     );
     rows
 }
@@ -124,5 +127,8 @@ async fn an_opened_store_is_shared_by_application_and_follower() {
     let mut follower = Follower::view(&app, "note-lengths", NoteLengths).build();
     assert_eq!(follower.catch_up().await.unwrap(), 1);
     use eventfold::TrackingReader;
-    assert_eq!(store.tracking_position("note-lengths").await.unwrap(), Some(1));
+    assert_eq!(
+        store.tracking_position("note-lengths").await.unwrap(),
+        Some(1)
+    );
 }

@@ -48,7 +48,9 @@ async fn view_counts_events_per_world_once_across_restarts() {
         worlds.make_it_so(a, what).await.unwrap();
     }
     assert_eq!(
-        EventsPerWorld::count(worlds.app().store(), a).await.unwrap(),
+        EventsPerWorld::count(worlds.app().store(), a)
+            .await
+            .unwrap(),
         0,
         "nothing counted before the view runs"
     );
