@@ -115,6 +115,7 @@ fn parse_seconds(variable: &str, value: &str) -> Result<std::time::Duration> {
 
 /// Reports a store setting's own error (which names its field, such as `schema`) under
 /// the environment variable the value came from.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn from_variable(error: Error, fields: &[(&str, &str)]) -> Error {
     match error {
         Error::Config { variable, message } => {

@@ -1,5 +1,6 @@
 //! A read model written once runs on whichever store the configuration picks: no `match`
 //! on the backend.
+#![cfg(any(feature = "sqlite", feature = "postgres"))]
 
 use eventfold::{
     async_trait, Aggregate, BoxError, Config, Envelope, Follower, Handles, Root, SqlValue,
