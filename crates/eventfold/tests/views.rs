@@ -95,8 +95,9 @@ async fn a_view_with_portable_sql_runs_on_sqlite_from_config() {
     run_on(Config::sqlite(dir.path().join("notes.sqlite3"))).await;
 }
 
-/// Chosen by the environment as the application is: `EVENTFOLD_STORE=postgres` with a
-/// database URL runs the same code there.
+/// Chosen by the environment as the application is: `EVENTFOLD_STORE=postgres` runs the
+/// same code there (in a scratch schema, dropped afterwards; the view's table is
+/// unqualified, so it lands on the connection's search path, and is dropped too).
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn a_view_with_portable_sql_runs_on_postgres_from_config() {
@@ -104,14 +105,23 @@ async fn a_view_with_portable_sql_runs_on_postgres_from_config() {
         eprintln!("EVENTFOLD_TEST_DATABASE_URL unset: skipped");
         return;
     };
-    let prefix = format!("views_{}_", uuid::Uuid::new_v4().simple());
+    let schema = format!("eventfold_test_views_{}", uuid::Uuid::new_v4().simple());
     let config = Config::from_vars([
         ("EVENTFOLD_STORE", "postgres"),
         ("EVENTFOLD_DATABASE_URL", url.as_str()),
-        ("EVENTFOLD_TABLE_PREFIX", prefix.as_str()),
+        ("EVENTFOLD_POSTGRES_SCHEMA", schema.as_str()),
     ])
     .unwrap();
+    let app = config.clone().application().await.unwrap();
     run_on(config).await;
+    let mut tx = app.begin().await.unwrap();
+    tx.execute("DROP TABLE IF EXISTS note_lengths", &[])
+        .await
+        .unwrap();
+    tx.execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"), &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
 }
 
 /// The store of `Config::open_store` serves the application and the follower alike.
