@@ -1,7 +1,7 @@
 //! Benchmarks of eventfold's stores: what is not library code, kept out of the library
 //! crates (a user of `eventfold-postgres` does not compile a benchmark harness).
 //!
-//! * [`postgres`] (feature `postgres`): the building blocks `eventfold bench pg-writers`
+//! * the `postgres` module (feature `postgres`): the building blocks `eventfold bench pg-writers`
 //!   and `eventfold bench worlds --backend postgres` call: the bare single-row commit rate
 //!   of the server, and 1/4/16 concurrent writers with either ordering.
 //! * `examples/bench_writers.rs` prints the whole writer matrix;

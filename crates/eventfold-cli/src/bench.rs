@@ -11,9 +11,10 @@
 //! commit, one read+commit and one command at a time, in rotating turns (per-operation
 //! medians; the commands of that probe are not in the command figures).
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use eventfold::{Config, Recording, Root, StoreHandle};
+use eventfold::{Config, Recording, Root, Store};
 use serde_json::json;
 use worlds_example::{World, WorldEvent, Worlds};
 
@@ -134,17 +135,19 @@ async fn fresh_config(store: &StoreArgs, args: &WorldsArgs, phase: &str) -> anyh
         .cache_fastforward(!args.single_writer))
 }
 
-/// Empties what a previous run left, so every run starts from empty tables.
-async fn reset(handle: &StoreHandle) -> anyhow::Result<()> {
+/// Opens the configured store, emptied of what a previous run left, so every run starts
+/// from empty tables.
+async fn open_empty(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     #[cfg(feature = "postgres")]
-    if let StoreHandle::Postgres(pg) = handle {
+    if let eventfold::StoreConfig::Postgres(pg_config) = config.store_config() {
+        let pg = eventfold::postgres::PostgresStore::connect(pg_config).await?;
         let tables = ["events", "snapshots", "tracking"].map(|t| pg.table_name(t));
         sqlx::query(&format!("TRUNCATE {}", tables.join(", ")))
             .execute(pg.pool())
             .await?;
+        return Ok(Arc::new(pg));
     }
-    let _ = handle;
-    Ok(())
+    Ok(config.open_store().await?)
 }
 
 #[cfg(feature = "postgres")]
@@ -213,9 +216,7 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
     let config = fresh_config(store, args, "worlds")
         .await?
         .snapshot_every::<World>(5);
-    let handle = config.open_store().await?;
-    reset(&handle).await?;
-    let worlds = Worlds::new(config.application_on(&handle)?);
+    let worlds = Worlds::new(config.application_on(open_empty(&config).await?)?);
 
     let t0 = Instant::now();
     let mut ids = Vec::with_capacity(n);
@@ -227,9 +228,9 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
     // On PostgreSQL, slices of bare commits run between the passes, so commands and the
     // fsync-bound limit are measured over the same stretch of time.
     #[cfg(feature = "postgres")]
-    let mut bare = match &handle {
-        StoreHandle::Postgres(pg) => {
-            Some(eventfold_bench::postgres::BareCommits::open(&pg.config().url).await?)
+    let mut bare = match config.store_config() {
+        eventfold::StoreConfig::Postgres(pg) => {
+            Some(eventfold_bench::postgres::BareCommits::open(&pg.url).await?)
         }
         _ => None,
     };
@@ -451,9 +452,7 @@ fn encoded_events(app: &eventfold::Application, count: usize) -> eventfold::Resu
 
 async fn raw(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<serde_json::Value> {
     let config = fresh_config(store, args, "raw").await?.aggregate::<World>();
-    let handle = config.open_store().await?;
-    reset(&handle).await?;
-    let app = config.application_on(&handle)?;
+    let app = config.application_on(open_empty(&config).await?)?;
     let (r, b, s) = (args.raw_events, args.raw_batch.max(1), args.raw_single);
 
     // raw_app: through the application layer, B events per save, aggregate kept in memory.
@@ -475,9 +474,11 @@ async fn raw(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<serde_json:
     let batches: Vec<Recording> = encoded
         .events
         .chunks(b)
-        .map(|chunk| Recording {
-            events: chunk.to_vec(),
-            ..Recording::default()
+        .map(|chunk| {
+            chunk
+                .iter()
+                .cloned()
+                .fold(Recording::new(), Recording::event)
         })
         .collect();
     let t0 = Instant::now();
@@ -490,10 +491,7 @@ async fn raw(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<serde_json:
     let singles: Vec<Recording> = encoded_events(&app, s)?
         .events
         .into_iter()
-        .map(|event| Recording {
-            events: vec![event],
-            ..Recording::default()
-        })
+        .map(|event| Recording::new().event(event))
         .collect();
     let mut latencies = Vec::with_capacity(s);
     let t0 = Instant::now();

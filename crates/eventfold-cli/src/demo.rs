@@ -1,7 +1,7 @@
 //! `eventfold demo`: the Worlds scenario, with what it wrote.
 
-use eventfold::{EventReader, NotificationQuery, NotificationReader, StreamQuery};
-use worlds_example::{World, Worlds};
+use eventfold::{EventReader, Follower, NotificationQuery, NotificationReader, StreamQuery};
+use worlds_example::{EventsPerWorld, World, Worlds};
 
 use crate::log::format_notification;
 use crate::StoreArgs;
@@ -11,15 +11,15 @@ use crate::StoreArgs;
 pub struct DemoArgs {
     /// How many of the newest notifications to print.
     #[arg(long, default_value_t = 12)]
-    log_tail: u64,
+    log_tail: usize,
 }
 
 pub async fn run(store: &StoreArgs, args: &DemoArgs) -> anyhow::Result<()> {
     let config = store.config()?.zlib().snapshot_every::<World>(5);
-    let handle = config.open_store().await?;
+    let app = config.application().await?;
     outln!("store: {}", config.store_config())?;
     outln!("mapper: JSON + zlib; snapshot World every 5 versions\n")?;
-    let worlds = Worlds::new(config.application_on(&handle)?);
+    let worlds = Worlds::new(app);
 
     let id = worlds.create_world().await?;
     outln!("create_world() -> {id}")?;
@@ -59,12 +59,10 @@ pub async fn run(store: &StoreArgs, args: &DemoArgs) -> anyhow::Result<()> {
     }
 
     let max = store.max_notification_id().await?;
-    let tail = store
-        .select_notifications(&NotificationQuery::after(
-            max.saturating_sub(args.log_tail),
-            args.log_tail as usize,
-        ))
+    let mut tail = store
+        .select_notifications(&NotificationQuery::newest(args.log_tail))
         .await?;
+    tail.reverse();
     outln!(
         "\nnotification log: {max} in all, the newest {}:",
         tail.len()
@@ -72,19 +70,21 @@ pub async fn run(store: &StoreArgs, args: &DemoArgs) -> anyhow::Result<()> {
     for n in &tail {
         outln!("{}", format_notification(n))?;
     }
-    if let eventfold::StoreHandle::Sqlite(sqlite) = &handle {
-        let mut follower = eventfold::Follower::builder(
-            store.clone(),
-            sqlite.clone(),
-            worlds_example::EventsPerWorld::default(),
-        )
-        .build();
+    if store.backend() == "memory" {
+        outln!(
+            "\nview {}: skipped, the memory store runs no SQL",
+            EventsPerWorld::NAME
+        )?;
+    } else {
+        // The same view on SQLite and PostgreSQL: its SQL is portable.
+        let mut follower =
+            Follower::view(worlds.app(), EventsPerWorld::NAME, EventsPerWorld).build();
         let counted = follower.catch_up().await?;
         outln!(
-            "\nprojection {}: processed {counted} new notifications; world {id} has {} events \
+            "\nview {}: processed {counted} new notifications; world {id} has {} events \
              (table world_event_counts, position committed with the rows)",
-            worlds_example::EventsPerWorld::NAME,
-            worlds_example::EventsPerWorld::count(sqlite, id).await?
+            EventsPerWorld::NAME,
+            EventsPerWorld::count(store, id).await?
         )?;
     }
     anyhow::ensure!(

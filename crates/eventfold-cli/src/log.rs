@@ -1,20 +1,32 @@
-//! `eventfold log`: print the notification log, optionally following it.
+//! `eventfold log`: print the notification log, oldest first or newest first, optionally
+//! following it; `eventfold followers`: where each follower is in it.
 
 use std::time::Duration;
 
-use eventfold::{JsonMapper, Mapper, Notification, NotificationQuery, StoreConfig};
+use eventfold::{Config, JsonMapper, Mapper, Notification, NotificationQuery, StoreConfig};
 
 use crate::StoreArgs;
 
 /// Options of `eventfold log`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  eventfold log --after 100 --limit 20     ids 101.. oldest first, at most 20
+  eventfold log --newest 20                the 20 newest, newest first
+  eventfold log --newest 20 --before 81    the page before that, if its smallest id was 81")]
 pub struct LogArgs {
     /// Start after this notification id.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "newest")]
     after: u64,
+    /// Only ids below this one. With --newest, pages back: pass the smallest id of the
+    /// previous page.
+    #[arg(long, value_name = "ID", conflicts_with = "follow")]
+    before: Option<u64>,
     /// Print at most this many (without --follow). Default: all.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "newest")]
     limit: Option<usize>,
+    /// Print the N newest notifications, newest first (instead of oldest first).
+    #[arg(long, value_name = "N", conflicts_with = "follow")]
+    newest: Option<usize>,
     /// Only these topics, e.g. World.SomethingHappened (repeatable).
     #[arg(long = "topic")]
     topics: Vec<String>,
@@ -97,9 +109,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// One line per notification: id, topic, stream, version, time, payload size.
+/// One line per notification: id, topic, stream, version, time, payload size, and the
+/// record's metadata as JSON (` meta={...}`) when it has any.
 pub fn format_notification(n: &Notification) -> String {
-    format!(
+    let mut line = format!(
         "{:>8}  {:<28} {} v{:<4} {}  {} bytes",
         n.id,
         n.event.topic,
@@ -107,7 +120,12 @@ pub fn format_notification(n: &Notification) -> String {
         n.event.version,
         n.event.timestamp,
         n.event.state.len()
-    )
+    );
+    if let Some(json) = n.event.metadata.to_json() {
+        line.push_str("  meta=");
+        line.push_str(&json);
+    }
+    line
 }
 
 /// What an empty result was filtered by, for the "0 notifications" line.
@@ -116,30 +134,70 @@ fn nothing_found(args: &LogArgs) -> String {
     if args.after > 0 {
         line.push_str(&format!(" after id {}", args.after));
     }
+    if let Some(before) = args.before {
+        line.push_str(&format!(" before id {before}"));
+    }
     if !args.topics.is_empty() {
         line.push_str(&format!(" with topic {}", args.topics.join(" or ")));
     }
     line
 }
 
-/// Prints the log. A SQLite file that does not exist is an error, and stays missing:
-/// reading the log creates nothing. The "0 notifications" line of an empty result goes
-/// to stderr, so stdout has one line per notification and nothing else.
-pub async fn run(store: &StoreArgs, args: &LogArgs) -> anyhow::Result<()> {
-    let config = store.config()?;
+/// Opens the configured store for reading. A SQLite file that does not exist is an
+/// error, and stays missing: reading creates nothing.
+async fn open_existing(
+    config: &Config,
+    what: &str,
+) -> anyhow::Result<std::sync::Arc<dyn eventfold::Store>> {
     if let StoreConfig::Sqlite(sqlite) = config.store_config() {
         if !sqlite.path.exists() {
             anyhow::bail!(
                 "no SQLite database at {} (EVENTFOLD_SQLITE_PATH or --sqlite-path); \
-                 nothing to show, and `eventfold log` creates nothing \
+                 nothing to show, and `eventfold {what}` creates nothing \
                  (`eventfold demo` or `eventfold migrate` makes one)",
                 sqlite.path.display()
             );
         }
     }
+    Ok(config.open_store().await?)
+}
+
+fn print(n: &Notification, payloads: Option<&Payloads>) -> anyhow::Result<()> {
+    match payloads {
+        Some(payloads) => {
+            let json = payloads.decode(n)?;
+            outln!("{}  {json}", format_notification(n))?
+        }
+        None => outln!("{}", format_notification(n))?,
+    }
+    Ok(())
+}
+
+/// Prints the log. The "0 notifications" line of an empty result goes to stderr, so
+/// stdout has one line per notification and nothing else.
+pub async fn run(store: &StoreArgs, args: &LogArgs) -> anyhow::Result<()> {
+    let config = store.config()?;
     let payloads = args.payload.then(|| Payloads::new(store)).transpose()?;
-    let handle = config.open_store().await?;
-    let log = handle.as_dyn();
+    let log = open_existing(&config, "log").await?;
+    if let Some(newest) = args.newest {
+        let mut query = NotificationQuery::newest(newest).topics(args.topics.clone());
+        if let Some(before) = args.before {
+            query = query.before(before);
+        }
+        let page = log.select_notifications(&query).await?;
+        for n in &page {
+            print(n, payloads.as_ref())?;
+        }
+        match page.last() {
+            None => eprintln!("{}", nothing_found(args)),
+            Some(oldest) if page.len() == newest && oldest.id > 1 => eprintln!(
+                "older: eventfold log --newest {newest} --before {}",
+                oldest.id
+            ),
+            Some(_) => {}
+        }
+        return Ok(());
+    }
     let mut printed = 0usize;
     let mut told_empty = false;
     let mut after = args.after;
@@ -151,24 +209,17 @@ pub async fn run(store: &StoreArgs, args: &LogArgs) -> anyhow::Result<()> {
     let wakeups = log.wakeups();
     loop {
         while left > 0 {
-            let page = log
-                .select_notifications(&NotificationQuery {
-                    after,
-                    limit: left.min(1000),
-                    topics: args.topics.clone(),
-                })
-                .await?;
+            let mut query =
+                NotificationQuery::after(after, left.min(1000)).topics(args.topics.clone());
+            if let Some(before) = args.before {
+                query = query.before(before);
+            }
+            let page = log.select_notifications(&query).await?;
             let Some(last) = page.last() else { break };
             after = last.id;
             left -= page.len();
             for n in &page {
-                match &payloads {
-                    Some(payloads) => {
-                        let json = payloads.decode(n)?;
-                        outln!("{}  {json}", format_notification(n))?
-                    }
-                    None => outln!("{}", format_notification(n))?,
-                }
+                print(n, payloads.as_ref())?;
             }
             printed += page.len();
         }
@@ -198,4 +249,31 @@ pub async fn run(store: &StoreArgs, args: &LogArgs) -> anyhow::Result<()> {
             () = tokio::time::sleep(args.poll) => {}
         }
     }
+}
+
+/// Prints each follower's name, position and how many notifications it is behind the
+/// newest, by name; "0 followers" to stderr when none has a position.
+pub async fn followers(store: &StoreArgs) -> anyhow::Result<()> {
+    let config = store.config()?;
+    let log = open_existing(&config, "followers").await?;
+    let newest = log.max_notification_id().await?;
+    let followers = log.followers().await?;
+    if followers.is_empty() {
+        eprintln!("0 followers (the log has {newest} notifications)");
+        return Ok(());
+    }
+    let width = followers
+        .iter()
+        .map(|t| t.follower.len())
+        .max()
+        .unwrap_or(0);
+    for tracking in &followers {
+        outln!(
+            "{:<width$}  at {:>8}  {} behind",
+            tracking.follower,
+            tracking.position,
+            newest.saturating_sub(tracking.position)
+        )?;
+    }
+    Ok(())
 }

@@ -76,8 +76,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Create or upgrade the store's tables.
     Migrate,
-    /// Print the notification log, oldest first (newest last).
+    /// Print the notification log, oldest first (newest last), or newest first with
+    /// --newest.
     Log(log::LogArgs),
+    /// Print each follower's position in the notification log and how far behind it is.
+    Followers,
     /// Benchmarks that print figures and end with one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -101,6 +104,7 @@ async fn main() -> std::process::ExitCode {
         Command::Demo(args) => demo::run(&cli.store, args).await,
         Command::Migrate => migrate(&cli.store).await,
         Command::Log(args) => log::run(&cli.store, args).await,
+        Command::Followers => log::followers(&cli.store).await,
         Command::Bench(command) => bench::run(&cli.store, command).await,
     };
     match outcome {
@@ -175,7 +179,7 @@ mod tests {
         let codec = eventfold::CodecError::Json(json);
         let codec_text = codec.to_string();
         let decode = eventfold::Error::Decode {
-            kind: "event",
+            kind: eventfold::RecordKind::Event,
             stream_id: "w1".to_owned(),
             version: 3,
             source: codec,

@@ -168,6 +168,7 @@ fn every_command_has_help() {
         vec!["demo", "--help"],
         vec!["migrate", "--help"],
         vec!["log", "--help"],
+        vec!["followers", "--help"],
         vec!["bench", "--help"],
         vec!["bench", "worlds", "--help"],
     ] {
@@ -356,4 +357,161 @@ fn errors_print_each_cause_once() {
             assert!(!earlier.contains(text), "repeated {text:?} in {err}");
         }
     }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn ids(out: &str) -> Vec<u64> {
+    out.lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// `--newest N` prints the N newest, newest first, and says how to page further back;
+/// `--before ID` pages back (and bounds the oldest-first listing too).
+#[test]
+fn log_newest_pages_back_with_before() {
+    let dir = tempfile::tempdir().unwrap();
+    stdout(&eventfold(dir.path(), &["demo"]));
+    stdout(&eventfold(dir.path(), &["demo"]));
+
+    let output = eventfold(dir.path(), &["log", "--newest", "3"]);
+    assert_eq!(ids(&stdout(&output)), [10, 9, 8]);
+    assert!(
+        stderr(&output).contains("older: eventfold log --newest 3 --before 8"),
+        "{}",
+        stderr(&output)
+    );
+    let output = eventfold(dir.path(), &["log", "--newest", "3", "--before", "8"]);
+    assert_eq!(ids(&stdout(&output)), [7, 6, 5]);
+
+    // The last page: fewer than asked for, and no hint.
+    let output = eventfold(dir.path(), &["log", "--newest", "4", "--before", "3"]);
+    assert_eq!(ids(&stdout(&output)), [2, 1]);
+    assert!(!stderr(&output).contains("older"), "{}", stderr(&output));
+
+    let created = stdout(&eventfold(
+        dir.path(),
+        &["log", "--newest", "5", "--topic", "World.Created"],
+    ));
+    assert_eq!(ids(&created), [6, 1]);
+
+    let bounded = stdout(&eventfold(
+        dir.path(),
+        &["log", "--after", "1", "--before", "4"],
+    ));
+    assert_eq!(ids(&bounded), [2, 3], "oldest first between the bounds");
+
+    let output = eventfold(dir.path(), &["log", "--newest", "3", "--before", "1"]);
+    assert_eq!(stdout(&output), "");
+    assert!(
+        stderr(&output).contains("0 notifications before id 1"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn log_newest_refuses_follow_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    stdout(&eventfold(dir.path(), &["migrate"]));
+    for args in [
+        ["log", "--newest", "3", "--follow"],
+        ["log", "--newest", "3", "--after=2"],
+    ] {
+        let output = eventfold(dir.path(), &args);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(
+            stderr(&output).contains("cannot be used with"),
+            "{}",
+            stderr(&output)
+        );
+    }
+}
+
+/// A record's metadata shows at the end of its line; a record without any has no `meta=`.
+#[test]
+fn log_shows_metadata_when_there_is_some() {
+    use eventfold::{EventWriter, Metadata, Recording, StoredEvent, Timestamp};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eventfold.sqlite3");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store =
+            eventfold::sqlite::SqliteStore::open(&eventfold::sqlite::SqliteConfig::new(&path))
+                .unwrap();
+        let with = StoredEvent::new("n-1", 1, "Note.Written", Timestamp::now(), b"{}".to_vec())
+            .with_metadata(Metadata::new().with_correlation_id("req-7"));
+        let without = StoredEvent::new("n-2", 1, "Note.Written", Timestamp::now(), b"{}".to_vec());
+        store
+            .record(&Recording::new().event(with).event(without))
+            .await
+            .unwrap();
+    });
+    let out = stdout(&eventfold(dir.path(), &["log"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].ends_with(r#"  meta={"correlation_id":"req-7"}"#),
+        "{out}"
+    );
+    assert!(!lines[1].contains("meta="), "{out}");
+    let newest = stdout(&eventfold(
+        dir.path(),
+        &["log", "--newest", "1", "--before", "2"],
+    ));
+    assert!(newest.contains("req-7"), "{newest}");
+}
+
+/// `eventfold followers` lists each follower's position and lag, by name.
+#[test]
+fn followers_lists_positions_and_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = eventfold(dir.path(), &["followers"]);
+    assert!(!output.status.success(), "a missing file is an error");
+    assert!(!dir.path().join("eventfold.sqlite3").exists());
+
+    stdout(&eventfold(dir.path(), &["migrate"]));
+    let output = eventfold(dir.path(), &["followers"]);
+    assert_eq!(stdout(&output), "");
+    assert!(
+        stderr(&output).contains("0 followers"),
+        "{}",
+        stderr(&output)
+    );
+
+    stdout(&eventfold(dir.path(), &["demo"]));
+    let out = stdout(&eventfold(dir.path(), &["followers"]));
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        fields,
+        ["events-per-world", "at", "5", "0", "behind"],
+        "{out}"
+    );
+
+    // An event the follower has not seen yet: it is one behind.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use eventfold::{EventWriter, Recording, StoredEvent, Timestamp};
+        let config = eventfold::sqlite::SqliteConfig::new(dir.path().join("eventfold.sqlite3"));
+        let store = eventfold::sqlite::SqliteStore::open(&config).unwrap();
+        let event = StoredEvent::new("n-1", 1, "Note.Written", Timestamp::now(), b"{}".to_vec());
+        store.record(&Recording::new().event(event)).await.unwrap();
+    });
+    let out = stdout(&eventfold(dir.path(), &["followers"]));
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        fields,
+        ["events-per-world", "at", "5", "1", "behind"],
+        "{out}"
+    );
 }

@@ -43,45 +43,6 @@ impl std::fmt::Display for StoreConfig {
     }
 }
 
-/// An opened store, keeping its concrete type for backend-specific use (projections,
-/// joining a host transaction), convertible to `Arc<dyn Store>`.
-#[derive(Clone)]
-#[non_exhaustive]
-pub enum StoreHandle {
-    /// See [`StoreConfig::Memory`].
-    Memory(InMemoryStore),
-    /// See [`StoreConfig::Sqlite`].
-    #[cfg(feature = "sqlite")]
-    Sqlite(eventfold_sqlite::SqliteStore),
-    /// See [`StoreConfig::Postgres`].
-    #[cfg(feature = "postgres")]
-    Postgres(eventfold_postgres::PostgresStore),
-}
-
-impl StoreHandle {
-    /// The store as a trait object.
-    pub fn as_dyn(&self) -> Arc<dyn Store> {
-        match self {
-            StoreHandle::Memory(s) => Arc::new(s.clone()),
-            #[cfg(feature = "sqlite")]
-            StoreHandle::Sqlite(s) => Arc::new(s.clone()),
-            #[cfg(feature = "postgres")]
-            StoreHandle::Postgres(s) => Arc::new(s.clone()),
-        }
-    }
-
-    /// Creates or upgrades the store's tables; returns a one-line report.
-    pub async fn migrate(&self) -> Result<String> {
-        match self {
-            StoreHandle::Memory(_) => Ok("memory store: nothing to migrate".to_owned()),
-            #[cfg(feature = "sqlite")]
-            StoreHandle::Sqlite(s) => Ok(s.migrate()?.to_string()),
-            #[cfg(feature = "postgres")]
-            StoreHandle::Postgres(s) => Ok(s.migrate().await?.to_string()),
-        }
-    }
-}
-
 /// Everything needed to build an [`Application`]: store, mapper and snapshot settings.
 ///
 /// From the environment ([`Config::from_env`]):
@@ -154,6 +115,7 @@ fn parse_seconds(variable: &str, value: &str) -> Result<std::time::Duration> {
 
 /// Reports a store setting's own error (which names its field, such as `schema`) under
 /// the environment variable the value came from.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn from_variable(error: Error, fields: &[(&str, &str)]) -> Error {
     match error {
         Error::Config { variable, message } => {
@@ -544,17 +506,23 @@ impl Config {
     }
 
     /// Opens (and, unless told not to, migrates) the configured store.
-    pub async fn open_store(&self) -> Result<StoreHandle> {
+    ///
+    /// The store is a trait object: applications, followers and projections run on it
+    /// whatever the backend, so one projection with portable SQL
+    /// ([`eventfold_core::Transaction::execute`]) serves SQLite and PostgreSQL alike.
+    /// Code that needs the driver reaches it through the transaction
+    /// (`eventfold::sqlite::SqliteTransactionExt`, `eventfold::postgres::PostgresTransactionExt`).
+    pub async fn open_store(&self) -> Result<Arc<dyn Store>> {
         Ok(match &self.store {
-            StoreConfig::Memory => StoreHandle::Memory(InMemoryStore::new()),
+            StoreConfig::Memory => Arc::new(InMemoryStore::new()),
             #[cfg(feature = "sqlite")]
             StoreConfig::Sqlite(config) => {
                 config.validate()?;
-                StoreHandle::Sqlite(eventfold_sqlite::SqliteStore::open(config)?)
+                Arc::new(eventfold_sqlite::SqliteStore::open(config)?)
             }
             #[cfg(feature = "postgres")]
             StoreConfig::Postgres(config) => {
-                StoreHandle::Postgres(eventfold_postgres::PostgresStore::connect(config).await?)
+                Arc::new(eventfold_postgres::PostgresStore::connect(config).await?)
             }
         })
     }
@@ -575,18 +543,19 @@ impl Config {
                 config.validate()?;
                 Ok(eventfold_sqlite::SqliteStore::migrate_with(config)?.to_string())
             }
-            StoreConfig::Memory => self.open_store().await?.migrate().await,
+            StoreConfig::Memory => Ok("memory store: nothing to migrate".to_owned()),
         }
     }
 
-    /// Builds an application on an already opened store.
+    /// Builds an application on an already opened store (one from [`Config::open_store`],
+    /// or any other, such as a store the program opened itself to share it).
     ///
     /// Fails with [`Error::Config`] naming `EVENTFOLD_SNAPSHOT_INTERVALS` when that names
     /// an aggregate type the program did not declare (see [`Config::aggregate`]), and
     /// naming `EVENTFOLD_CIPHER_KEY` for a bad key.
-    pub fn application_on(&self, store: &StoreHandle) -> Result<Application<JsonMapper>> {
+    pub fn application_on(&self, store: Arc<dyn Store>) -> Result<Application<JsonMapper>> {
         self.check_snapshot_names()?;
-        let mut builder = Application::builder(store.as_dyn())
+        let mut builder = Application::builder_on(store)
             .mapper(self.mapper()?)
             .cache(self.cache_size)
             .cache_fastforward(self.cache_fastforward);
@@ -602,6 +571,6 @@ impl Config {
     pub async fn application(&self) -> Result<Application<JsonMapper>> {
         self.check_snapshot_names()?;
         let store = self.open_store().await?;
-        self.application_on(&store)
+        self.application_on(store)
     }
 }

@@ -307,7 +307,7 @@ async fn snapshot_intervals_name_declared_aggregate_types_only() {
     assert!(message.contains("Nots"), "{message}");
     assert!(message.contains("declared types are Note"), "{message}");
     let store = config.open_store().await.unwrap();
-    expect_error(config.application_on(&store));
+    expect_error(config.application_on(store));
 
     // Nothing declared: every name is unknown, and the message says how to declare.
     let message = expect_error(Config::from_vars(typo).unwrap().application().await);

@@ -25,9 +25,9 @@
 //! ```
 
 use async_trait::async_trait;
-use eventfold::sqlite::{SqliteStore, SqliteTransaction};
 use eventfold::{
-    Aggregate, Application, BoxError, JsonMapper, Mapper, Notification, Projection, Result, Root,
+    Aggregate, Application, BoxError, Envelope, Handles, JsonMapper, Mapper, Result, Root, Store,
+    Subscriptions, Transaction, View,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -118,68 +118,67 @@ impl<M: Mapper> Worlds<M> {
 }
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS world_event_counts \
-    (world_id TEXT PRIMARY KEY, events INTEGER NOT NULL)";
+    (world_id TEXT PRIMARY KEY, events BIGINT NOT NULL)";
 
-/// A projection into the SQLite table `world_event_counts(world_id, events)`: how many
-/// events each world has. Its rows commit with its tracked position, so every event is
-/// counted exactly once, across restarts.
-#[derive(Debug, Default)]
-pub struct EventsPerWorld {
-    table_ready: bool,
-}
+/// A view into the table `world_event_counts(world_id, events)`: how many events each
+/// world has. Its SQL is portable, so the same code runs on SQLite and PostgreSQL. Its
+/// rows commit with its tracked position, so every event is counted exactly once, across
+/// restarts.
+///
+/// Run it with `Follower::view(worlds.app(), EventsPerWorld::NAME, EventsPerWorld)`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EventsPerWorld;
 
 impl EventsPerWorld {
-    /// The projection's name, which keys its tracked position.
+    /// The view's follower name, which keys its tracked position.
     pub const NAME: &'static str = "events-per-world";
 
-    /// Events counted for `world` so far (0 if none).
-    pub async fn count(store: &SqliteStore, world: uuid::Uuid) -> Result<u64> {
-        use eventfold::ProjectionStore;
-        // Read inside a transaction that is then dropped, i.e. rolled back: the table is
-        // created for the read if the projection never ran, and left as it was.
-        let tx = store.begin().await?;
-        tx.execute(CREATE_TABLE, [])
-            .map_err(|e| eventfold::Error::backend("sqlite", e))?;
-        let count = tx
-            .connection()
-            .query_row(
-                "SELECT events FROM world_event_counts WHERE world_id = ?1",
-                [world.to_string()],
-                |row| row.get::<_, i64>(0),
+    /// Events counted for `world` so far (0 if none, also if the view never ran).
+    pub async fn count(store: &dyn Store, world: Uuid) -> Result<u64> {
+        // Read inside a transaction that is then rolled back: the table is created for
+        // the read if the view never ran, and left as it was.
+        let mut tx = store.begin().await?;
+        tx.execute(CREATE_TABLE, &[]).await?;
+        let rows = tx
+            .query(
+                "SELECT events FROM world_event_counts WHERE world_id = $1",
+                &[world.to_string().into()],
             )
-            .map(|n| n as u64)
-            .or_else(|e| match e {
-                eventfold::sqlite::rusqlite::Error::QueryReturnedNoRows => Ok(0),
-                other => Err(eventfold::Error::backend("sqlite", other)),
-            })?;
-        Ok(count)
+            .await?;
+        tx.rollback().await?;
+        Ok(rows
+            .first()
+            .and_then(|row| row.first())
+            .and_then(|events| events.as_i64())
+            .map_or(0, |n| n as u64))
     }
 }
 
 #[async_trait]
-impl Projection<SqliteStore> for EventsPerWorld {
-    fn name(&self) -> &str {
-        Self::NAME
+impl View for EventsPerWorld {
+    fn subscribe(to: &mut Subscriptions<Self>) {
+        to.aggregate::<World>();
     }
 
-    fn topics(&self) -> Vec<String> {
-        vec!["World.Created".into(), "World.SomethingHappened".into()]
+    async fn setup(&mut self, tx: &mut Transaction) -> std::result::Result<(), BoxError> {
+        tx.execute(CREATE_TABLE, &[]).await?;
+        Ok(())
     }
+}
 
-    async fn process(
+#[async_trait]
+impl Handles<World> for EventsPerWorld {
+    async fn handle(
         &mut self,
-        tx: &mut SqliteTransaction,
-        notification: &Notification,
+        tx: &mut Transaction,
+        event: Envelope<World>,
     ) -> std::result::Result<(), BoxError> {
-        if !self.table_ready {
-            tx.execute(CREATE_TABLE, [])?;
-            self.table_ready = true;
-        }
         tx.execute(
-            "INSERT INTO world_event_counts (world_id, events) VALUES (?1, 1) \
-             ON CONFLICT (world_id) DO UPDATE SET events = events + 1",
-            [&notification.event.stream_id],
-        )?;
+            "INSERT INTO world_event_counts (world_id, events) VALUES ($1, 1) \
+             ON CONFLICT (world_id) DO UPDATE SET events = world_event_counts.events + 1",
+            &[event.id.to_string().into()],
+        )
+        .await?;
         Ok(())
     }
 }

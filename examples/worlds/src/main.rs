@@ -9,8 +9,7 @@ async fn main() -> eventfold::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "worlds.sqlite3".into());
     let config = Config::sqlite(&path).zlib().snapshot_every::<World>(5);
-    let store = config.open_store().await?;
-    let worlds = Worlds::new(config.application_on(&store)?);
+    let worlds = Worlds::new(config.application().await?);
 
     let id = worlds.create_world().await?;
     for what in ["dinosaurs", "trucks", "internet", "covid"] {
@@ -18,20 +17,12 @@ async fn main() -> eventfold::Result<()> {
     }
     println!("history of {id}: {:?}", worlds.get_world_history(id).await?);
 
-    let eventfold::StoreHandle::Sqlite(sqlite) = store else {
-        unreachable!("configured as SQLite")
-    };
-    let mut follower = Follower::builder(
-        worlds.app().store().clone(),
-        sqlite.clone(),
-        EventsPerWorld::default(),
-    )
-    .build();
+    let mut follower = Follower::view(worlds.app(), EventsPerWorld::NAME, EventsPerWorld).build();
     let counted = follower.catch_up().await?;
     println!(
-        "projection {}: counted {counted} new events; world {id} has {}",
+        "view {}: counted {counted} new events; world {id} has {}",
         EventsPerWorld::NAME,
-        EventsPerWorld::count(&sqlite, id).await?
+        EventsPerWorld::count(worlds.app().store(), id).await?
     );
     Ok(())
 }
