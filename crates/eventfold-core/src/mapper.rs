@@ -352,16 +352,19 @@ impl Mapper for JsonMapper {
     }
 }
 
-/// True for bytes that are neither JSON nor a zlib stream: what a cipher writes.
+/// True for bytes that are neither JSON nor a zlib stream: what a cipher writes (random
+/// to the eye). Only asked on the error path.
 fn looks_sealed(stored: &[u8]) -> bool {
+    let json = std::str::from_utf8(stored).is_ok_and(|text| {
+        text.trim_start()
+            .starts_with(|c: char| "{[\"-0123456789tfn".contains(c))
+    });
+    // A zlib header (RFC 1950: deflate, check bits) marks a compressed record, damaged
+    // or not; random bytes carry one once in about 500.
     let zlib = stored.len() >= 2
         && stored[0] & 0x0f == 8
         && (u16::from(stored[0]) << 8 | u16::from(stored[1])) % 31 == 0;
-    let json = stored
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| b"{[\"-0123456789tfn".contains(b));
-    !stored.is_empty() && !zlib && !json
+    !stored.is_empty() && !json && !zlib
 }
 
 impl JsonMapper {

@@ -380,7 +380,7 @@ impl PostgresStore {
             variable: "url".to_owned(),
             message: format!("cannot parse {}: {e}", target.0),
         })?;
-        let options = options.application_name("eventfold");
+        let options = with_search_path(options.application_name("eventfold"), &config.schema);
         let sql = Sql::new(config);
 
         // One direct connection first: it reports why the server cannot be reached (the
@@ -860,6 +860,17 @@ impl PostgresStore {
         )));
         true
     }
+}
+
+/// Puts the store's schema first on the search path of its connections, so the tables a
+/// projection or view creates without a schema (portable SQL cannot name one) live beside
+/// the store's own, not in `public`. The store's own statements name their schema anyway.
+fn with_search_path(options: PgConnectOptions, schema: &str) -> PgConnectOptions {
+    if schema == "public" {
+        return options;
+    }
+    let quoted = format!("\"{}\", public", schema.replace('"', "\"\""));
+    options.options([("search_path", quoted)])
 }
 
 async fn connect_once(

@@ -593,3 +593,23 @@ async fn passing_server_errors_are_transient() {
         .unwrap_err();
     assert!(!store.is_transient_error(&driver_error));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unqualified_tables_of_portable_sql_live_in_the_store_schema() {
+    let (store, _guard) = fresh("txpath").await;
+    let mut tx = store.begin().await.unwrap();
+    tx.execute("CREATE TABLE view_rows (k text PRIMARY KEY)", &[])
+        .await
+        .unwrap();
+    tx.execute("INSERT INTO view_rows (k) VALUES ($1)", &["a".into()])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT table_schema::text FROM information_schema.tables WHERE table_name = 'view_rows'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(schemas, vec![store.config().schema.clone()]);
+}
