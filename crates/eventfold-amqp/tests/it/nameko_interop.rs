@@ -28,7 +28,8 @@ use crate::support::TestVhost;
 /// The Python with nameko: `EVENTFOLD_INTEROP_PYTHON`, else the workspace's
 /// `target/interop-venv/bin/python`; a failure (not a skip) when neither exists.
 fn python() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workspace = crate_dir.parent().and_then(Path::parent).unwrap();
     let venv = workspace.join("target/interop-venv/bin/python");
     let from_env = std::env::var_os("EVENTFOLD_INTEROP_PYTHON")
         .filter(|p| !p.is_empty())
@@ -52,8 +53,9 @@ fn python_dir() -> PathBuf {
 /// `python <script> <args>` in tests/python, to completion; panics with its output on failure.
 async fn run_script(script: &str, args: Vec<String>) -> String {
     let script = python_dir().join(script);
+    let python = python();
     tokio::task::spawn_blocking(move || {
-        let out = Command::new(python())
+        let out = Command::new(python)
             .arg(&script)
             .args(&args)
             .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -201,6 +203,7 @@ struct Received {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nameko_receives_our_change_events_unchanged() {
+    python(); // fails now, before a vhost is made, without the venv
     let vhost = TestVhost::new();
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("received.jsonl");
@@ -314,7 +317,12 @@ async fn nameko_receives_our_change_events_unchanged() {
         .declare_exchange("orders.events", ExchangeKind::Topic)
         .await
         .unwrap();
-    for (i, outcome) in publisher.publish_all(&messages).await.into_iter().enumerate() {
+    for (i, outcome) in publisher
+        .publish_all(&messages)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         assert_eq!(outcome, Ok(Outcome::Confirmed), "message {i}");
     }
     publisher.close().await.unwrap();
@@ -375,11 +383,16 @@ async fn nameko_receives_our_change_events_unchanged() {
     );
     assert_eq!(got.len(), want.len());
     for (stream, want) in &want {
-        let got = got.get(stream).unwrap_or_else(|| panic!("nothing for {stream:?}"));
+        let got = got
+            .get(stream)
+            .unwrap_or_else(|| panic!("nothing for {stream:?}"));
         assert_eq!(got.len(), want.len(), "{stream:?}");
         for (i, ((got_v, got_raw), (want_v, want_raw))) in got.iter().zip(want).enumerate() {
             assert_eq!(got_v, want_v, "{stream:?} #{i}: payload");
-            assert_eq!(got_raw, want_raw, "{stream:?} #{i}: json.dumps of the payload");
+            assert_eq!(
+                got_raw, want_raw,
+                "{stream:?} #{i}: json.dumps of the payload"
+            );
         }
     }
 }
@@ -395,6 +408,7 @@ struct Dispatched {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_consumer_receives_what_nameko_event_dispatcher_sends() {
+    python(); // fails now, before a vhost is made, without the venv
     const N: usize = 150;
     const INSTANCES: usize = 7;
     let vhost = TestVhost::new();
@@ -409,7 +423,8 @@ async fn our_consumer_receives_what_nameko_event_dispatcher_sends() {
         subscription.queue,
         "evt-orders-order__updated--projector.on_updated"
     );
-    let seen: Arc<Mutex<Vec<(Dispatched, Arc<IncomingMessage>)>>> = Arc::default();
+    type Seen = Vec<(Dispatched, Arc<IncomingMessage>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let options = ConsumerOptions {
         workers: 4,
         key: OrderKey::JsonField("/id".into()),
@@ -419,16 +434,21 @@ async fn our_consumer_receives_what_nameko_event_dispatcher_sends() {
     // unroutable event would vanish).
     let consumer = {
         let seen = seen.clone();
-        Consumer::start(vhost.config(), subscription.clone(), options, move |m: Arc<IncomingMessage>| {
-            let seen = seen.clone();
-            async move {
-                let event: Dispatched = m.json().map_err(HandlerError::permanent)?;
-                // Uneven handling times, so workers overtake each other.
-                tokio::time::sleep(Duration::from_millis(event.id as u64 % 3)).await;
-                seen.lock().unwrap().push((event, m));
-                Ok(())
-            }
-        })
+        Consumer::start(
+            vhost.config(),
+            subscription.clone(),
+            options,
+            move |m: Arc<IncomingMessage>| {
+                let seen = seen.clone();
+                async move {
+                    let event: Dispatched = m.json().map_err(HandlerError::permanent)?;
+                    // Uneven handling times, so workers overtake each other.
+                    tokio::time::sleep(Duration::from_millis(event.id as u64 % 3)).await;
+                    seen.lock().unwrap().push((event, m));
+                    Ok(())
+                }
+            },
+        )
         .await
         .unwrap()
     };
@@ -480,6 +500,7 @@ async fn our_consumer_receives_what_nameko_event_dispatcher_sends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_from_python_are_dead_lettered_and_the_consumer_goes_on() {
+    python(); // fails now, before a vhost is made, without the venv
     let vhost = TestVhost::new();
     let raw = vhost.raw().await;
     let subscription = Subscription::nameko(
@@ -509,7 +530,11 @@ async fn malformed_bodies_from_python_are_dead_lettered_and_the_consumer_goes_on
         .await
         .unwrap()
     };
-    let bodies = [r#"{"id": 1, oops"#, "not json at all", r#"{"id": 1, "seq": 1}"#];
+    let bodies = [
+        r#"{"id": 1, oops"#,
+        "not json at all",
+        r#"{"id": 1, "seq": 1}"#,
+    ];
     let mut args = vec![
         vhost.url(),
         "orders.events".to_owned(),
@@ -533,7 +558,15 @@ async fn malformed_bodies_from_python_are_dead_lettered_and_the_consumer_goes_on
     let dead = raw.drain(&subscription.dead_letter_queue()).await;
     assert_eq!(dead.len(), 2);
     let header = |m: &lapin::message::BasicGetMessage, name: &str| -> String {
-        match m.delivery.properties.headers().as_ref().unwrap().inner().get(name) {
+        match m
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .get(name)
+        {
             Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
             Some(AMQPValue::LongInt(i)) => i.to_string(),
             Some(AMQPValue::LongLongInt(i)) => i.to_string(),
@@ -542,7 +575,11 @@ async fn malformed_bodies_from_python_are_dead_lettered_and_the_consumer_goes_on
         }
     };
     for (m, body) in dead.iter().zip(&bodies) {
-        assert_eq!(m.delivery.data, body.as_bytes(), "the body as Python sent it");
+        assert_eq!(
+            m.delivery.data,
+            body.as_bytes(),
+            "the body as Python sent it"
+        );
         assert!(
             header(m, HEADER_ERROR).contains("not valid JSON"),
             "{}",
@@ -550,7 +587,11 @@ async fn malformed_bodies_from_python_are_dead_lettered_and_the_consumer_goes_on
         );
         assert_eq!(header(m, HEADER_ORIGINAL_ROUTING_KEY), "order__updated");
         assert_eq!(header(m, HEADER_ORIGINAL_QUEUE), subscription.queue);
-        assert_eq!(header(m, HEADER_ATTEMPTS), "0", "rejected before the handler ran");
+        assert_eq!(
+            header(m, HEADER_ATTEMPTS),
+            "0",
+            "rejected before the handler ran"
+        );
     }
     assert_eq!(raw.settled_count(&subscription.queue).await, 0);
 }
