@@ -78,6 +78,18 @@ pub fn event_message<T: Serialize + ?Sized>(
 ) -> Result<OutgoingMessage> {
     let body = python_json(payload)
         .map_err(|e| AmqpError::config(format!("payload is not JSON-serialisable: {e}")))?;
+    Ok(encoded_event_message(service, event_type, body, context))
+}
+
+/// The message nameko would publish for a payload already encoded as Python writes it
+/// ([`python_json`]): a change record's body, published as it is stored, not re-encoded.
+/// The body is not checked.
+pub fn encoded_event_message(
+    service: &str,
+    event_type: &str,
+    body: impl Into<Vec<u8>>,
+    context: &Headers,
+) -> OutgoingMessage {
     let mut m = OutgoingMessage::new(exchange_name(service), event_type, body);
     m.content_type = Some("application/json".to_owned());
     m.content_encoding = Some("utf-8".to_owned());
@@ -87,7 +99,7 @@ pub fn event_message<T: Serialize + ?Sized>(
         .iter()
         .map(|(k, v)| (format!("nameko.{k}"), v.clone()))
         .collect();
-    Ok(m)
+    m
 }
 
 /// The worker-context values of a received nameko event (its `nameko.*` headers, without

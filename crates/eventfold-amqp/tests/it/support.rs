@@ -77,10 +77,7 @@ impl TestVhost {
             .await
             .unwrap();
         let channel = conn.create_channel().await.unwrap();
-        Raw {
-            _conn: conn,
-            channel,
-        }
+        Raw { conn, channel }
     }
 }
 
@@ -93,7 +90,7 @@ impl Drop for TestVhost {
 }
 
 pub struct Raw {
-    _conn: lapin::Connection,
+    conn: lapin::Connection,
     pub channel: lapin::Channel,
 }
 
@@ -118,6 +115,21 @@ impl Raw {
             )
             .await
             .unwrap();
+    }
+
+    /// The consumers of `queue` now, `None` while it does not exist. A passive declare on a
+    /// channel of its own (the broker closes the channel of a passive declare that fails).
+    pub async fn consumers(&self, queue: &str) -> Option<u32> {
+        let channel = self.conn.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable().passive(),
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "probed".into()).await;
+        declared.ok().map(|q| q.consumer_count())
     }
 
     /// Messages in `queue` now.
