@@ -76,13 +76,12 @@ mod route;
 
 pub use records::{
     parked_messages, parked_stream, republish_parked, status_stream, LastError, ParkedMessage,
-    RelayStatus, RepublishReport, ERROR_TOPIC, PARKED_TOPIC, RECOVERED_TOPIC,
-    RELAY_TOPIC_PREFIX, REPUBLISHED_TOPIC,
+    RelayStatus, RepublishReport, ERROR_TOPIC, PARKED_TOPIC, RECOVERED_TOPIC, RELAY_TOPIC_PREFIX,
+    REPUBLISHED_TOPIC,
 };
 pub use relay::{Relay, RelayBuilder, RelayMetrics};
 pub use route::{
-    decode_plain_json, EncodeError, NamekoChanges, NamekoDomainEvents, Route, Routed,
-    Unroutable,
+    decode_plain_json, EncodeError, NamekoChanges, NamekoDomainEvents, Route, Routed, Unroutable,
 };
 
 /// What can stop the relay or its tools.

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use base64::Engine as _;
 use eventfold_amqp::{
-    AmqpConfig, ConfirmedPublisher, ExchangeKind, HeaderValue, OutgoingMessage, Outcome,
+    AmqpConfig, ConfirmedPublisher, ExchangeKind, HeaderValue, Outcome, OutgoingMessage,
     PublisherOptions,
 };
 use eventfold_core::{
@@ -274,20 +274,17 @@ pub async fn status(store: &dyn Store, relay: &str) -> Result<RelayStatus, Relay
     let last = store
         .select_events(&status_stream(relay), StreamQuery::all().descending())
         .await?;
-    let last_error = last
-        .iter()
-        .position(|e| e.topic == ERROR_TOPIC)
-        .map(|i| {
-            let e = &last[i];
-            let reason = serde_json::from_slice::<OutageRecord>(&e.state)
-                .map(|r| r.reason)
-                .unwrap_or_default();
-            LastError {
-                at: e.timestamp,
-                reason,
-                ongoing: i == 0,
-            }
-        });
+    let last_error = last.iter().position(|e| e.topic == ERROR_TOPIC).map(|i| {
+        let e = &last[i];
+        let reason = serde_json::from_slice::<OutageRecord>(&e.state)
+            .map(|r| r.reason)
+            .unwrap_or_default();
+        LastError {
+            at: e.timestamp,
+            reason,
+            ongoing: i == 0,
+        }
+    });
     Ok(RelayStatus {
         position,
         head,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventfold_amqp::{
-    AmqpConfig, AmqpError, ConfirmedPublisher, OutgoingMessage, Outcome, PublisherOptions,
+    AmqpConfig, AmqpError, ConfirmedPublisher, Outcome, OutgoingMessage, PublisherOptions,
 };
 use eventfold_core::{
     Conflict, Error as StoreError, Notification, NotificationQuery, Recording, Store, Tracking,
@@ -211,7 +211,7 @@ struct Stall {
 
 enum Item {
     Skip,
-    Park(ParkedMessage),
+    Park(Box<ParkedMessage>),
     Publish {
         index: usize,
         unroutable: Unroutable,
@@ -381,6 +381,12 @@ impl Relay {
             match end {
                 Ok(LeadEnd::Shutdown) => break Ok(()),
                 Ok(LeadEnd::LockLost) => {
+                    self.stalled(
+                        &mut outage,
+                        "lost the leader lock (its connection closed)",
+                        0,
+                    )
+                    .await;
                     if Self::pause(&mut shutdown, &mut retry).await {
                         break Ok(());
                     }
@@ -394,7 +400,10 @@ impl Relay {
     }
 
     /// Sleeps `retry` (then doubles it, up to 5 s); true when `shutdown` came first.
-    async fn pause(shutdown: &mut (impl Future<Output = ()> + Unpin), retry: &mut Duration) -> bool {
+    async fn pause(
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+        retry: &mut Duration,
+    ) -> bool {
         let pause = *retry;
         *retry = (*retry * 2).min(LAST_RETRY);
         tokio::select! {
@@ -531,11 +540,11 @@ impl Relay {
             }
             match self.routes.iter().find_map(|r| r.encode(n)) {
                 None => items.push(Item::Skip),
-                Some(Err(e)) => items.push(Item::Park(ParkedMessage::unencodable(
+                Some(Err(e)) => items.push(Item::Park(Box::new(ParkedMessage::unencodable(
                     n,
                     self.message_id(n),
                     format!("cannot encode: {e}"),
-                ))),
+                )))),
                 Some(Ok(routed)) => {
                     let mut message = routed.message;
                     message.message_id = Some(self.message_id(n));
@@ -613,10 +622,7 @@ impl Relay {
                         }
                     }
                     Ok(Outcome::Nacked) => {
-                        stall = Some(stuck(format!(
-                            "notification {} nacked by the broker",
-                            n.id
-                        )));
+                        stall = Some(stuck(format!("notification {} nacked by the broker", n.id)));
                         break;
                     }
                     Ok(other) => {
@@ -647,10 +653,7 @@ impl Relay {
         stall: Option<Stall>,
     ) -> Result<Step, RelayError> {
         if prefix == 0 {
-            return Ok(Step {
-                advanced: 0,
-                stall,
-            });
+            return Ok(Step { advanced: 0, stall });
         }
         let mut recording = Recording::new();
         let mut parked = 0;

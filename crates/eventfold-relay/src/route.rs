@@ -95,7 +95,9 @@ pub(crate) fn header_value(v: &serde_json::Value) -> HeaderValue {
             Some(i) => HeaderValue::Int(i),
             None => HeaderValue::Float(n.as_f64().unwrap_or_default()),
         },
-        serde_json::Value::Array(items) => HeaderValue::List(items.iter().map(header_value).collect()),
+        serde_json::Value::Array(items) => {
+            HeaderValue::List(items.iter().map(header_value).collect())
+        }
         other => HeaderValue::Str(other.to_string()),
     }
 }
@@ -212,8 +214,7 @@ pub fn decode_plain_json(n: &Notification) -> Result<serde_json::Value, EncodeEr
         ))
     })?;
     if let Some(obj) = value.as_object() {
-        if obj.len() == 2 && obj.get("_v").is_some_and(|v| v.is_u64()) && obj.contains_key("data")
-        {
+        if obj.len() == 2 && obj.get("_v").is_some_and(|v| v.is_u64()) && obj.contains_key("data") {
             value = value["data"].take();
         }
     }
@@ -260,10 +261,7 @@ impl NamekoDomainEvents {
     /// Replaces the decoder (for a mapper with compression or a cipher, or another shape).
     pub fn decoder(
         mut self,
-        decode: impl Fn(&Notification) -> Result<serde_json::Value, EncodeError>
-            + Send
-            + Sync
-            + 'static,
+        decode: impl Fn(&Notification) -> Result<serde_json::Value, EncodeError> + Send + Sync + 'static,
     ) -> Self {
         self.decode = Box::new(decode);
         self
@@ -296,5 +294,80 @@ impl Route for NamekoDomainEvents {
             nameko_headers(n, &mut m);
             Routed::new(m).unroutable(self.unroutable)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventfold_core::{Metadata, StoredEvent, Timestamp};
+
+    fn notification(topic: &str, state: &[u8], metadata: Metadata) -> Notification {
+        Notification::new(
+            7,
+            StoredEvent::new("s", 1, topic, Timestamp::now(), state.to_vec())
+                .with_metadata(metadata),
+        )
+    }
+
+    #[test]
+    fn change_records_keep_their_body_and_carry_nameko_headers() {
+        let md = Metadata::new()
+            .with(
+                CHANGE_KEY,
+                serde_json::json!({"service": "orders", "event_type": "order__paid"}),
+            )
+            .with("nameko.call_id_stack", serde_json::json!(["a.b.c"]))
+            .with_correlation_id("corr-1");
+        let body = br#"{"id": 1, "amount": "\u00e9"}"#;
+        let n = notification("orders.order__paid", body, md);
+        let routed = NamekoChanges::new().encode(&n).unwrap().unwrap();
+        let m = routed.message;
+        assert_eq!(
+            (m.exchange.as_str(), m.routing_key.as_str()),
+            ("orders.events", "order__paid")
+        );
+        assert_eq!(m.body, body);
+        assert_eq!(
+            m.headers["nameko.correlation_id"],
+            HeaderValue::Str("corr-1".into())
+        );
+        assert_eq!(
+            m.headers["nameko.call_id_stack"],
+            HeaderValue::List(vec![HeaderValue::Str("a.b.c".into())])
+        );
+        assert_eq!(routed.unroutable, Unroutable::Park);
+        assert!(NamekoChanges::new()
+            .services(["billing"])
+            .encode(&n)
+            .is_none());
+        assert!(NamekoChanges::new()
+            .encode(&notification("x", b"{}", Metadata::new()))
+            .is_none());
+    }
+
+    #[test]
+    fn domain_events_are_unwrapped_from_variant_and_version() {
+        let route = NamekoDomainEvents::new("worlds").aggregate("World");
+        let n = notification(
+            "World.SomethingHappened",
+            br#"{"SomethingHappened":{"what":"x","n":1}}"#,
+            Metadata::new(),
+        );
+        let m = route.encode(&n).unwrap().unwrap().message;
+        assert_eq!(m.exchange, "worlds.events");
+        assert_eq!(m.routing_key, "World.SomethingHappened");
+        assert_eq!(m.body, br#"{"what": "x", "n": 1}"#);
+        let v2 = notification(
+            "World.Stopped",
+            br#"{"_v":2,"data":"Stopped"}"#,
+            Metadata::new(),
+        );
+        assert_eq!(route.encode(&v2).unwrap().unwrap().message.body, b"{}");
+        assert!(route
+            .encode(&notification("Worlds.X", b"{}", Metadata::new()))
+            .is_none());
+        let sealed = notification("World.X", b"\x01\x02", Metadata::new());
+        assert!(route.encode(&sealed).unwrap().is_err());
     }
 }

@@ -48,11 +48,17 @@ async fn change_records_are_published_in_log_order_byte_identical_with_ids_from_
         assert_eq!(&m.delivery.data, body, "byte-identical body");
         assert_eq!(m.delivery.routing_key.as_str(), "order__created");
         let p = &m.delivery.properties;
-        assert_eq!(p.content_type().as_ref().unwrap().as_str(), "application/json");
+        assert_eq!(
+            p.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
         assert_eq!(p.content_encoding().as_ref().unwrap().as_str(), "utf-8");
         assert_eq!(*p.delivery_mode(), Some(2));
     }
-    assert!(ids.iter().chain(&more).eq(expected.iter().map(|(id, _)| id)));
+    assert!(ids
+        .iter()
+        .chain(&more)
+        .eq(expected.iter().map(|(id, _)| id)));
     let metrics = running.relay.metrics();
     assert_eq!(metrics.confirmed, 60);
     assert!(metrics.leader);
@@ -76,9 +82,14 @@ async fn missing_exchange_is_declared_unroutable_is_parked_and_republished_nothi
     wait_position(&*store, "r2", head, T).await;
     let status = Relay::status(&*store, "r2").await.unwrap();
     assert_eq!(status.parked, 20);
-    let parked = eventfold_relay::parked_messages(&*store, "r2").await.unwrap();
+    let parked = eventfold_relay::parked_messages(&*store, "r2")
+        .await
+        .unwrap();
     assert_eq!(
-        parked.iter().map(|(_, p)| p.notification_id).collect::<Vec<_>>(),
+        parked
+            .iter()
+            .map(|(_, p)| p.notification_id)
+            .collect::<Vec<_>>(),
         parked_ids
     );
     assert_eq!(parked[0].1.exchange, "orders.events");
@@ -96,11 +107,17 @@ async fn missing_exchange_is_declared_unroutable_is_parked_and_republished_nothi
     raw.bound_queue(Q, "orders.events", "order__created").await;
     let new_ids = save_orders(&*store, 21..31).await;
     assert_eq!(raw.wait_at_least(Q, 10, T).await, 10);
-    let report = Relay::republish_parked(&*store, vhost.config(), "r2").await.unwrap();
+    let report = Relay::republish_parked(&*store, vhost.config(), "r2")
+        .await
+        .unwrap();
     assert_eq!(report.republished, 20);
     assert_eq!(raw.wait_at_least(Q, 30, T).await, 30);
     let got: BTreeSet<String> = raw.drain(Q).await.iter().map(message_id).collect();
-    let all: BTreeSet<String> = parked_ids.iter().chain(&new_ids).map(|id| format!("r2:{id}")).collect();
+    let all: BTreeSet<String> = parked_ids
+        .iter()
+        .chain(&new_ids)
+        .map(|id| format!("r2:{id}"))
+        .collect();
     assert_eq!(got, all, "0 lost");
     running.stop().await;
     assert_eq!(Relay::status(&*store, "r2").await.unwrap().parked, 0);
@@ -123,7 +140,11 @@ async fn a_restarted_relay_publishes_only_what_is_left() {
     assert_eq!(running.relay.metrics().published, 10);
     running.stop().await;
     let got: Vec<String> = raw.drain(Q).await.iter().map(message_id).collect();
-    let want: Vec<String> = first.iter().chain(&second).map(|id| format!("r3:{id}")).collect();
+    let want: Vec<String> = first
+        .iter()
+        .chain(&second)
+        .map(|id| format!("r3:{id}"))
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -132,7 +153,10 @@ fn assert_all_once_in_order(got: &[String], want: &[String]) {
     let mut seen = BTreeSet::new();
     let firsts: Vec<&String> = got.iter().filter(|id| seen.insert((*id).clone())).collect();
     assert_eq!(firsts.len(), want.len(), "lost messages");
-    assert!(firsts.iter().zip(want).all(|(a, b)| *a == b), "out of order");
+    assert!(
+        firsts.iter().zip(want).all(|(a, b)| *a == b),
+        "out of order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,17 +167,39 @@ async fn a_connection_cut_mid_batch_loses_nothing_and_duplicates_keep_their_ids(
     let store: Arc<dyn Store> = Arc::new(InMemoryStore::new());
     let ids = save_orders(&*store, 1..2001).await;
     let proxy = Proxy::start().await;
-    let running = Running::start(relay(store.clone(), &vhost.url_via(&proxy.addr), "r4").batch_size(500).build());
-    // Cut the connection as soon as the first messages arrive.
-    raw.wait_at_least(Q, 1, T).await;
+    let running = Running::start(
+        relay(store.clone(), &vhost.url_via(&proxy.addr), "r4")
+            .batch_size(2000)
+            .window(4)
+            .build(),
+    );
+    // Cut the connections while the one batch of 2000 is being published.
+    while raw.count(Q).await < 100 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     proxy.sever();
+    let at_cut = raw.count(Q).await;
+    assert!(at_cut < 2000, "the cut came after the batch ({at_cut})");
+    assert_eq!(
+        store.tracking_position("r4").await.unwrap(),
+        None,
+        "mid-batch"
+    );
     wait_position(&*store, "r4", *ids.last().unwrap(), Duration::from_secs(30)).await;
     raw.wait_at_least(Q, 2000, T).await;
     let got: Vec<String> = raw.drain(Q).await.iter().map(message_id).collect();
     let want: Vec<String> = ids.iter().map(|id| format!("r4:{id}")).collect();
     assert_all_once_in_order(&got, &want);
     let metrics = running.relay.metrics();
-    assert!(metrics.reconnects >= 1 || metrics.connections_opened >= 3, "{metrics:?}");
+    eprintln!(
+        "{} received for 2000 (cut at {at_cut}): {metrics:?}",
+        got.len()
+    );
+    assert!(
+        metrics.published > 2000,
+        "the unconfirmed rest was published again: {metrics:?}"
+    );
+    assert!(metrics.connections_opened >= 3, "{metrics:?}");
     let status = Relay::status(&*store, "r4").await.unwrap();
     let err = status.last_error.expect("the outage is recorded");
     assert!(!err.ongoing, "{err:?}");

@@ -28,9 +28,18 @@ fn rabbitmqctl_stdin(args: &[&str], input: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("rabbitmqctl runs");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A fresh virtual host, deleted on drop.
@@ -40,7 +49,10 @@ pub struct TestVhost {
 
 impl TestVhost {
     pub fn new() -> Self {
-        let name = format!("ef-relay-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let name = format!(
+            "ef-relay-test-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let definitions = serde_json::json!({
             "vhosts": [{ "name": name }],
             "permissions": [{
@@ -70,13 +82,18 @@ impl TestVhost {
             .await
             .unwrap();
         let channel = conn.create_channel().await.unwrap();
-        Raw { _conn: conn, channel }
+        Raw {
+            _conn: conn,
+            channel,
+        }
     }
 }
 
 impl Drop for TestVhost {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").args(["-q", "delete_vhost", &self.name]).output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.name])
+            .output();
     }
 }
 
@@ -92,24 +109,41 @@ impl Raw {
             .exchange_declare(
                 exchange.into(),
                 lapin::ExchangeKind::Topic,
-                lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() },
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
             .unwrap();
         self.channel
-            .queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default())
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         self.channel
-            .queue_bind(queue.into(), exchange.into(), routing_key.into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
     }
 
     pub async fn count(&self, queue: &str) -> u32 {
         self.channel
-            .queue_declare(queue.into(), QueueDeclareOptions::durable().passive(), FieldTable::default())
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable().passive(),
+                FieldTable::default(),
+            )
             .await
             .unwrap()
             .message_count()
@@ -117,8 +151,17 @@ impl Raw {
 
     pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
         let mut out = Vec::new();
-        while let Some(m) = self.channel.basic_get(queue.into(), BasicGetOptions::default()).await.unwrap() {
-            m.delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+        while let Some(m) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            m.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
             out.push(m);
         }
         out
@@ -137,14 +180,22 @@ impl Raw {
                 }
                 continue;
             }
-            assert!(start.elapsed() < timeout, "{queue}: {c} messages, expected {n}");
+            assert!(
+                start.elapsed() < timeout,
+                "{queue}: {c} messages, expected {n}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 }
 
 pub fn message_id(m: &lapin::message::BasicGetMessage) -> String {
-    m.delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default()
+    m.delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_default()
 }
 
 /// A TCP proxy to the broker whose connections can be cut at once.
@@ -162,7 +213,9 @@ impl Proxy {
         let list = conns.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
                 let task = tokio::spawn(async move {
                     if let Ok(mut upstream) = TcpStream::connect(HOST).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
@@ -171,7 +224,11 @@ impl Proxy {
                 list.lock().unwrap().push(task);
             }
         });
-        Proxy { addr, conns, accept }
+        Proxy {
+            addr,
+            conns,
+            accept,
+        }
     }
 
     /// Cuts every connection through the proxy (new ones still work).
@@ -214,7 +271,12 @@ pub async fn save_orders(store: &dyn Store, ids: std::ops::Range<i64>) -> Vec<u6
     let changes = changes();
     let mut out = Vec::new();
     for id in ids {
-        let order = Order { id, customer: format!("c\u{e9}-{id}"), qty: (id % 7) as i32, amount: format!("{id}.50") };
+        let order = Order {
+            id,
+            customer: format!("c\u{e9}-{id}"),
+            qty: (id % 7) as i32,
+            amount: format!("{id}.50"),
+        };
         let mut tx = store.begin().await.unwrap();
         out.push(changes.created(&mut tx, &order).await.unwrap().unwrap());
         tx.commit().await.unwrap();
@@ -248,7 +310,11 @@ impl Running {
             })
             .await
         });
-        Running { relay, stop: Some(stop), task }
+        Running {
+            relay,
+            stop: Some(stop),
+            task,
+        }
     }
 
     pub async fn stop(mut self) {
@@ -276,7 +342,10 @@ pub async fn wait_position(store: &dyn Store, name: &str, position: u64, timeout
         if p >= position {
             return;
         }
-        assert!(start.elapsed() < timeout, "{name} at {p}, expected {position}");
+        assert!(
+            start.elapsed() < timeout,
+            "{name} at {p}, expected {position}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
