@@ -180,11 +180,9 @@ async fn a_connection_cut_mid_batch_loses_nothing_and_duplicates_keep_their_ids(
     proxy.sever();
     let at_cut = raw.count(Q).await;
     assert!(at_cut < 2000, "the cut came after the batch ({at_cut})");
-    assert_eq!(
-        store.tracking_position("r4").await.unwrap(),
-        None,
-        "mid-batch"
-    );
+    // At most the confirmed prefix of the batch was recorded.
+    let position = store.tracking_position("r4").await.unwrap().unwrap_or(0);
+    assert!(position < *ids.last().unwrap(), "mid-batch: {position}");
     wait_position(&*store, "r4", *ids.last().unwrap(), Duration::from_secs(30)).await;
     raw.wait_at_least(Q, 2000, T).await;
     let got: Vec<String> = raw.drain(Q).await.iter().map(message_id).collect();
