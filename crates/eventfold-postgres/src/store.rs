@@ -869,7 +869,8 @@ fn with_search_path(options: PgConnectOptions, schema: &str) -> PgConnectOptions
     if schema == "public" {
         return options;
     }
-    let quoted = format!("\"{}\", public", schema.replace('"', "\"\""));
+    // No space: the startup `options` parameter splits on spaces.
+    let quoted = format!("\"{}\",public", schema.replace('"', "\"\""));
     options.options([("search_path", quoted)])
 }
 
