@@ -132,8 +132,9 @@ pub struct InboxStats {
     pub applied: u64,
     /// Messages found already applied: rolled back without running the handler.
     pub duplicates: u64,
-    /// Messages whose handler (or the store) failed: rolled back, the error returned to
-    /// the consumer (which retries or dead-letters).
+    /// Runs that failed (the handler, the store, or a message without id): rolled back,
+    /// the error returned to the consumer, which retries or dead-letters (a message
+    /// retried twice counts up to three times here).
     pub failed: u64,
 }
 
