@@ -40,6 +40,10 @@
 //!   (confirms awaited, position moved), then the connections are closed.
 //! * The AMQP password never appears in a log line or an error.
 //!
+//! On the consumer side, [`inbox::Inbox`] makes a handler's writes happen once per message
+//! id: the handler's transaction also marks the id, so a duplicate finds the mark and is
+//! dropped.
+//!
 //! See `ARCHITECTURE-relay.md` for the reasoning.
 //!
 //! # Example
@@ -69,11 +73,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod inbox;
 mod lock;
 mod records;
 mod relay;
 mod route;
 
+pub use inbox::{Inbox, InboxStats};
 pub use records::{
     parked_messages, parked_stream, republish_parked, status_stream, LastError, ParkedMessage,
     RelayStatus, RepublishReport, ERROR_TOPIC, PARKED_TOPIC, RECOVERED_TOPIC, RELAY_TOPIC_PREFIX,
