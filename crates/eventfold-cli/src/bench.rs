@@ -70,6 +70,10 @@ pub struct WorldsArgs {
     /// Skip the raw append micro-benchmark.
     #[arg(long)]
     no_raw: bool,
+    /// Store events uncompressed instead of zlib (the peers' configuration is zlib): shows
+    /// what compression costs a command.
+    #[arg(long)]
+    no_compression: bool,
     /// Aggregate cache size (0 = off, as in the peers' runs). Results are labelled
     /// `eventfold-<backend>-cached` when it is on.
     #[arg(long, default_value_t = 0)]
@@ -129,8 +133,9 @@ async fn fresh_config(store: &StoreArgs, args: &WorldsArgs, phase: &str) -> anyh
         }
         _ => {}
     }
-    Ok(Config::from_vars(vars)?
-        .zlib()
+    let config = Config::from_vars(vars)?;
+    let config = if args.no_compression { config } else { config.zlib() };
+    Ok(config
         .cache_size(args.cache)
         .cache_fastforward(!args.single_writer))
 }
@@ -429,7 +434,8 @@ async fn worlds(store: &StoreArgs, args: &WorldsArgs) -> anyhow::Result<()> {
         "bench": "eventfold_bench",
         "workload": "worlds",
         "params": {
-            "worlds": n, "commands": m, "snapshot_interval": 5, "compressor": "zlib",
+            "worlds": n, "commands": m, "snapshot_interval": 5,
+            "compressor": if args.no_compression { "none" } else { "zlib" },
             "raw_events": args.raw_events, "raw_batch": args.raw_batch,
             "raw_single": args.raw_single, "cache": args.cache,
             "cache_fastforward": !args.single_writer,
