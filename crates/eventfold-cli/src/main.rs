@@ -15,6 +15,7 @@ macro_rules! outln {
 mod bench;
 mod demo;
 mod log;
+mod relay;
 
 use std::collections::HashMap;
 
@@ -81,6 +82,10 @@ enum Command {
     Log(log::LogArgs),
     /// Print each follower's position in the notification log and how far behind it is.
     Followers,
+    /// Run the outbox relay: publish the notification log to RabbitMQ (at-least-once, in
+    /// log order, position moved over confirmed messages only); `relay status`, `relay
+    /// parked`, `relay republish` show and fix what it did.
+    Relay(relay::RelayArgs),
     /// Benchmarks that print figures and end with one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -105,6 +110,7 @@ async fn main() -> std::process::ExitCode {
         Command::Migrate => migrate(&cli.store).await,
         Command::Log(args) => log::run(&cli.store, args).await,
         Command::Followers => log::followers(&cli.store).await,
+        Command::Relay(args) => relay::run(&cli.store, args).await,
         Command::Bench(command) => bench::run(&cli.store, command).await,
     };
     match outcome {
