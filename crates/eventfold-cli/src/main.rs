@@ -134,8 +134,9 @@ async fn migrate(store: &StoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The tracing filter of `EVENTFOLD_LOG` (default `warn`); a filter that does not parse
-/// is a configuration error, not a silent fallback.
+/// The tracing filter of `EVENTFOLD_LOG` (default `warn`, without lapin's own lines: the
+/// relay reports broker trouble itself, scrubbed and once per outage); a filter that does
+/// not parse is a configuration error, not a silent fallback.
 fn log_filter(
     value: Result<String, std::env::VarError>,
 ) -> eventfold::Result<tracing_subscriber::EnvFilter> {
@@ -144,11 +145,11 @@ fn log_filter(
         message,
     };
     match value {
-        Err(std::env::VarError::NotPresent) => Ok("warn".into()),
+        Err(std::env::VarError::NotPresent) => Ok(DEFAULT_LOG.into()),
         Err(std::env::VarError::NotUnicode(value)) => {
             Err(invalid(format!("not valid UTF-8: {value:?}")))
         }
-        Ok(value) if value.trim().is_empty() => Ok("warn".into()),
+        Ok(value) if value.trim().is_empty() => Ok(DEFAULT_LOG.into()),
         Ok(value) => tracing_subscriber::EnvFilter::try_new(&value).map_err(|e| {
             invalid(format!(
                 "{e} in {value:?} (expected a filter such as info or eventfold_postgres=debug,warn)"
@@ -156,6 +157,8 @@ fn log_filter(
         }),
     }
 }
+
+const DEFAULT_LOG: &str = "warn,lapin=off";
 
 /// `error: <err>`, then each cause on a line of its own, except a cause whose text the
 /// line before already contains (the core's errors show their source in their message).

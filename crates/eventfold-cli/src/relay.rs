@@ -157,7 +157,7 @@ async fn run_relay(store: &StoreArgs, args: &RunArgs) -> anyhow::Result<()> {
         .batch_size(args.batch_size)
         .window(args.window);
     if let Some(service) = &args.domain_events {
-        let mut route = NamekoDomainEvents::new(service.clone());
+        let mut route = NamekoDomainEvents::new(service.clone()).decoder(domain_decoder(store)?);
         for aggregate in &args.aggregates {
             route = route.aggregate(aggregate.clone());
         }
@@ -209,6 +209,34 @@ async fn run_relay(store: &StoreArgs, args: &RunArgs) -> anyhow::Result<()> {
         m.parked
     )?;
     Ok(())
+}
+
+/// Domain events as JSON, decoded with the configured mapper (EVENTFOLD_CIPHER_KEY,
+/// EVENTFOLD_COMPRESSOR), or with zlib added (what `eventfold demo` writes), then shaped
+/// as the relay's plain-JSON decoder does (schema envelope and enum variant unwrapped).
+fn domain_decoder(
+    store: &StoreArgs,
+) -> anyhow::Result<
+    impl Fn(&eventfold::Notification) -> Result<serde_json::Value, eventfold_relay::EncodeError>
+        + Send
+        + Sync
+        + 'static,
+> {
+    use eventfold::Mapper as _;
+    let config = store.config()?;
+    let configured = config.mapper()?;
+    let with_zlib = config.zlib().mapper()?;
+    Ok(move |n: &eventfold::Notification| {
+        let decode = |mapper: &eventfold::JsonMapper| {
+            mapper.decode::<serde_json::Value>(&n.event.state, 1, |_, _| Ok(()))
+        };
+        let json = decode(&configured)
+            .or_else(|e| decode(&with_zlib).map_err(|_| e))
+            .map_err(|e| eventfold_relay::EncodeError(format!("cannot decode the event: {e}")))?;
+        let mut plain = n.clone();
+        plain.event.state = serde_json::to_vec(&json).expect("JSON");
+        eventfold_relay::decode_plain_json(&plain)
+    })
 }
 
 /// Ctrl-C and (unix) SIGTERM, listened to from creation on.

@@ -307,6 +307,10 @@ struct RelayProcess {
 
 impl RelayProcess {
     fn start(db: &Path, url: &str, name: &str) -> Self {
+        Self::start_with(db, url, name, &[])
+    }
+
+    fn start_with(db: &Path, url: &str, name: &str, extra: &[&str]) -> Self {
         let mut child = command(db)
             .args([
                 "relay",
@@ -319,6 +323,7 @@ impl RelayProcess {
                 "--window",
                 "100",
             ])
+            .args(extra)
             .env("EVENTFOLD_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -670,4 +675,59 @@ async fn the_password_never_shows_when_the_broker_refuses_or_is_unreachable() {
         assert!(!out.status.success(), "{all}");
         assert!(!all.contains(PASSWORD), "{all}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_events_without_a_queue_are_parked_listed_and_republished() {
+    let vhost = TestVhost::new();
+    let raw = vhost.raw().await;
+    let db = Db::new();
+    // The Worlds scenario: 5 World events, stored with zlib.
+    text(&eventfold(&db.path, &["demo"]));
+    let head = db
+        .store
+        .select_notifications(&eventfold::NotificationQuery::after(0, 1000))
+        .await
+        .unwrap()
+        .len() as u64;
+
+    let relay = RelayProcess::start_with(
+        &db.path,
+        &vhost.url(),
+        "w",
+        &["--domain-events", "worlds", "--aggregate", "World"],
+    );
+    relay.wait_stdout("leader").await;
+    db.wait_position("w", head).await;
+    let (status, output) = relay.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}: {output}");
+
+    let listed = text(&eventfold(&db.path, &["relay", "parked", "--name", "w"]));
+    assert_eq!(listed.lines().count(), 5, "{listed}");
+    assert!(
+        listed.lines().all(|l| l.contains("exchange=worlds.events")
+            && l.contains("routing_key=World.")
+            && l.contains("NO_ROUTE")),
+        "{listed}"
+    );
+    assert_eq!(status_json(&db.path, "w")["parked"], 5);
+
+    raw.bound_queue("worlds-q", "worlds.events", "World.#")
+        .await;
+    let url = vhost.url();
+    let out = text(&eventfold(
+        &db.path,
+        &["relay", "republish", "--name", "w", "--amqp-url", &url],
+    ));
+    assert!(out.contains("republished:  5"), "{out}");
+    assert!(out.contains("still parked: 0"), "{out}");
+    raw.settled("worlds-q").await;
+    let got = raw.drain("worlds-q").await;
+    assert_eq!(got.len(), 5);
+    for (id, body) in &got {
+        assert!(id.starts_with("w:"), "{id}");
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert!(json.is_object(), "{json}");
+    }
+    assert_eq!(status_json(&db.path, "w")["parked"], 0);
 }
