@@ -143,6 +143,22 @@ async fn open(store: &StoreArgs) -> anyhow::Result<Arc<dyn eventfold::Store>> {
     Ok(store.config()?.open_store().await?)
 }
 
+/// The store, for the commands that only read what a relay did: a SQLite file that does
+/// not exist is an error, not a new empty file (as for `eventfold log`).
+async fn open_existing(store: &StoreArgs, what: &str) -> anyhow::Result<Arc<dyn eventfold::Store>> {
+    let config = store.config()?;
+    if let eventfold::StoreConfig::Sqlite(sqlite) = config.store_config() {
+        if !sqlite.path.exists() {
+            anyhow::bail!(
+                "no SQLite database at {} (EVENTFOLD_SQLITE_PATH or --sqlite-path); \
+                 `eventfold relay {what}` creates nothing",
+                sqlite.path.display()
+            );
+        }
+    }
+    Ok(config.open_store().await?)
+}
+
 async fn run_relay(store: &StoreArgs, args: &RunArgs) -> anyhow::Result<()> {
     let name = &args.name.name;
     // Installed first: a SIGTERM from now on is a graceful stop, never the default death.
@@ -296,7 +312,7 @@ fn status_json(name: &str, s: &RelayStatus) -> serde_json::Value {
 
 async fn status(store: &StoreArgs, args: &StatusArgs) -> anyhow::Result<()> {
     let name = &args.name.name;
-    let log = open(store).await?;
+    let log = open_existing(store, "status").await?;
     let s = Relay::status(&*log, name).await?;
     if args.json {
         outln!("{}", status_json(name, &s))?;
@@ -321,7 +337,7 @@ async fn status(store: &StoreArgs, args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 async fn parked(store: &StoreArgs, args: &NameArgs) -> anyhow::Result<()> {
-    let log = open(store).await?;
+    let log = open_existing(store, "parked").await?;
     let parked = eventfold_relay::parked_messages(&*log, &args.name).await?;
     if parked.is_empty() {
         eprintln!("0 parked messages (relay {})", args.name);
@@ -347,7 +363,7 @@ async fn parked(store: &StoreArgs, args: &NameArgs) -> anyhow::Result<()> {
 async fn republish(store: &StoreArgs, args: &RepublishArgs) -> anyhow::Result<()> {
     let name = &args.name.name;
     let amqp = connect_check(&args.amqp.amqp_url, name).await?;
-    let log = open(store).await?;
+    let log = open_existing(store, "republish").await?;
     let report = Relay::republish_parked(&*log, amqp, name).await?;
     outln!("republished:  {}", report.republished)?;
     outln!("still parked: {}", report.still_parked)?;

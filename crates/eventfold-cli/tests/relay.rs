@@ -452,6 +452,40 @@ fn relay_commands_have_help() {
     }
 }
 
+#[test]
+fn status_of_a_missing_sqlite_file_is_an_error_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("missing.sqlite3");
+    for what in ["status", "parked"] {
+        let out = eventfold(&db, &["relay", what]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no SQLite database at"), "{err}");
+        assert!(!db.exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_relay_is_standby_and_takes_over_when_the_leader_dies() {
+    let vhost = TestVhost::new();
+    let raw = vhost.raw().await;
+    raw.bound_queue(Q, "orders.events", "order__created").await;
+    let db = Db::new();
+    let records = db.orders(20, 10).await;
+    let leader = RelayProcess::start(&db.path, &vhost.url(), "r");
+    leader.wait_stdout("leader").await;
+    db.wait_position("r", records.last().unwrap().0).await;
+    let standby = RelayProcess::start(&db.path, &vhost.url(), "r");
+    standby.wait_stdout("standby").await;
+    leader.kill();
+    standby.wait_stdout("leader").await;
+    let more = db.orders(10, 10).await;
+    db.wait_position("r", more.last().unwrap().0).await;
+    let (status, output) = standby.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}: {output}");
+    assert_eq!(raw.settled(Q).await, 30, "{output}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_of_a_fresh_store_shows_position_0_and_the_lag() {
     let db = Db::new();
