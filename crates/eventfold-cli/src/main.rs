@@ -15,6 +15,7 @@ macro_rules! outln {
 mod bench;
 mod demo;
 mod log;
+mod relay;
 
 use std::collections::HashMap;
 
@@ -81,6 +82,10 @@ enum Command {
     Log(log::LogArgs),
     /// Print each follower's position in the notification log and how far behind it is.
     Followers,
+    /// Run the outbox relay: publish the notification log to RabbitMQ (at-least-once, in
+    /// log order, position moved over confirmed messages only); `relay status`, `relay
+    /// parked`, `relay republish` show and fix what it did.
+    Relay(relay::RelayArgs),
     /// Benchmarks that print figures and end with one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -105,6 +110,7 @@ async fn main() -> std::process::ExitCode {
         Command::Migrate => migrate(&cli.store).await,
         Command::Log(args) => log::run(&cli.store, args).await,
         Command::Followers => log::followers(&cli.store).await,
+        Command::Relay(args) => relay::run(&cli.store, args).await,
         Command::Bench(command) => bench::run(&cli.store, command).await,
     };
     match outcome {
@@ -128,8 +134,9 @@ async fn migrate(store: &StoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The tracing filter of `EVENTFOLD_LOG` (default `warn`); a filter that does not parse
-/// is a configuration error, not a silent fallback.
+/// The tracing filter of `EVENTFOLD_LOG` (default `warn`, without lapin's own lines: the
+/// relay reports broker trouble itself, scrubbed and once per outage); a filter that does
+/// not parse is a configuration error, not a silent fallback.
 fn log_filter(
     value: Result<String, std::env::VarError>,
 ) -> eventfold::Result<tracing_subscriber::EnvFilter> {
@@ -138,11 +145,11 @@ fn log_filter(
         message,
     };
     match value {
-        Err(std::env::VarError::NotPresent) => Ok("warn".into()),
+        Err(std::env::VarError::NotPresent) => Ok(DEFAULT_LOG.into()),
         Err(std::env::VarError::NotUnicode(value)) => {
             Err(invalid(format!("not valid UTF-8: {value:?}")))
         }
-        Ok(value) if value.trim().is_empty() => Ok("warn".into()),
+        Ok(value) if value.trim().is_empty() => Ok(DEFAULT_LOG.into()),
         Ok(value) => tracing_subscriber::EnvFilter::try_new(&value).map_err(|e| {
             invalid(format!(
                 "{e} in {value:?} (expected a filter such as info or eventfold_postgres=debug,warn)"
@@ -150,6 +157,8 @@ fn log_filter(
         }),
     }
 }
+
+const DEFAULT_LOG: &str = "warn,lapin=off";
 
 /// `error: <err>`, then each cause on a line of its own, except a cause whose text the
 /// line before already contains (the core's errors show their source in their message).

@@ -47,6 +47,8 @@ pub struct RelayMetrics {
     pub batches: u64,
     /// Whether the relay holds the leader lock now.
     pub leader: bool,
+    /// Whether the relay is a standby now: another relay of the same name holds the lock.
+    pub standby: bool,
 }
 
 #[derive(Default)]
@@ -61,6 +63,7 @@ struct Counters {
     connections_opened: AtomicU64,
     batches: AtomicU64,
     leader: AtomicBool,
+    standby: AtomicBool,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -279,6 +282,7 @@ impl Relay {
             connections_opened: l(&c.connections_opened),
             batches: l(&c.batches),
             leader: c.leader.load(Ordering::Relaxed),
+            standby: c.standby.load(Ordering::Relaxed),
         }
     }
 
@@ -328,6 +332,7 @@ impl Relay {
                         if !standby {
                             tracing::info!(relay = %self.name, "relay is standby: another relay holds the lock");
                             standby = true;
+                            self.counters.standby.store(true, Ordering::Relaxed);
                         }
                         self.recovered(&mut outage).await;
                         tokio::select! {
@@ -345,6 +350,7 @@ impl Relay {
                 }
             }
             standby = false;
+            self.counters.standby.store(false, Ordering::Relaxed);
             tracing::info!(relay = %self.name, "relay is leader");
             self.counters.leader.store(true, Ordering::Relaxed);
             let publisher = loop {
@@ -396,6 +402,7 @@ impl Relay {
         };
         lock.release().await;
         self.counters.leader.store(false, Ordering::Relaxed);
+        self.counters.standby.store(false, Ordering::Relaxed);
         result
     }
 
