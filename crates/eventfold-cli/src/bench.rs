@@ -134,7 +134,11 @@ async fn fresh_config(store: &StoreArgs, args: &WorldsArgs, phase: &str) -> anyh
         _ => {}
     }
     let config = Config::from_vars(vars)?;
-    let config = if args.no_compression { config } else { config.zlib() };
+    let config = if args.no_compression {
+        config
+    } else {
+        config.zlib()
+    };
     Ok(config
         .cache_size(args.cache)
         .cache_fastforward(!args.single_writer))

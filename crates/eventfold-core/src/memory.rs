@@ -83,9 +83,9 @@ impl Staged {
         stored + staged
     }
 
-    /// Validates `recording` against the store and the writes staged so far, and stages
-    /// it. Returns its notification ids. On error nothing of it is staged.
-    fn stage(&mut self, inner: &Inner, recording: &Recording) -> Result<Vec<u64>> {
+    /// Validates `recording` against the store and the writes staged so far. Returns the
+    /// versions its appends get, in order.
+    fn check(&self, inner: &Inner, recording: &Recording) -> Result<Vec<u64>> {
         let mut next: HashMap<&str, u64> = HashMap::new();
         for event in &recording.events {
             let expected = next
@@ -121,53 +121,106 @@ impl Staged {
                 }
             }
         }
+        Ok(recording
+            .appends
+            .iter()
+            .map(|append| {
+                let version = next
+                    .entry(&append.stream_id)
+                    .or_insert_with(|| self.latest_version(inner, &append.stream_id) + 1);
+                *version += 1;
+                *version - 1
+            })
+            .collect())
+    }
+
+    /// Validates `recording` and stages it. Returns its notification ids. On error
+    /// nothing of it is staged.
+    fn stage(&mut self, inner: &Inner, recording: &Recording) -> Result<Vec<u64>> {
+        let versions = self.check(inner, recording)?;
         let first_id = inner.log.len() + self.events.len() + 1;
-        let mut appended = Vec::with_capacity(recording.appends.len());
-        for append in &recording.appends {
-            let version = next
-                .entry(&append.stream_id)
-                .or_insert_with(|| self.latest_version(inner, &append.stream_id) + 1);
-            let mut event = append.clone();
-            event.version = *version;
-            *version += 1;
-            appended.push(event);
-        }
         self.events.extend(recording.events.iter().cloned());
-        self.events.extend(appended);
+        self.events.extend(
+            recording
+                .appends
+                .iter()
+                .zip(versions)
+                .map(|(append, version)| {
+                    let mut event = append.clone();
+                    event.version = version;
+                    event
+                }),
+        );
         self.snapshots.extend(recording.snapshots.iter().cloned());
         if let Some(tracking) = &recording.tracking {
             self.tracking
                 .insert(tracking.follower.clone(), tracking.position);
         }
-        Ok((first_id..first_id + recording.notification_count())
-            .map(|id| id as u64)
-            .collect())
+        Ok(ids_from(first_id, recording))
     }
 
     fn apply(self, inner: &mut Inner) {
         for event in self.events {
-            let idx = inner.log.len();
-            // Most writes extend an existing stream: avoid cloning its id for the lookup.
-            match inner.streams.get_mut(&event.stream_id) {
-                Some(stream) => stream.events.push(idx),
-                None => {
-                    let mut stream = Stream::default();
-                    stream.events.push(idx);
-                    inner.streams.insert(event.stream_id.clone(), stream);
-                }
-            }
-            inner.log.push(event);
+            inner.push_event(event);
         }
         for snapshot in self.snapshots {
-            inner
-                .streams
-                .entry(snapshot.stream_id.clone())
-                .or_default()
-                .snapshots
-                .entry(snapshot.version)
-                .or_insert(snapshot);
+            inner.push_snapshot(snapshot);
         }
         inner.tracking.extend(self.tracking);
+    }
+}
+
+fn ids_from(first_id: usize, recording: &Recording) -> Vec<u64> {
+    (first_id..first_id + recording.notification_count())
+        .map(|id| id as u64)
+        .collect()
+}
+
+impl Inner {
+    /// Validates and applies `recording` at once (a write outside a transaction), without
+    /// staging copies first.
+    fn record(&mut self, recording: &Recording) -> Result<Vec<u64>> {
+        let versions = Staged::default().check(self, recording)?;
+        let first_id = self.log.len() + 1;
+        for event in &recording.events {
+            self.push_event(event.clone());
+        }
+        for (append, version) in recording.appends.iter().zip(versions) {
+            let mut event = append.clone();
+            event.version = version;
+            self.push_event(event);
+        }
+        for snapshot in &recording.snapshots {
+            self.push_snapshot(snapshot.clone());
+        }
+        if let Some(tracking) = &recording.tracking {
+            self.tracking
+                .insert(tracking.follower.clone(), tracking.position);
+        }
+        Ok(ids_from(first_id, recording))
+    }
+
+    fn push_event(&mut self, event: StoredEvent) {
+        let idx = self.log.len();
+        // Most writes extend an existing stream: avoid cloning its id for the lookup.
+        match self.streams.get_mut(&event.stream_id) {
+            Some(stream) => stream.events.push(idx),
+            None => {
+                let mut stream = Stream::default();
+                stream.events.push(idx);
+                self.streams.insert(event.stream_id.clone(), stream);
+            }
+        }
+        self.log.push(event);
+    }
+
+    fn push_snapshot(&mut self, snapshot: StoredEvent) {
+        self.streams
+            .entry(snapshot.stream_id.clone())
+            .or_default()
+            .snapshots
+            .entry(snapshot.version)
+            .or_insert(snapshot);
     }
 }
 
@@ -232,13 +285,7 @@ impl EventReader for InMemoryStore {
 impl EventWriter for InMemoryStore {
     async fn record(&self, recording: &Recording) -> Result<Vec<u64>> {
         let _turn = self.writer.lock().await;
-        let ids = {
-            let mut inner = self.lock();
-            let mut staged = Staged::default();
-            let ids = staged.stage(&inner, recording)?;
-            staged.apply(&mut inner);
-            ids
-        };
+        let ids = self.lock().record(recording)?;
         if !ids.is_empty() {
             self.wakeups.notify_waiters();
         }
