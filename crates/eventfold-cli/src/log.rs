@@ -257,7 +257,16 @@ pub async fn followers(store: &StoreArgs) -> anyhow::Result<()> {
     let config = store.config()?;
     let log = open_existing(&config, "followers").await?;
     let newest = log.max_notification_id().await?;
-    let followers = log.followers().await?;
+    // A consumer's inbox keeps one mark per applied message id as a follower row: those
+    // are not followers of the log, and there may be millions of them.
+    let (inbox, followers): (Vec<_>, Vec<_>) = log
+        .followers()
+        .await?
+        .into_iter()
+        .partition(|t| eventfold_relay::inbox::is_inbox_follower(&t.follower));
+    if !inbox.is_empty() {
+        eprintln!("({} consumer inbox marks not shown)", inbox.len());
+    }
     if followers.is_empty() {
         eprintln!("0 followers (the log has {newest} notifications)");
         return Ok(());
