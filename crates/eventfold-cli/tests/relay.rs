@@ -12,179 +12,21 @@ use std::time::{Duration, Instant};
 use eventfold::sqlite::{SqliteConfig, SqliteStore};
 use eventfold::{NotificationReader, Store, TrackingReader};
 use eventfold_changes::{Changes, Model};
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
+use eventfold_testkit::{Raw, TestVhost, HOST};
 use serde::Serialize;
 
-const HOST: &str = "127.0.0.1:5672";
 const Q: &str = "evt-orders-order__created--tests.on_created";
 const T: Duration = Duration::from_secs(60);
 
-// ---- a virtual host per test (as in eventfold-relay's tests) ----
+// ---- a virtual host per test (eventfold-testkit) ----
 
-fn rabbitmqctl_stdin(args: &[&str], input: &str) {
-    use std::io::Write;
-    let mut child = Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rabbitmqctl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A fresh virtual host `ef-cli-relay-test-<random>`, deleted on drop.
+fn test_vhost() -> TestVhost {
+    TestVhost::with_prefix("ef-cli-relay-test")
 }
 
-/// A fresh virtual host, deleted on drop.
-struct TestVhost {
-    name: String,
-}
-
-impl TestVhost {
-    fn new() -> Self {
-        let name = format!(
-            "ef-cli-relay-test-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let definitions = serde_json::json!({
-            "vhosts": [{ "name": name }],
-            "permissions": [{
-                "user": "guest", "vhost": name,
-                "configure": ".*", "write": ".*", "read": ".*",
-            }],
-        });
-        rabbitmqctl_stdin(&["import_definitions"], &definitions.to_string());
-        TestVhost { name }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@{HOST}/{}", self.name)
-    }
-
-    async fn raw(&self) -> Raw {
-        let conn = lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        Raw {
-            _conn: conn,
-            channel,
-        }
-    }
-}
-
-impl Drop for TestVhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "delete_vhost", &self.name])
-            .output();
-    }
-}
-
-struct Raw {
-    _conn: lapin::Connection,
-    channel: lapin::Channel,
-}
-
-impl Raw {
-    /// Declares the exchange (durable topic, as nameko) and a durable queue bound to it.
-    async fn bound_queue(&self, queue: &str, exchange: &str, routing_key: &str) {
-        self.channel
-            .exchange_declare(
-                exchange.into(),
-                lapin::ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        self.channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn count(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions::durable().passive(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
-    }
-
-    /// Waits until the count of `queue` stops changing for 500 ms.
-    async fn settled(&self, queue: &str) -> u32 {
-        let mut last = self.count(queue).await;
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = self.count(queue).await;
-            if now == last {
-                return now;
-            }
-            last = now;
-        }
-    }
-
-    /// Every message of `queue`, in queue order: (message id, body).
-    async fn drain(&self, queue: &str) -> Vec<(String, Vec<u8>)> {
-        let mut out = Vec::new();
-        while let Some(m) = self
-            .channel
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            m.delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .unwrap();
-            let id = m
-                .delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            out.push((id, m.delivery.data.clone()));
-        }
-        out
-    }
-}
+/// How long the count of a queue must stay the same to count as settled.
+const SETTLE: Duration = Duration::from_millis(500);
 
 // ---- change records in a SQLite file ----
 
@@ -467,9 +309,10 @@ fn status_of_a_missing_sqlite_file_is_an_error_and_creates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_relay_is_standby_and_takes_over_when_the_leader_dies() {
-    let vhost = TestVhost::new();
+    let vhost = test_vhost();
     let raw = vhost.raw().await;
-    raw.bound_queue(Q, "orders.events", "order__created").await;
+    raw.topic_bound_queue(Q, "orders.events", "order__created")
+        .await;
     let db = Db::new();
     let records = db.orders(20, 10).await;
     let leader = RelayProcess::start(&db.path, &vhost.url(), "r");
@@ -483,7 +326,7 @@ async fn a_second_relay_is_standby_and_takes_over_when_the_leader_dies() {
     db.wait_position("r", more.last().unwrap().0).await;
     let (status, output) = standby.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "{status}: {output}");
-    assert_eq!(raw.settled(Q).await, 30, "{output}");
+    assert_eq!(raw.settled_count_every(Q, SETTLE).await, 30, "{output}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,9 +368,10 @@ async fn status_of_a_fresh_store_shows_position_0_and_the_lag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_burst_loses_nothing_and_duplicates_keep_their_ids() {
     const N: i64 = 3000;
-    let vhost = TestVhost::new();
+    let vhost = test_vhost();
     let raw = vhost.raw().await;
-    raw.bound_queue(Q, "orders.events", "order__created").await;
+    raw.topic_bound_queue(Q, "orders.events", "order__created")
+        .await;
     let db = Db::new();
     let records = db.orders(N, 50).await;
     let head = records.last().unwrap().0;
@@ -541,7 +385,7 @@ async fn kill_9_mid_burst_loses_nothing_and_duplicates_keep_their_ids() {
         (before_kill as i64) < N,
         "the relay published all {N} before the kill; nothing was cut"
     );
-    let arrived_before_restart = raw.settled(Q).await;
+    let arrived_before_restart = raw.settled_count_every(Q, SETTLE).await;
     assert!(
         arrived_before_restart < N as u32,
         "{arrived_before_restart}"
@@ -549,11 +393,11 @@ async fn kill_9_mid_burst_loses_nothing_and_duplicates_keep_their_ids() {
 
     let second = RelayProcess::start(&db.path, &vhost.url(), "r");
     db.wait_position("r", head).await;
-    let total = raw.settled(Q).await;
+    let total = raw.settled_count_every(Q, SETTLE).await;
     let (status, output) = second.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "{status}: {output}");
 
-    let got = raw.drain(Q).await;
+    let got = raw.drain_bodies(Q).await;
     assert_eq!(got.len(), total as usize);
     let bodies: BTreeMap<u64, &Vec<u8>> = records.iter().map(|(id, b)| (*id, b)).collect();
     let mut first_copies: Vec<u64> = Vec::new();
@@ -599,9 +443,10 @@ async fn kill_9_mid_burst_loses_nothing_and_duplicates_keep_their_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_batch_records_its_position_and_exits_0() {
     const N: i64 = 3000;
-    let vhost = TestVhost::new();
+    let vhost = test_vhost();
     let raw = vhost.raw().await;
-    raw.bound_queue(Q, "orders.events", "order__created").await;
+    raw.topic_bound_queue(Q, "orders.events", "order__created")
+        .await;
     let db = Db::new();
     let records = db.orders(N, 50).await;
     let head = records.last().unwrap().0;
@@ -617,9 +462,9 @@ async fn sigterm_finishes_the_batch_records_its_position_and_exits_0() {
     assert!(output.contains("stopped at position"), "{output}");
 
     let position = db.position("r").await;
-    raw.settled(Q).await;
+    raw.settled_count_every(Q, SETTLE).await;
     let published: Vec<u64> = raw
-        .drain(Q)
+        .drain_bodies(Q)
         .await
         .iter()
         .map(|(m, _)| notification_of(m, "r"))
@@ -637,11 +482,11 @@ async fn sigterm_finishes_the_batch_records_its_position_and_exits_0() {
     // A restart publishes only what comes after the position: no duplicate.
     let second = RelayProcess::start(&db.path, &vhost.url(), "r");
     db.wait_position("r", head).await;
-    raw.settled(Q).await;
+    raw.settled_count_every(Q, SETTLE).await;
     let (status, output) = second.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "{status}: {output}");
     let rest: Vec<u64> = raw
-        .drain(Q)
+        .drain_bodies(Q)
         .await
         .iter()
         .map(|(m, _)| notification_of(m, "r"))
@@ -657,7 +502,7 @@ async fn sigterm_finishes_the_batch_records_its_position_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_password_never_shows_when_the_broker_refuses_or_is_unreachable() {
     const PASSWORD: &str = "Zq8-s3cr3t-pw";
-    let vhost = TestVhost::new();
+    let vhost = test_vhost();
     let db = Db::new();
     db.orders(3, 3).await;
     let free_port = {
@@ -713,7 +558,7 @@ async fn the_password_never_shows_when_the_broker_refuses_or_is_unreachable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domain_events_without_a_queue_are_parked_listed_and_republished() {
-    let vhost = TestVhost::new();
+    let vhost = test_vhost();
     let raw = vhost.raw().await;
     let db = Db::new();
     // The Worlds scenario: 5 World events, stored with zlib.
@@ -746,7 +591,7 @@ async fn domain_events_without_a_queue_are_parked_listed_and_republished() {
     );
     assert_eq!(status_json(&db.path, "w")["parked"], 5);
 
-    raw.bound_queue("worlds-q", "worlds.events", "World.#")
+    raw.topic_bound_queue("worlds-q", "worlds.events", "World.#")
         .await;
     let url = vhost.url();
     let out = text(&eventfold(
@@ -755,8 +600,8 @@ async fn domain_events_without_a_queue_are_parked_listed_and_republished() {
     ));
     assert!(out.contains("republished:  5"), "{out}");
     assert!(out.contains("still parked: 0"), "{out}");
-    raw.settled("worlds-q").await;
-    let got = raw.drain("worlds-q").await;
+    raw.settled_count_every("worlds-q", SETTLE).await;
+    let got = raw.drain_bodies("worlds-q").await;
     assert_eq!(got.len(), 5);
     for (id, body) in &got {
         assert!(id.starts_with("w:"), "{id}");

@@ -32,7 +32,8 @@ async fn bodies(store: &dyn Store) -> Vec<(u64, Vec<u8>)> {
 async fn change_records_are_published_in_log_order_byte_identical_with_ids_from_positions() {
     let vhost = TestVhost::new();
     let raw = vhost.raw().await;
-    raw.bound_queue(Q, "orders.events", "order__created").await;
+    raw.topic_bound_queue(Q, "orders.events", "order__created")
+        .await;
     let (_dir, store) = sqlite();
     let ids = save_orders(&*store, 1..51).await;
     let running = Running::start(relay(store.clone(), &vhost.url(), "r1").build());
@@ -104,7 +105,8 @@ async fn missing_exchange_is_declared_unroutable_is_parked_and_republished_nothi
 
     // A consumer binds its queue (the exchange exists: the relay declared it): new saves
     // are delivered, and the parked ones are re-published on request.
-    raw.bound_queue(Q, "orders.events", "order__created").await;
+    raw.topic_bound_queue(Q, "orders.events", "order__created")
+        .await;
     let new_ids = save_orders(&*store, 21..31).await;
     assert_eq!(raw.wait_at_least(Q, 10, T).await, 10);
     let report = Relay::republish_parked(&*store, vhost.config(), "r2")
@@ -127,7 +129,8 @@ async fn missing_exchange_is_declared_unroutable_is_parked_and_republished_nothi
 async fn a_restarted_relay_publishes_only_what_is_left() {
     let vhost = TestVhost::new();
     let raw = vhost.raw().await;
-    raw.bound_queue(Q, "orders.events", "order__created").await;
+    raw.topic_bound_queue(Q, "orders.events", "order__created")
+        .await;
     let (_dir, store) = sqlite();
     let first = save_orders(&*store, 1..11).await;
     let running = Running::start(relay(store.clone(), &vhost.url(), "r3").build());
@@ -163,7 +166,8 @@ fn assert_all_once_in_order(got: &[String], want: &[String]) {
 async fn a_connection_cut_mid_batch_loses_nothing_and_duplicates_keep_their_ids() {
     let vhost = TestVhost::new();
     let raw = vhost.raw().await;
-    raw.bound_queue(Q, "orders.events", "order__created").await;
+    raw.topic_bound_queue(Q, "orders.events", "order__created")
+        .await;
     let store: Arc<dyn Store> = Arc::new(InMemoryStore::new());
     let ids = save_orders(&*store, 1..2001).await;
     let proxy = Proxy::start().await;
@@ -208,7 +212,8 @@ async fn a_connection_cut_mid_batch_loses_nothing_and_duplicates_keep_their_ids(
 async fn the_standby_takes_over_when_the_leader_dies() {
     let vhost = TestVhost::new();
     let raw = vhost.raw().await;
-    raw.bound_queue(Q, "orders.events", "order__created").await;
+    raw.topic_bound_queue(Q, "orders.events", "order__created")
+        .await;
     let store: Arc<dyn Store> = Arc::new(InMemoryStore::new());
     let proxy = Proxy::start().await;
     let leader = Running::start(relay(store.clone(), &vhost.url_via(&proxy.addr), "r5").build());

@@ -1,248 +1,40 @@
-//! A virtual host per test, a raw lapin channel to inspect queues, a TCP proxy that can
-//! be severed, change records to relay, and a relay running in a task.
+//! A virtual host per test, a raw lapin channel to inspect queues and a TCP proxy that can
+//! be severed (from eventfold-testkit); here, change records to relay, and a relay running
+//! in a task.
 
 #![allow(dead_code)]
 
-use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventfold_changes::{Changes, Model};
 use eventfold_core::Store;
 use eventfold_relay::{NamekoChanges, Relay, RelayBuilder};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-pub const HOST: &str = "127.0.0.1:5672";
+pub use eventfold_testkit::{message_id, Proxy, HOST};
 
-fn rabbitmqctl_stdin(args: &[&str], input: &str) {
-    use std::io::Write;
-    let mut child = Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("rabbitmqctl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A fresh virtual host, deleted on drop.
-pub struct TestVhost {
-    pub name: String,
-}
+/// A fresh virtual host `ef-relay-test-<random>` ([`eventfold_testkit::TestVhost`]),
+/// deleted on drop.
+pub struct TestVhost(eventfold_testkit::TestVhost);
 
 impl TestVhost {
     pub fn new() -> Self {
-        let name = format!(
-            "ef-relay-test-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let definitions = serde_json::json!({
-            "vhosts": [{ "name": name }],
-            "permissions": [{
-                "user": "guest", "vhost": name,
-                "configure": ".*", "write": ".*", "read": ".*",
-            }],
-        });
-        rabbitmqctl_stdin(&["import_definitions"], &definitions.to_string());
-        TestVhost { name }
-    }
-
-    /// The URL of this vhost through `host` (the broker or a proxy).
-    pub fn url_via(&self, host: &str) -> String {
-        format!("amqp://guest:guest@{host}/{}", self.name)
-    }
-
-    pub fn url(&self) -> String {
-        self.url_via(HOST)
+        TestVhost(eventfold_testkit::TestVhost::with_prefix("ef-relay-test"))
     }
 
     pub fn config(&self) -> eventfold_amqp::AmqpConfig {
         eventfold_amqp::AmqpConfig::from_url(&self.url()).unwrap()
     }
-
-    pub async fn raw(&self) -> Raw {
-        let conn = lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        Raw {
-            _conn: conn,
-            channel,
-        }
-    }
 }
 
-impl Drop for TestVhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "delete_vhost", &self.name])
-            .output();
-    }
-}
+impl Deref for TestVhost {
+    type Target = eventfold_testkit::TestVhost;
 
-pub struct Raw {
-    _conn: lapin::Connection,
-    pub channel: lapin::Channel,
-}
-
-impl Raw {
-    /// Declares the exchange (durable topic, as nameko) and a durable queue bound to it.
-    pub async fn bound_queue(&self, queue: &str, exchange: &str, routing_key: &str) {
-        self.channel
-            .exchange_declare(
-                exchange.into(),
-                lapin::ExchangeKind::Topic,
-                lapin::options::ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        self.channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-    }
-
-    pub async fn count(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions::durable().passive(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
-    }
-
-    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
-        let mut out = Vec::new();
-        while let Some(m) = self
-            .channel
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            m.delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .unwrap();
-            out.push(m);
-        }
-        out
-    }
-
-    /// Waits until `queue` holds at least `n` messages, then until the count is stable.
-    pub async fn wait_at_least(&self, queue: &str, n: u32, timeout: Duration) -> u32 {
-        let start = Instant::now();
-        loop {
-            let c = self.count(queue).await;
-            if c >= n {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let again = self.count(queue).await;
-                if again == c {
-                    return c;
-                }
-                continue;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "{queue}: {c} messages, expected {n}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-pub fn message_id(m: &lapin::message::BasicGetMessage) -> String {
-    m.delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|s| s.to_string())
-        .unwrap_or_default()
-}
-
-/// A TCP proxy to the broker whose connections can be cut at once.
-pub struct Proxy {
-    pub addr: String,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let list = conns.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let task = tokio::spawn(async move {
-                    if let Ok(mut upstream) = TcpStream::connect(HOST).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                });
-                list.lock().unwrap().push(task);
-            }
-        });
-        Proxy {
-            addr,
-            conns,
-            accept,
-        }
-    }
-
-    /// Cuts every connection through the proxy (new ones still work).
-    pub fn sever(&self) {
-        for task in self.conns.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.sever();
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 

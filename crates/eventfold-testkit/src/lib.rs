@@ -1,0 +1,331 @@
+//! Test helpers shared by eventfold's suites that run against a real RabbitMQ
+//! (127.0.0.1:5672, guest/guest, or `EVENTFOLD_TEST_AMQP_URL`):
+//!
+//! - [`TestVhost`]: a fresh virtual host per test, made and deleted with `rabbitmqctl`;
+//! - [`Raw`]: a plain lapin channel on it, to declare, count, drain and wait for queues;
+//! - [`Proxy`]: a TCP proxy to the broker whose connections a test can cut at once;
+//! - [`message_id`]: the message id of a message taken from a queue.
+//!
+//! Everything here panics on failure: it is for tests only.
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// The broker (host and port) the tests use, and that [`Proxy`] forwards to.
+pub const HOST: &str = "127.0.0.1:5672";
+
+/// The broker (without vhost) the tests use: `EVENTFOLD_TEST_AMQP_URL`, else guest/guest at
+/// [`HOST`].
+pub fn base_url() -> String {
+    std::env::var("EVENTFOLD_TEST_AMQP_URL")
+        .unwrap_or_else(|_| format!("amqp://guest:guest@{HOST}"))
+}
+
+/// Runs `rabbitmqctl -q <args>` with `input` on its stdin; panics unless it succeeds.
+fn rabbitmqctl_stdin(args: &[&str], input: &str) {
+    use std::io::Write;
+    let mut child = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rabbitmqctl runs (scripts/services.sh installs and starts RabbitMQ)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A fresh virtual host `<prefix>-<random>`, with all permissions for guest; deleted on drop
+/// (even when the test panics), which also closes its connections and queues.
+pub struct TestVhost {
+    /// The name of the virtual host.
+    pub name: String,
+}
+
+impl TestVhost {
+    /// Creates the virtual host `<prefix>-<12 random hex digits>` (e.g. `ef-test-…`).
+    pub fn with_prefix(prefix: &str) -> Self {
+        let name = format!(
+            "{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        // One rabbitmqctl run (each boots an Erlang VM) for the vhost and its permissions.
+        let definitions = serde_json::json!({
+            "vhosts": [{ "name": name }],
+            "permissions": [{
+                "user": "guest", "vhost": name,
+                "configure": ".*", "write": ".*", "read": ".*",
+            }],
+        });
+        rabbitmqctl_stdin(&["import_definitions"], &definitions.to_string());
+        TestVhost { name }
+    }
+
+    /// The URL of this vhost on the broker of [`base_url`].
+    pub fn url(&self) -> String {
+        format!("{}/{}", base_url(), self.name)
+    }
+
+    /// The URL of this vhost (as guest/guest) through `host` (the broker or a [`Proxy`]).
+    pub fn url_via(&self, host: &str) -> String {
+        format!("amqp://guest:guest@{host}/{}", self.name)
+    }
+
+    /// A plain lapin channel on this vhost, for setting up and inspecting.
+    pub async fn raw(&self) -> Raw {
+        let conn = lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        Raw { conn, channel }
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.name])
+            .output();
+    }
+}
+
+/// A lapin connection and channel on a [`TestVhost`], outside the code under test.
+pub struct Raw {
+    conn: lapin::Connection,
+    /// The channel the helpers use; tests may use it directly.
+    pub channel: lapin::Channel,
+}
+
+impl Raw {
+    /// Declares a durable queue bound to `exchange` (which must exist) with `routing_key`.
+    pub async fn bound_queue(&self, queue: &str, exchange: &str, routing_key: &str) {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Declares the exchange (durable topic, as nameko) and a durable queue bound to it.
+    pub async fn topic_bound_queue(&self, queue: &str, exchange: &str, routing_key: &str) {
+        self.channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.bound_queue(queue, exchange, routing_key).await;
+    }
+
+    /// The consumers of `queue` now, `None` while it does not exist. A passive declare on a
+    /// channel of its own (the broker closes the channel of a passive declare that fails).
+    pub async fn consumers(&self, queue: &str) -> Option<u32> {
+        let channel = self.conn.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable().passive(),
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "probed".into()).await;
+        declared.ok().map(|q| q.consumer_count())
+    }
+
+    /// Messages in `queue` now.
+    pub async fn count(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable().passive(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Takes (and acks) every message in `queue`, in queue order.
+    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            m.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+            out.push(m);
+        }
+        out
+    }
+
+    /// Takes (and acks) every message in `queue`, in queue order: (message id, body).
+    pub async fn drain_bodies(&self, queue: &str) -> Vec<(String, Vec<u8>)> {
+        self.drain(queue)
+            .await
+            .into_iter()
+            .map(|m| (message_id(&m), m.delivery.data))
+            .collect()
+    }
+
+    /// Ready messages in `queue` once the count is stable (two reads 100 ms apart agree):
+    /// the broker enqueues, acks and requeues asynchronously to other connections.
+    pub async fn settled_count(&self, queue: &str) -> u32 {
+        self.settled_count_every(queue, Duration::from_millis(100))
+            .await
+    }
+
+    /// Messages in `queue` once two reads `interval` apart agree.
+    pub async fn settled_count_every(&self, queue: &str, interval: Duration) -> u32 {
+        let mut last = self.count(queue).await;
+        loop {
+            tokio::time::sleep(interval).await;
+            let now = self.count(queue).await;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+
+    /// Waits until `queue` holds `n` messages (or panics after `timeout`).
+    pub async fn wait_count(&self, queue: &str, n: u32, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let c = self.count(queue).await;
+            if c == n {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{queue}: {c} messages, expected {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `queue` holds at least `n` messages, then until the count is stable (two
+    /// reads 300 ms apart agree); that count. Panics after `timeout` below `n`.
+    pub async fn wait_at_least(&self, queue: &str, n: u32, timeout: Duration) -> u32 {
+        let start = Instant::now();
+        loop {
+            let c = self.count(queue).await;
+            if c >= n {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let again = self.count(queue).await;
+                if again == c {
+                    return c;
+                }
+                continue;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{queue}: {c} messages, expected {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// The message id of `m`, empty when it has none.
+pub fn message_id(m: &lapin::message::BasicGetMessage) -> String {
+    m.delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+/// A TCP proxy to the broker ([`HOST`]) whose connections can be cut at once.
+pub struct Proxy {
+    /// The address (`127.0.0.1:<port>`) to connect to instead of the broker.
+    pub addr: String,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on a free local port and forwards every connection to the broker.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let list = conns.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let task = tokio::spawn(async move {
+                    if let Ok(mut upstream) = TcpStream::connect(HOST).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+                list.lock().unwrap().push(task);
+            }
+        });
+        Proxy {
+            addr,
+            conns,
+            accept,
+        }
+    }
+
+    /// Cuts every connection through the proxy (new ones still work).
+    pub fn sever(&self) {
+        for task in self.conns.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.sever();
+    }
+}
