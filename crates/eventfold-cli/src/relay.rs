@@ -93,11 +93,11 @@ pub struct RunArgs {
     #[command(flatten)]
     amqp: AmqpArgs,
     /// Publish the model change records (eventfold-changes) of this service only, as
-    /// nameko events on <service>.events (repeatable). Default: every change record.
+    /// nameko events on the exchange NAME.events (repeatable). Default: every change record.
     #[arg(long = "nameko-service", value_name = "NAME")]
     nameko_services: Vec<String>,
     /// Also publish domain events, as nameko events of SERVICE (exchange
-    /// <SERVICE>.events, routing key = the topic). Needs --aggregate.
+    /// SERVICE.events, routing key = the topic). Needs --aggregate.
     #[arg(long, value_name = "SERVICE", requires = "aggregates")]
     domain_events: Option<String>,
     /// With --domain-events: the aggregate types whose events are published, e.g. World
