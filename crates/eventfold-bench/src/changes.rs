@@ -90,6 +90,10 @@ pub struct ChangesBench {
     pub timeout: Duration,
     /// Phases to run (`baseline`, `no_consumer`, `consumer`, `backlog`, `bare`).
     pub phases: Vec<String>,
+    /// Consume from nameko's two per-handler queues (`evt-orders-order__created--...`,
+    /// `...__updated--...`) instead of one queue bound `#`. Two queues keep no order
+    /// between an instance's created and updated events; one queue keeps each key's order.
+    pub nameko_queues: bool,
 }
 
 /// The peer's `Order` model, serialized as its DRF `ModelSerializer` writes it.
@@ -204,8 +208,9 @@ impl Scratch {
                 for f in &files {
                     let _ = std::fs::remove_file(f);
                 }
-                let store =
-                    eventfold_sqlite::SqliteStore::open(&eventfold_sqlite::SqliteConfig::new(&path))?;
+                let store = eventfold_sqlite::SqliteStore::open(
+                    &eventfold_sqlite::SqliteConfig::new(&path),
+                )?;
                 Scratch {
                     store: Arc::new(store),
                     cleanup: Cleanup::Files(files),
@@ -298,6 +303,8 @@ async fn save(
 }
 
 const CREATED: u8 = 0;
+/// The order id of the consumer phase's warm-up save (not counted).
+const WARMUP: i64 = 1_000_000_000;
 const UPDATED: u8 = 1;
 
 /// What the save loop measured.
@@ -431,20 +438,40 @@ struct Sink {
 async fn start_consumers(
     config: &AmqpConfig,
     sink: &Arc<Sink>,
+    nameko_queues: bool,
 ) -> anyhow::Result<Vec<Consumer>> {
     let mut consumers = Vec::new();
-    for (kind, event_type, method) in [
-        (CREATED, "order__created", "on_created"),
-        (UPDATED, "order__updated", "on_updated"),
-    ] {
+    let subscriptions = if nameko_queues {
+        [
+            ("order__created", "on_created"),
+            ("order__updated", "on_updated"),
+        ]
+        .iter()
+        .map(|(event_type, method)| {
+            (
+                Subscription::nameko(
+                    "orders",
+                    event_type,
+                    CONSUMER_SERVICE,
+                    method,
+                    &HandlerType::ServicePool,
+                ),
+                *method,
+            )
+        })
+        .collect::<Vec<_>>()
+    } else {
+        vec![(
+            Subscription::new(
+                "orders.events",
+                "#",
+                format!("evt-orders-all--{CONSUMER_SERVICE}.on_change"),
+            ),
+            "on_change",
+        )]
+    };
+    for (subscription, method) in subscriptions {
         let sink = Arc::clone(sink);
-        let subscription = Subscription::nameko(
-            "orders",
-            event_type,
-            CONSUMER_SERVICE,
-            method,
-            &HandlerType::ServicePool,
-        );
         let options = ConsumerOptions {
             key: OrderKey::JsonField("/id".into()),
             role: format!("consumer-{method}"),
@@ -459,6 +486,11 @@ async fn start_consumers(
                     let sink = Arc::clone(&sink);
                     async move {
                         let at = Instant::now();
+                        let kind = if m.routing_key.ends_with("__created") {
+                            CREATED
+                        } else {
+                            UPDATED
+                        };
                         let id = serde_json::from_slice::<Value>(&m.body)
                             .ok()
                             .and_then(|v| v["id"].as_i64())
@@ -614,6 +646,19 @@ pub async fn broker_confirmed_rate(
         sent += k;
     }
     let seconds = started.elapsed().as_secs_f64();
+    // One message at a time: the confirm round trip of a persistent message, the floor of
+    // a relay that publishes a batch and awaits its confirms before reading the next.
+    let mut rtt = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let s = Instant::now();
+        for o in publisher.publish_all(&messages[..1]).await {
+            if !matches!(o, Ok(Outcome::Confirmed)) {
+                other += 1;
+            }
+        }
+        rtt.push(s.elapsed().as_secs_f64());
+    }
+    rtt.sort_by(f64::total_cmp);
     let in_queue = admin.count(&queue).await?;
     admin.delete_queue(&queue).await?;
     let _ = admin
@@ -631,6 +676,8 @@ pub async fn broker_confirmed_rate(
         per_second: confirmed as f64 / seconds,
         queue_messages: in_queue,
         body_bytes: message.body.len(),
+        confirm_rtt_p50_ms: percentile(&rtt, 50.0) * 1e3,
+        confirm_rtt_p99_ms: percentile(&rtt, 99.0) * 1e3,
     })
 }
 
@@ -647,6 +694,10 @@ pub struct BrokerRate {
     pub queue_messages: u32,
     /// The body size.
     pub body_bytes: usize,
+    /// Publish → confirm of one message alone, median (ms).
+    pub confirm_rtt_p50_ms: f64,
+    /// Publish → confirm of one message alone, 99th percentile (ms).
+    pub confirm_rtt_p99_ms: f64,
 }
 
 /// The store's bare commit rate: one single-row INSERT per transaction, no eventfold
@@ -747,6 +798,29 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
         ));
     }
 
+    let mut record_only = None;
+    if has("record_only") {
+        let scratch = Scratch::open(&bench.backend, &run, "recordonly").await?;
+        let s = run_saves(&*scratch.store, Some(&changes), "rec", n).await?;
+        scratch.remove().await?;
+        let rate = n as f64 / s.seconds;
+        record_only = Some(rate);
+        results.insert(
+            "record_only".into(),
+            json!({
+                "saves_per_s": sig4(rate),
+                "save_p50_ms": sig4(percentile(&s.latencies, 50.0) * 1e3),
+                "save_p99_ms": sig4(percentile(&s.latencies, 99.0) * 1e3),
+            }),
+        );
+        line(format!(
+            "[record_only] {rate:.0} saves/s (row + change record, no relay: the ceiling of saves with a relay) \
+             p50 {:.3} ms p99 {:.3} ms",
+            percentile(&s.latencies, 50.0) * 1e3,
+            percentile(&s.latencies, 99.0) * 1e3
+        ));
+    }
+
     if has("no_consumer") {
         let scratch = Scratch::open(&bench.backend, &run, "nocons").await?;
         let existed = admin.exchange_exists("orders.events").await?;
@@ -803,15 +877,26 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
         let scratch = Scratch::open(&bench.backend, &run, "consumer").await?;
         let sink = Arc::new(Sink::default());
         let amqp_before = eventfold_amqp::connections_opened();
-        let consumers = start_consumers(&amqp, &sink).await?;
+        let consumers = start_consumers(&amqp, &sink, bench.nameko_queues).await?;
         let consumer_connections = eventfold_amqp::connections_opened() - amqp_before;
         let relay = Running::start(Arc::clone(&scratch.store), &vhost_url, bench.window)?;
-        // Let the relay take its lock and connect before the clock starts (the peer's
-        // dispatcher connection is also open before its timed saves).
+        // One warm-up save, not counted, consumed before the clock starts: the relay holds
+        // its lock and its publisher is connected (as the peer's consumer is up and its
+        // dispatcher connected before the timed saves).
+        let warmup = Order::new(WARMUP, "warmup", 0);
+        save(&*scratch.store, Some(&changes), &warmup, true).await?;
         let t_wait = Instant::now();
-        while !relay.relay.metrics().leader && t_wait.elapsed() < Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        while sink.count.load(AtomicOrdering::Relaxed) < 1 {
+            if t_wait.elapsed() > bench.timeout {
+                bail!("the warm-up event never arrived");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        sink.receipts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        sink.count.store(0, AtomicOrdering::Relaxed);
         let s = run_saves(&*scratch.store, Some(&changes), "nk", n).await?;
         let t_end = Instant::now();
         let deadline = s.started + bench.timeout;
@@ -825,7 +910,9 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
         for c in consumers {
             dead += c.shutdown().await?.dead_lettered;
         }
-        let receipts = std::mem::take(&mut *sink.receipts.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut receipts =
+            std::mem::take(&mut *sink.receipts.lock().unwrap_or_else(|p| p.into_inner()));
+        receipts.retain(|r| r.1 != WARMUP);
         scratch.remove().await?;
 
         let mut first: HashMap<(u8, i64), Instant> = HashMap::new();
@@ -841,14 +928,24 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
         let mut lags: Vec<f64> = s
             .committed
             .iter()
-            .filter_map(|(k, c)| first.get(k).map(|r| r.saturating_duration_since(*c).as_secs_f64()))
+            .filter_map(|(k, c)| {
+                first
+                    .get(k)
+                    .map(|r| r.saturating_duration_since(*c).as_secs_f64())
+            })
             .collect();
         lags.sort_by(f64::total_cmp);
-        let lost = s.committed.keys().filter(|k| !first.contains_key(k)).count();
+        let lost = s
+            .committed
+            .keys()
+            .filter(|k| !first.contains_key(k))
+            .count();
         let duplicates = receipts.len() - first.len();
         let last = first.values().max().copied();
         let complete = lost == 0;
-        let e2e = last.filter(|_| complete).map(|t| n as f64 / (t - s.started).as_secs_f64());
+        let e2e = last
+            .filter(|_| complete)
+            .map(|t| n as f64 / (t - s.started).as_secs_f64());
         let rate = n as f64 / s.seconds;
         results.insert(
             "consumer".into(),
@@ -870,6 +967,7 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
                 "relay_publish_connections": metrics.connections_opened.saturating_sub(1),
                 "relay_lock_connections": 1,
                 "consumer_amqp_connections": consumer_connections,
+                "consumer_queues": if bench.nameko_queues { "nameko per-handler queues" } else { "one queue bound #" },
                 "relay_batches": metrics.batches,
                 "relay_published": metrics.published,
             }),
@@ -887,6 +985,7 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
 
     let mut drain = None;
     let mut broker = None;
+    let mut confirm_rtt = None;
     if has("backlog") {
         let scratch = Scratch::open(&bench.backend, &run, "backlog").await?;
         let b = bench.backlog;
@@ -918,7 +1017,13 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
             .message;
         let relay = Running::start(Arc::clone(&scratch.store), &vhost_url, bench.window)?;
         let t0 = Instant::now();
-        let done = wait_position(&*scratch.store, last, bench.timeout, Duration::from_millis(5)).await?;
+        let done = wait_position(
+            &*scratch.store,
+            last,
+            bench.timeout,
+            Duration::from_millis(5),
+        )
+        .await?;
         let metrics = relay.stop().await?;
         let in_queue = admin.count(queue).await?;
         admin.delete_queue(queue).await?;
@@ -945,9 +1050,12 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
         broker = Some(r.per_second);
         line(format!(
             "[broker     ] {} persistent messages of {} bytes (the relay's message for a record), window {}, \
-             batches of {}, one publisher, no store: {:.0} confirmed/s; drain = {:.3}x of it",
-            r.confirmed, r.body_bytes, bench.window, bench.window, r.per_second, rate / r.per_second
+             batches of {}, one publisher, no store: {:.0} confirmed/s; drain = {:.3}x of it; \
+             one message alone: confirm p50 {:.2} ms p99 {:.2} ms",
+            r.confirmed, r.body_bytes, bench.window, bench.window, r.per_second, rate / r.per_second,
+            r.confirm_rtt_p50_ms, r.confirm_rtt_p99_ms
         ));
+        confirm_rtt = Some((r.confirm_rtt_p50_ms, r.confirm_rtt_p99_ms));
         results.insert(
             "backlog".into(),
             json!({
@@ -960,6 +1068,8 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
                 "relay_published": metrics.published,
                 "amqp_connections_opened": metrics.connections_opened,
                 "broker_confirmed_per_s": sig4(r.per_second),
+                "broker_confirm_rtt_p50_ms": sig4(r.confirm_rtt_p50_ms),
+                "broker_confirm_rtt_p99_ms": sig4(r.confirm_rtt_p99_ms),
                 "broker_messages": r.confirmed,
                 "message_body_bytes": r.body_bytes,
                 "window": bench.window,
@@ -1000,14 +1110,35 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
     o.insert("broker_confirmed_per_s".into(), json!(broker.map(sig4)));
     o.insert("drain_vs_broker".into(), json!(ratio(drain, broker)));
     o.insert("bare_commits_per_s".into(), json!(bare.map(sig4)));
+    o.insert(
+        "record_only_saves_per_s".into(),
+        json!(record_only.map(sig4)),
+    );
+    o.insert(
+        "record_only_vs_plain".into(),
+        json!(ratio(record_only, plain)),
+    );
+    o.insert(
+        "saves_vs_record_only".into(),
+        json!(ratio(with_relay, record_only)),
+    );
+    o.insert(
+        "broker_confirm_rtt_p50_ms".into(),
+        json!(confirm_rtt.map(|r| sig4(r.0))),
+    );
+    o.insert(
+        "broker_confirm_rtt_p99_ms".into(),
+        json!(confirm_rtt.map(|r| sig4(r.1))),
+    );
     o.insert("plain_vs_bare".into(), json!(ratio(plain, bare)));
     o.insert("saves_vs_bare".into(), json!(ratio(with_relay, bare)));
     if let Some(c) = o["results"].get("consumer") {
         line(format!(
             "[goals      ] saves with relay = {}x plain (goal >= 0.8); drain = {}x broker (goal >= 0.8); \
-             lag p99 {} ms (goal <= 20); lost {}; relay connections {} (goal 1)",
-            o["saves_vs_plain"], o["drain_vs_broker"], c["event_lag_p99_ms"], c["events_lost"],
-            c["amqp_connections_opened"]
+             lag p99 {} ms (goal <= 20; one confirm round trip alone: p99 {} ms); lost {}; \
+             relay connections {} (goal 1); saves with relay = {}x record-only (row + record, no relay)",
+            o["saves_vs_plain"], o["drain_vs_broker"], c["event_lag_p99_ms"], o["broker_confirm_rtt_p99_ms"], c["events_lost"],
+            c["amqp_connections_opened"], o["saves_vs_record_only"]
         ));
     }
     Ok(out)

@@ -43,7 +43,11 @@ pub struct ChangesArgs {
     #[arg(long, default_value = "sqlite")]
     backend: String,
     /// The broker, without a virtual host (a scratch one is created and deleted).
-    #[arg(long, env = "EVENTFOLD_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672")]
+    #[arg(
+        long,
+        env = "EVENTFOLD_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672"
+    )]
     amqp_url: String,
     /// N saves per phase (N/2 create+update pairs).
     #[arg(short = 'n', long, default_value_t = 1000)]
@@ -67,8 +71,16 @@ pub struct ChangesArgs {
     #[arg(long, default_value_t = 120)]
     timeout: u64,
     /// Phases to run.
-    #[arg(long, value_delimiter = ',', default_value = "baseline,no_consumer,consumer,backlog,bare")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "baseline,record_only,no_consumer,consumer,backlog,bare"
+    )]
     phases: Vec<String>,
+    /// Consume from nameko's two per-handler queues (created, updated) instead of one
+    /// queue bound `#` (two queues keep no order between an instance's events).
+    #[arg(long)]
+    nameko_queues: bool,
     /// Directory of the scratch SQLite files.
     #[arg(long, default_value = "/tmp")]
     scratch_dir: String,
@@ -148,7 +160,8 @@ async fn changes(store: &StoreArgs, args: &ChangesArgs) -> anyhow::Result<()> {
         "postgres" => {
             let mut vars = store.vars();
             vars.insert("EVENTFOLD_STORE".into(), "postgres".into());
-            let eventfold::StoreConfig::Postgres(pg) = Config::from_vars(vars)?.store_config().clone()
+            let eventfold::StoreConfig::Postgres(pg) =
+                Config::from_vars(vars)?.store_config().clone()
             else {
                 anyhow::bail!("this build has no PostgreSQL store");
             };
@@ -167,12 +180,13 @@ async fn changes(store: &StoreArgs, args: &ChangesArgs) -> anyhow::Result<()> {
         bare_commits: args.bare_commits,
         timeout: std::time::Duration::from_secs(args.timeout),
         phases: args.phases.clone(),
+        nameko_queues: args.nameko_queues,
     };
     let name = format!("eventfold-{}", args.backend);
     let params = json!({
         "saves": 2 * (args.saves / 2), "phases": args.phases, "backlog": args.backlog,
         "window": args.window, "batch_size": args.window, "broker_messages": bench.broker_messages,
-        "bare_commits": args.bare_commits,
+        "bare_commits": args.bare_commits, "nameko_queues": args.nameko_queues,
     });
     let result = tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_multi_thread()
