@@ -94,6 +94,9 @@ pub struct ChangesBench {
     /// `...__updated--...`) instead of one queue bound `#`. Two queues keep no order
     /// between an instance's created and updated events; one queue keeps each key's order.
     pub nameko_queues: bool,
+    /// Saves per second of the `consumer_paced` phase (the consumer phase at a set
+    /// arrival rate, below the broker's).
+    pub paced_saves_per_s: f64,
 }
 
 /// The peer's `Order` model, serialized as its DRF `ModelSerializer` writes it.
@@ -187,13 +190,15 @@ impl Drop for TempVhost {
 /// One phase's fresh store, removed by [`Scratch::remove`].
 struct Scratch {
     store: Arc<dyn Store>,
+    /// The caller's `orders` table.
+    orders: String,
     cleanup: Cleanup,
 }
 
 enum Cleanup {
     Files(Vec<std::path::PathBuf>),
     #[cfg(feature = "postgres")]
-    Schema(sqlx::PgPool, String),
+    Prefix(sqlx::PgPool, String),
 }
 
 impl Scratch {
@@ -213,26 +218,34 @@ impl Scratch {
                 )?;
                 Scratch {
                     store: Arc::new(store),
+                    orders: "orders".to_owned(),
                     cleanup: Cleanup::Files(files),
                 }
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres { url } => {
-                let schema = format!("ef_bench_changes_{run}_{phase}");
+                // Schema `public` with a prefix of its own: a store in another schema
+                // fails to connect here (its `search_path` startup option has a space:
+                // `invalid value for parameter "search_path"`).
+                let prefix = format!("ef_bench_changes_{run}_{phase}_");
                 let mut config = eventfold_postgres::PostgresConfig::new(url.clone());
-                config.schema = schema.clone();
+                config.table_prefix = prefix.clone();
                 let store = eventfold_postgres::PostgresStore::connect(&config).await?;
                 let pool = store.pool().clone();
                 Scratch {
                     store: Arc::new(store),
-                    cleanup: Cleanup::Schema(pool, schema),
+                    orders: format!("{prefix}orders"),
+                    cleanup: Cleanup::Prefix(pool, prefix),
                 }
             }
         };
         let mut tx = scratch.store.begin().await?;
         tx.execute(
-            "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer VARCHAR(100) NOT NULL, \
-             qty INTEGER NOT NULL, amount TEXT NOT NULL, note TEXT NOT NULL, created TEXT NOT NULL)",
+            &format!(
+                "CREATE TABLE {} (id BIGINT PRIMARY KEY, customer VARCHAR(100) NOT NULL, \
+                 qty INTEGER NOT NULL, amount TEXT NOT NULL, note TEXT NOT NULL, created TEXT NOT NULL)",
+                scratch.orders
+            ),
             &[],
         )
         .await?;
@@ -241,7 +254,7 @@ impl Scratch {
     }
 
     async fn remove(self) -> anyhow::Result<()> {
-        let Scratch { store, cleanup } = self;
+        let Scratch { store, cleanup, .. } = self;
         drop(store);
         match cleanup {
             Cleanup::Files(files) => {
@@ -250,10 +263,31 @@ impl Scratch {
                 }
             }
             #[cfg(feature = "postgres")]
-            Cleanup::Schema(pool, schema) => {
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .execute(&pool)
-                    .await?;
+            Cleanup::Prefix(pool, prefix) => {
+                let like = format!("{prefix}%");
+                let tables: Vec<(String,)> = sqlx::query_as(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE $1",
+                )
+                .bind(&like)
+                .fetch_all(&pool)
+                .await?;
+                for (t,) in tables {
+                    sqlx::query(&format!("DROP TABLE IF EXISTS public.\"{t}\" CASCADE"))
+                        .execute(&pool)
+                        .await?;
+                }
+                let routines: Vec<(String,)> = sqlx::query_as(
+                    "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n \
+                     ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.proname LIKE $1",
+                )
+                .bind(&like)
+                .fetch_all(&pool)
+                .await?;
+                for (r,) in routines {
+                    sqlx::query(&format!("DROP ROUTINE IF EXISTS {r} CASCADE"))
+                        .execute(&pool)
+                        .await?;
+                }
                 pool.close().await;
             }
         }
@@ -265,6 +299,7 @@ impl Scratch {
 /// one transaction. Returns the change record's notification id.
 async fn save(
     store: &dyn Store,
+    table: &str,
     changes: Option<&Changes>,
     order: &Order,
     create: bool,
@@ -280,15 +315,19 @@ async fn save(
     ];
     if create {
         tx.execute(
-            "INSERT INTO orders (id, customer, qty, amount, note, created) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            &format!(
+                "INSERT INTO {table} (id, customer, qty, amount, note, created) \
+                 VALUES ($1, $2, $3, $4, $5, $6)"
+            ),
             &params,
         )
         .await?;
     } else {
         tx.execute(
-            "UPDATE orders SET customer = $2, qty = $3, amount = $4, note = $5, created = $6 \
-             WHERE id = $1",
+            &format!(
+                "UPDATE {table} SET customer = $2, qty = $3, amount = $4, note = $5, created = $6 \
+                 WHERE id = $1"
+            ),
             &params,
         )
         .await?;
@@ -320,9 +359,23 @@ struct Saves {
 /// N/2 create+update pairs, interleaved, as the peer's `run_saves`.
 async fn run_saves(
     store: &dyn Store,
+    table: &str,
     changes: Option<&Changes>,
     tag: &str,
     saves: usize,
+) -> anyhow::Result<Saves> {
+    run_saves_paced(store, table, changes, tag, saves, None).await
+}
+
+/// [`run_saves`], at most `pace` saves per second when given (save k starts no earlier
+/// than k / pace seconds after the first).
+async fn run_saves_paced(
+    store: &dyn Store,
+    table: &str,
+    changes: Option<&Changes>,
+    tag: &str,
+    saves: usize,
+    pace: Option<f64>,
 ) -> anyhow::Result<Saves> {
     let pairs = saves / 2;
     let mut latencies = Vec::with_capacity(2 * pairs);
@@ -331,15 +384,22 @@ async fn run_saves(
     let started = Instant::now();
     for i in 0..pairs {
         let mut order = Order::new(i as i64 + 1, tag, i);
+        let slot = |k: usize| pace.map(|p| started + Duration::from_secs_f64(k as f64 / p));
+        if let Some(at) = slot(2 * i) {
+            tokio::time::sleep_until(at.into()).await;
+        }
         let s = Instant::now();
-        let id = save(store, changes, &order, true).await?;
+        let id = save(store, table, changes, &order, true).await?;
         let done = Instant::now();
         latencies.push((done - s).as_secs_f64());
         committed.insert((CREATED, order.id), done);
         last_record = last_record.max(id.unwrap_or(0));
         order.qty = 2;
+        if let Some(at) = slot(2 * i + 1) {
+            tokio::time::sleep_until(at.into()).await;
+        }
         let s = Instant::now();
-        let id = save(store, changes, &order, false).await?;
+        let id = save(store, table, changes, &order, false).await?;
         let done = Instant::now();
         latencies.push((done - s).as_secs_f64());
         committed.insert((UPDATED, order.id), done);
@@ -778,7 +838,7 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
 
     if has("baseline") {
         let scratch = Scratch::open(&bench.backend, &run, "baseline").await?;
-        let s = run_saves(&*scratch.store, None, "base", n).await?;
+        let s = run_saves(&*scratch.store, &scratch.orders, None, "base", n).await?;
         scratch.remove().await?;
         let rate = n as f64 / s.seconds;
         plain = Some(rate);
@@ -801,7 +861,7 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
     let mut record_only = None;
     if has("record_only") {
         let scratch = Scratch::open(&bench.backend, &run, "recordonly").await?;
-        let s = run_saves(&*scratch.store, Some(&changes), "rec", n).await?;
+        let s = run_saves(&*scratch.store, &scratch.orders, Some(&changes), "rec", n).await?;
         scratch.remove().await?;
         let rate = n as f64 / s.seconds;
         record_only = Some(rate);
@@ -825,7 +885,14 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
         let scratch = Scratch::open(&bench.backend, &run, "nocons").await?;
         let existed = admin.exchange_exists("orders.events").await?;
         let relay = Running::start(Arc::clone(&scratch.store), &vhost_url, bench.window)?;
-        let s = run_saves(&*scratch.store, Some(&changes), "nocons", n).await?;
+        let s = run_saves(
+            &*scratch.store,
+            &scratch.orders,
+            Some(&changes),
+            "nocons",
+            n,
+        )
+        .await?;
         let t_end = Instant::now();
         let drained = wait_position(
             &*scratch.store,
@@ -873,8 +940,14 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
         ));
     }
 
-    if has("consumer") {
-        let scratch = Scratch::open(&bench.backend, &run, "consumer").await?;
+    for (phase, pace) in [
+        ("consumer", None),
+        ("consumer_paced", Some(bench.paced_saves_per_s)),
+    ] {
+        if !has(phase) {
+            continue;
+        }
+        let scratch = Scratch::open(&bench.backend, &run, phase).await?;
         let sink = Arc::new(Sink::default());
         let amqp_before = eventfold_amqp::connections_opened();
         let consumers = start_consumers(&amqp, &sink, bench.nameko_queues).await?;
@@ -884,7 +957,14 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
         // its lock and its publisher is connected (as the peer's consumer is up and its
         // dispatcher connected before the timed saves).
         let warmup = Order::new(WARMUP, "warmup", 0);
-        save(&*scratch.store, Some(&changes), &warmup, true).await?;
+        save(
+            &*scratch.store,
+            &scratch.orders,
+            Some(&changes),
+            &warmup,
+            true,
+        )
+        .await?;
         let t_wait = Instant::now();
         while sink.count.load(AtomicOrdering::Relaxed) < 1 {
             if t_wait.elapsed() > bench.timeout {
@@ -897,7 +977,15 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         sink.count.store(0, AtomicOrdering::Relaxed);
-        let s = run_saves(&*scratch.store, Some(&changes), "nk", n).await?;
+        let s = run_saves_paced(
+            &*scratch.store,
+            &scratch.orders,
+            Some(&changes),
+            "nk",
+            n,
+            pace,
+        )
+        .await?;
         let t_end = Instant::now();
         let deadline = s.started + bench.timeout;
         while (sink.count.load(AtomicOrdering::Relaxed) as usize) < n && Instant::now() < deadline {
@@ -948,7 +1036,7 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
             .map(|t| n as f64 / (t - s.started).as_secs_f64());
         let rate = n as f64 / s.seconds;
         results.insert(
-            "consumer".into(),
+            phase.into(),
             json!({
                 "saves_per_s": sig4(rate),
                 "save_p50_ms": sig4(percentile(&s.latencies, 50.0) * 1e3),
@@ -972,9 +1060,9 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
                 "relay_published": metrics.published,
             }),
         );
-        let x = &results["consumer"];
+        let x = &results[phase];
         line(format!(
-            "[consumer   ] {rate:.0} saves/s p50 {} ms p99 {} ms; received {}/{n} (lost {lost}, dup {duplicates}, \
+            "[{phase:11}] {rate:.0} saves/s p50 {} ms p99 {} ms; received {}/{n} (lost {lost}, dup {duplicates}, \
              updated-before-created {inversions}); e2e {} ev/s; lag p50 {} ms p99 {} ms max {} ms; \
              relay opened {} AMQP connections (publisher + leader lock), {} relay batches",
             x["save_p50_ms"], x["save_p99_ms"], receipts.len(), x["e2e_events_per_s"],
@@ -1132,6 +1220,12 @@ pub async fn run(bench: &ChangesBench) -> anyhow::Result<Value> {
     );
     o.insert("plain_vs_bare".into(), json!(ratio(plain, bare)));
     o.insert("saves_vs_bare".into(), json!(ratio(with_relay, bare)));
+    if let Some(c) = o["results"].get("consumer_paced") {
+        line(format!(
+            "[goals      ] paced at {} saves/s: lag p50 {} ms p99 {} ms (goal <= 20), lost {}",
+            bench.paced_saves_per_s, c["event_lag_p50_ms"], c["event_lag_p99_ms"], c["events_lost"]
+        ));
+    }
     if let Some(c) = o["results"].get("consumer") {
         line(format!(
             "[goals      ] saves with relay = {}x plain (goal >= 0.8); drain = {}x broker (goal >= 0.8); \

@@ -74,13 +74,16 @@ pub struct ChangesArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,record_only,no_consumer,consumer,backlog,bare"
+        default_value = "baseline,record_only,no_consumer,consumer,consumer_paced,backlog,bare"
     )]
     phases: Vec<String>,
     /// Consume from nameko's two per-handler queues (created, updated) instead of one
     /// queue bound `#` (two queues keep no order between an instance's events).
     #[arg(long)]
     nameko_queues: bool,
+    /// Saves per second of the consumer_paced phase (the peer's rate with its consumer).
+    #[arg(long, default_value_t = 250.0)]
+    paced_saves_per_s: f64,
     /// Directory of the scratch SQLite files.
     #[arg(long, default_value = "/tmp")]
     scratch_dir: String,
@@ -181,6 +184,7 @@ async fn changes(store: &StoreArgs, args: &ChangesArgs) -> anyhow::Result<()> {
         timeout: std::time::Duration::from_secs(args.timeout),
         phases: args.phases.clone(),
         nameko_queues: args.nameko_queues,
+        paced_saves_per_s: args.paced_saves_per_s,
     };
     let name = format!("eventfold-{}", args.backend);
     let params = json!({
