@@ -227,7 +227,7 @@ impl Scratch {
                 // Schema `public` with a prefix of its own: a store in another schema
                 // fails to connect here (its `search_path` startup option has a space:
                 // `invalid value for parameter "search_path"`).
-                let prefix = format!("ef_bench_changes_{run}_{phase}_");
+                let prefix = format!("efbc_{run}_{phase}_");
                 let mut config = eventfold_postgres::PostgresConfig::new(url.clone());
                 config.table_prefix = prefix.clone();
                 let store = eventfold_postgres::PostgresStore::connect(&config).await?;
