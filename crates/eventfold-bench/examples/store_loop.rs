@@ -54,7 +54,7 @@ async fn main() -> eventfold_core::Result<()> {
                 loaded.snapshot.as_ref().map_or(0, |s| s.version) + loaded.events.len() as u64 + 1;
             let mut command =
                 Recording::new().event(record(id, version, "World.SomethingHappened", 80));
-            if version % 5 == 0 {
+            if version.is_multiple_of(5) {
                 command = command.snapshot(record(id, version, "World", 200));
             }
             let t = Instant::now();

@@ -4,6 +4,9 @@
 //! * the `postgres` module (feature `postgres`): the building blocks `eventfold bench pg-writers`
 //!   and `eventfold bench worlds --backend postgres` call: the bare single-row commit rate
 //!   of the server, and 1/4/16 concurrent writers with either ordering.
+//! * the `changes` module (feature `changes`): `eventfold bench changes`, the peers'
+//!   django-events-sourcing workload on change records, the relay and a consumer, with the
+//!   broker's own confirmed-publish rate.
 //! * `examples/bench_writers.rs` prints the whole writer matrix;
 //!   `examples/anatomy.rs` times the pieces of a command on PostgreSQL;
 //!   `examples/store_loop.rs` times the SQLite store alone in the shape of the Worlds
@@ -20,3 +23,6 @@
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+
+#[cfg(feature = "changes")]
+pub mod changes;

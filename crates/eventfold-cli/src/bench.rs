@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use eventfold::{Config, Recording, Root, Store};
-use serde_json::json;
+use serde_json::{json, Value};
 use worlds_example::{World, WorldEvent, Worlds};
 
 use crate::StoreArgs;
@@ -29,6 +29,64 @@ pub enum BenchCommand {
     /// the concurrent ordering against the table lock Python eventsourcing takes.
     #[cfg(feature = "postgres")]
     PgWriters(PgWritersArgs),
+    /// The peers' django-events-sourcing workload: saves of an `Order` row plus its change
+    /// record in one transaction, the relay and a nameko-queue consumer in this process
+    /// (phases baseline, no_consumer, consumer, backlog drain vs the broker's own confirmed
+    /// rate, bare commits). Needs RabbitMQ and `rabbitmqctl` (a scratch virtual host).
+    Changes(ChangesArgs),
+}
+
+/// Options of `eventfold bench changes`.
+#[derive(Debug, clap::Args)]
+pub struct ChangesArgs {
+    /// sqlite or postgres.
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// The broker, without a virtual host (a scratch one is created and deleted).
+    #[arg(
+        long,
+        env = "EVENTFOLD_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672"
+    )]
+    amqp_url: String,
+    /// N saves per phase (N/2 create+update pairs).
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    saves: usize,
+    /// Change records of the backlog phase.
+    #[arg(long, default_value_t = 100_000)]
+    backlog: usize,
+    /// Change records per transaction while the backlog is written (not timed).
+    #[arg(long, default_value_t = 500)]
+    backlog_batch: usize,
+    /// The relay's batch size and window, and the broker probe's.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Messages of the broker's own confirmed-publish probe (default: --backlog).
+    #[arg(long)]
+    broker_messages: Option<usize>,
+    /// Bare single-row commits.
+    #[arg(long, default_value_t = 2000)]
+    bare_commits: u64,
+    /// Longest wait for the relay or the consumer, seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Phases to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "baseline,record_only,no_consumer,consumer,consumer_paced,backlog,bare"
+    )]
+    phases: Vec<String>,
+    /// Consume from nameko's two per-handler queues (created, updated) instead of one
+    /// queue bound `#` (two queues keep no order between an instance's events).
+    #[arg(long)]
+    nameko_queues: bool,
+    /// Saves per second of the consumer_paced phase (the peer's rate with its consumer).
+    #[arg(long, default_value_t = 250.0)]
+    paced_saves_per_s: f64,
+    /// Directory of the scratch SQLite files.
+    #[arg(long, default_value = "/tmp")]
+    scratch_dir: String,
 }
 
 /// Options of `eventfold bench pg-writers`.
@@ -92,7 +150,77 @@ pub async fn run(store: &StoreArgs, command: &BenchCommand) -> anyhow::Result<()
         BenchCommand::Worlds(args) => worlds(store, args).await,
         #[cfg(feature = "postgres")]
         BenchCommand::PgWriters(args) => pg_writers(store, args).await,
+        BenchCommand::Changes(args) => changes(store, args).await,
     }
+}
+
+/// `eventfold bench changes`, on a runtime of its own with two workers, so the relay and
+/// the consumers run beside the save loop as they would in a server (the CLI's own
+/// runtime has one thread).
+async fn changes(store: &StoreArgs, args: &ChangesArgs) -> anyhow::Result<()> {
+    use eventfold_bench::changes::{Backend, ChangesBench};
+    let backend = match args.backend.as_str() {
+        "sqlite" => Backend::Sqlite {
+            dir: args.scratch_dir.clone().into(),
+        },
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let mut vars = store.vars();
+            vars.insert("EVENTFOLD_STORE".into(), "postgres".into());
+            let eventfold::StoreConfig::Postgres(pg) =
+                Config::from_vars(vars)?.store_config().clone()
+            else {
+                anyhow::bail!("this build has no PostgreSQL store");
+            };
+            Backend::Postgres { url: pg.url }
+        }
+        other => anyhow::bail!("unknown backend {other} (sqlite or postgres)"),
+    };
+    let bench = ChangesBench {
+        backend,
+        amqp_url: args.amqp_url.clone(),
+        saves: args.saves,
+        backlog: args.backlog,
+        backlog_batch: args.backlog_batch,
+        window: args.window,
+        broker_messages: args.broker_messages.unwrap_or(args.backlog),
+        bare_commits: args.bare_commits,
+        timeout: std::time::Duration::from_secs(args.timeout),
+        phases: args.phases.clone(),
+        nameko_queues: args.nameko_queues,
+        paced_saves_per_s: args.paced_saves_per_s,
+    };
+    let name = format!("eventfold-{}", args.backend);
+    let params = json!({
+        "saves": 2 * (args.saves / 2), "phases": args.phases, "backlog": args.backlog,
+        "window": args.window, "batch_size": args.window, "broker_messages": bench.broker_messages,
+        "bare_commits": args.bare_commits, "nameko_queues": args.nameko_queues,
+    });
+    let result = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(eventfold_bench::changes::run(&bench))
+    })
+    .await??;
+    let mut out = json!({
+        "bench": "crud_events_bench",
+        "workload": "changes",
+        "params": params,
+        "versions": {"eventfold": env!("CARGO_PKG_VERSION")},
+        "results": {},
+    });
+    // results.<backend> = the phases (the peer's keys) and the figures across phases.
+    let mut figures = result;
+    if let Some(fields) = figures.as_object_mut() {
+        if let Some(Value::Object(phases)) = fields.remove("results") {
+            fields.extend(phases);
+        }
+    }
+    out["results"] = json!({ name: figures });
+    outln!("{out}")?;
+    Ok(())
 }
 
 /// The peers' percentile: nearest rank, rounded half up.
