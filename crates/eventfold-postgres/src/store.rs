@@ -991,18 +991,25 @@ impl EventWriter for PostgresStore {
         };
         let outcome = lease.finish(outcome);
         let ids = self.recorded(outcome, recording).await?;
-        if !ids.is_empty() {
-            if in_tx {
-                self.inner.wakeups.notify_waiters();
-            } else {
-                self.committed();
-            }
-        }
+        self.wake_after(&ids, in_tx);
         Ok(ids)
     }
 }
 
 impl PostgresStore {
+    /// After a recording in a transaction of its own: wakes this process's followers, and
+    /// the others' through the coalesced NOTIFY unless the statement already notified.
+    fn wake_after(&self, ids: &[u64], notified_in_transaction: bool) {
+        if ids.is_empty() {
+            return;
+        }
+        if notified_in_transaction {
+            self.inner.wakeups.notify_waiters();
+        } else {
+            self.committed();
+        }
+    }
+
     /// A recording with appends, in a transaction of its own: `BEGIN`, the append locks
     /// and the streams' latest versions ([`Self::allocate_versions`]), the record
     /// statement, `COMMIT`.
@@ -1035,13 +1042,7 @@ impl PostgresStore {
         let outcome = self.within(work).await;
         let outcome = lease.finish(outcome);
         let ids = self.recorded(outcome, recording).await?;
-        if !ids.is_empty() {
-            if in_tx {
-                self.inner.wakeups.notify_waiters();
-            } else {
-                self.committed();
-            }
-        }
+        self.wake_after(&ids, in_tx);
         Ok(ids)
     }
 

@@ -43,6 +43,35 @@ impl Projection for CountPerStream {
     }
 }
 
+/// Runs `follower` in a task, then `meanwhile`, waits (10 s at most) until `seen` holds
+/// `count` ids, and stops the follower, which must end without an error.
+async fn run_until_seen<P: Projection + 'static>(
+    mut follower: Follower<P>,
+    seen: &Arc<Mutex<Vec<u64>>>,
+    count: usize,
+    meanwhile: impl std::future::Future<Output = ()>,
+    what: &str,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(async move {
+        follower
+            .run(async {
+                stopped.await.ok();
+            })
+            .await
+    });
+    meanwhile.await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while seen.lock().unwrap().len() < count {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect(what);
+    stop.send(()).unwrap();
+    runner.await.unwrap().unwrap();
+}
+
 async fn write(app: &Application, tallies: usize, adds: i64) {
     for _ in 0..tallies {
         let mut tally = Root::<Tally>::new(TallyEvent::Opened { label: "f".into() });
@@ -121,28 +150,18 @@ async fn running_follower_wakes_on_new_events_and_stops_on_shutdown() {
     let store = InMemoryStore::new();
     let app = Arc::new(Application::builder(store.clone()).build());
     let projection = CountPerStream::default();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut follower = Follower::builder(app.store().clone(), projection.clone())
+    let follower = Follower::builder(app.store().clone(), projection.clone())
         .poll_interval(std::time::Duration::from_secs(3600))
         .build();
-    let runner = tokio::spawn(async move {
-        follower
-            .run(async {
-                stopped.await.ok();
-            })
-            .await
-    });
-    write(&app, 2, 2).await;
     // The poll interval is an hour: only the wake-up can deliver these in time.
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while projection.seen.lock().unwrap().len() < 6 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("follower woke up for new events");
-    stop.send(()).unwrap();
-    runner.await.unwrap().unwrap();
+    run_until_seen(
+        follower,
+        &projection.seen,
+        6,
+        write(&app, 2, 2),
+        "follower woke up for new events",
+    )
+    .await;
 }
 
 /// A log that is unreachable for its first `failures` reads (a database restarting).
@@ -278,26 +297,17 @@ async fn running_follower_retries_a_projection_error_its_store_calls_transient()
         failures: 2,
         inner: counts.clone(),
     };
-    let mut follower = Follower::builder(log, projection)
+    let follower = Follower::builder(log, projection)
         .poll_interval(std::time::Duration::from_millis(10))
         .build();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runner = tokio::spawn(async move {
-        follower
-            .run(async {
-                stopped.await.ok();
-            })
-            .await
-    });
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while counts.seen.lock().unwrap().len() < 3 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the follower waited out the driver's transient error");
-    stop.send(()).unwrap();
-    runner.await.unwrap().unwrap();
+    run_until_seen(
+        follower,
+        &counts.seen,
+        3,
+        async {},
+        "the follower waited out the driver's transient error",
+    )
+    .await;
     assert_eq!(*counts.seen.lock().unwrap(), vec![1, 2, 3]);
 }
 
@@ -333,26 +343,17 @@ async fn running_follower_waits_out_an_unavailable_store() {
         failures: 3.into(),
         fatal: false,
     });
-    let mut follower = Follower::builder(log, projection.clone())
+    let follower = Follower::builder(log, projection.clone())
         .poll_interval(std::time::Duration::from_millis(20))
         .build();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runner = tokio::spawn(async move {
-        follower
-            .run(async {
-                stopped.await.ok();
-            })
-            .await
-    });
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while projection.seen.lock().unwrap().len() < 8 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the follower recovered after three failed reads");
-    stop.send(()).unwrap();
-    runner.await.unwrap().unwrap();
+    run_until_seen(
+        follower,
+        &projection.seen,
+        8,
+        async {},
+        "the follower recovered after three failed reads",
+    )
+    .await;
     assert_eq!(
         *projection.seen.lock().unwrap(),
         (1..=8).collect::<Vec<_>>()
