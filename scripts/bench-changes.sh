@@ -17,6 +17,7 @@ DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 OUT=${OUT:-bench-results/changes-$(date -u +%Y%m%dT%H%M%SZ)}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/eventfold}
 mkdir -p "$OUT"
+if [ -n "${PEER_PYTHON:-}" ]; then PEER_PYTHON=$(realpath "$PEER_PYTHON"); fi
 if [ ! -x "$BIN" ] || [ -z "${NO_BUILD:-}" ]; then
   cargo build --release -q -p eventfold-cli
 fi
@@ -30,7 +31,7 @@ for i in $(seq 1 "$RUNS"); do
   if [ -n "${PEER_PYTHON:-}" ]; then
     echo "[run $i] peer django-events-sourcing" >&2
     (cd "${PEER_DIR:?PEER_DIR: a writable copy of the peers folder}" &&
-      "$OLDPWD/$PEER_PYTHON" crud_events_bench.py) >"$OUT/peer.$i.log" 2>&1 || true
+      "$PEER_PYTHON" crud_events_bench.py) >"$OUT/peer.$i.log" 2>&1 || true
     tail -n 1 "$OUT/peer.$i.log" >"$OUT/peer.$i.json"
   fi
 done
