@@ -1,0 +1,1 @@
+//! The replica side: consumers that apply django-cqrs messages.
