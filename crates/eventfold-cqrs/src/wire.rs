@@ -328,7 +328,7 @@ impl serde_json::ser::Formatter for UjsonFormatter {
             if c.is_ascii() && c != '/' {
                 continue;
             }
-            writer.write_all(fragment[start..i].as_bytes())?;
+            writer.write_all(&fragment.as_bytes()[start..i])?;
             if c == '/' {
                 writer.write_all(b"\\/")?;
             } else {
@@ -339,7 +339,7 @@ impl serde_json::ser::Formatter for UjsonFormatter {
             }
             start = i + c.len_utf8();
         }
-        writer.write_all(fragment[start..].as_bytes())
+        writer.write_all(&fragment.as_bytes()[start..])
     }
 }
 
