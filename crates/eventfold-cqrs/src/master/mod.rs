@@ -13,6 +13,7 @@ mod sql;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -213,11 +214,12 @@ pub struct ModelOptions<M: MasterModel> {
     updated_column: String,
     pk_type: Option<String>,
     fields: Fields,
-    serializer: Option<Box<dyn Fn(&M) -> Value + Send + Sync>>,
+    serializer: Option<Arc<SerializeFn>>,
     tracked: Option<Fields>,
-    meta: Option<Box<dyn Fn(&M, &MetaContext<'_>) -> Value + Send + Sync>>,
-    delete_data: Option<Box<dyn Fn(&M) -> Option<Value> + Send + Sync>>,
+    meta: Option<Arc<ModelMetaFn>>,
+    delete_data: Option<Arc<DeleteDataFn>>,
     produce: bool,
+    model: PhantomData<fn(&M)>,
 }
 
 impl<M: MasterModel> Default for ModelOptions<M> {
@@ -234,6 +236,7 @@ impl<M: MasterModel> Default for ModelOptions<M> {
             meta: None,
             delete_data: None,
             produce: true,
+            model: PhantomData,
         }
     }
 }
@@ -297,7 +300,12 @@ impl<M: MasterModel> ModelOptions<M> {
     /// Publishes what `serializer` returns (a JSON object) instead of the serde form
     /// (`CQRS_SERIALIZER`); `cqrs_revision` and `cqrs_updated` are set on it.
     pub fn serializer(mut self, serializer: impl Fn(&M) -> Value + Send + Sync + 'static) -> Self {
-        self.serializer = Some(Box::new(serializer));
+        self.serializer = Some(Arc::new(move |any: &dyn Any| {
+            match serializer(downcast(any)) {
+                Value::Object(map) => Ok(map),
+                other => Err(format!("the serializer returned {other}, not an object")),
+            }
+        }));
         self
     }
 
@@ -321,7 +329,9 @@ impl<M: MasterModel> ModelOptions<M> {
         mut self,
         meta: impl Fn(&M, &MetaContext<'_>) -> Value + Send + Sync + 'static,
     ) -> Self {
-        self.meta = Some(Box::new(meta));
+        self.meta = Some(Arc::new(move |any: &dyn Any, cx: &MetaContext<'_>| {
+            meta(downcast(any), cx)
+        }));
         self
     }
 
@@ -331,7 +341,7 @@ impl<M: MasterModel> ModelOptions<M> {
         mut self,
         data: impl Fn(&M) -> Option<Value> + Send + Sync + 'static,
     ) -> Self {
-        self.delete_data = Some(Box::new(data));
+        self.delete_data = Some(Arc::new(move |any: &dyn Any| data(downcast(any))));
         self
     }
 
@@ -578,6 +588,7 @@ impl Master {
             meta,
             delete_data,
             produce,
+            model: PhantomData,
         } = options;
         let bump = sql::Bump::new(
             &table,
@@ -587,28 +598,16 @@ impl Master {
             pk_type.as_deref(),
         );
         let to_map: Arc<SerializeFn> = Arc::new(|any: &dyn Any| serde_map(downcast::<M>(any)));
-        let serialize: Arc<SerializeFn> = match serializer {
-            Some(serializer) => Arc::new(move |any: &dyn Any| match serializer(downcast(any)) {
-                Value::Object(map) => Ok(map),
-                other => Err(format!("the serializer returned {other}, not an object")),
-            }),
-            None => to_map.clone(),
-        };
         let registered = Registered {
             cqrs_id: M::CQRS_ID,
             table,
             bump,
             fields,
             tracked,
-            serialize,
+            serialize: serializer.unwrap_or_else(|| to_map.clone()),
             to_map,
-            meta: meta.map(|meta| {
-                Arc::new(move |any: &dyn Any, cx: &MetaContext<'_>| meta(downcast(any), cx))
-                    as Arc<ModelMetaFn>
-            }),
-            delete_data: delete_data.map(|data| {
-                Arc::new(move |any: &dyn Any| data(downcast(any))) as Arc<DeleteDataFn>
-            }),
+            meta,
+            delete_data,
             produce,
         };
         Arc::make_mut(&mut self.models).insert(TypeId::of::<M>(), Arc::new(registered));

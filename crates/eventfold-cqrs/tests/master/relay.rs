@@ -270,3 +270,61 @@ async fn without_declared_queues_the_relay_holds_until_a_replica_binds() {
         .collect();
     assert_eq!(revisions, [Some(0), Some(1), Some(2)]);
 }
+
+#[tokio::test]
+async fn a_replica_queue_declared_with_arguments_is_kept_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, table) = file_store(&dir).await;
+    let clock = Clock::new("2026-11-23 00:41:49+00:00");
+    let master = clock
+        .master()
+        .register_with(ModelOptions::<Item>::new().table(&table.name));
+    let mut item = sample();
+    let mut tx = store.begin().await.unwrap();
+    master.created(&mut tx, &mut item).await.unwrap();
+    table.insert(&mut tx, &item).await;
+    tx.commit().await.unwrap();
+
+    // A replica that declared its queue for failover (single active consumer): the
+    // master's plain declaration would be refused (406), so it must leave the queue be.
+    let vhost = TestVhost::with_prefix("ef-cqrs-test");
+    let raw = vhost.raw().await;
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-single-active-consumer".into(),
+        lapin::types::AMQPValue::Boolean(true),
+    );
+    raw.channel
+        .queue_declare(
+            "replica".into(),
+            lapin::options::QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await
+        .unwrap();
+
+    let relay = Relay::builder(store.clone(), &vhost.url(), "cqrs-master")
+        .unwrap()
+        .route(master.route().replica_queue("replica", ["item"]))
+        .poll_interval(Duration::from_millis(50))
+        .build();
+    let running = Running::start(relay);
+    raw.wait_count("replica", 1, Duration::from_secs(20)).await;
+    assert_eq!(running.relay.current_error(), None);
+    running.stop().await;
+    let queues = rabbitmqctl(&[
+        "list_queues",
+        "-p",
+        &vhost.name,
+        "--no-table-headers",
+        "name",
+        "arguments",
+    ]);
+    assert!(
+        queues
+            .lines()
+            .any(|l| l.starts_with("replica\t") && l.contains("x-single-active-consumer")),
+        "{queues}"
+    );
+    assert_eq!(raw.count("dead_letter_replica").await, 0);
+}
