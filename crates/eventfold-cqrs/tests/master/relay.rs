@@ -12,7 +12,7 @@ use eventfold_sqlite::{SqliteConfig, SqliteStore};
 use eventfold_testkit::TestVhost;
 use tokio::task::JoinHandle;
 
-use crate::support::{body, log, sample, Clock, Item, Table};
+use crate::support::{body, create, log, sample, update, Clock, Item, Table};
 
 struct Running {
     relay: Arc<Relay>,
@@ -60,15 +60,9 @@ async fn fifty_saves(store: &dyn Store, table: &Table, master: &Master) {
     for id in 1..=20 {
         let mut item = sample();
         item.id = id;
-        let mut tx = store.begin().await.unwrap();
-        master.created(&mut tx, &mut item).await.unwrap();
-        table.insert(&mut tx, &item).await;
-        tx.commit().await.unwrap();
+        create(store, table, master, &mut item).await;
         item.qty = id * 10;
-        let mut tx = store.begin().await.unwrap();
-        master.updated(&mut tx, &mut item).await.unwrap();
-        table.update(&mut tx, &item).await;
-        tx.commit().await.unwrap();
+        update(store, table, master, &mut item).await;
         let mut tx = store.begin().await.unwrap();
         if id % 4 == 0 {
             master.deleted(&mut tx, &mut item).await.unwrap();
@@ -221,17 +215,9 @@ async fn without_declared_queues_the_relay_holds_until_a_replica_binds() {
         .master()
         .register_with(ModelOptions::<Item>::new().table(&table.name));
     let mut item = sample();
-    for _ in 0..3 {
-        let mut tx = store.begin().await.unwrap();
-        if item.cqrs_revision < 0 {
-            master.created(&mut tx, &mut item).await.unwrap();
-            table.insert(&mut tx, &item).await;
-        } else {
-            master.updated(&mut tx, &mut item).await.unwrap();
-            table.update(&mut tx, &item).await;
-        }
-        tx.commit().await.unwrap();
-    }
+    create(&*store, &table, &master, &mut item).await;
+    update(&*store, &table, &master, &mut item).await;
+    update(&*store, &table, &master, &mut item).await;
 
     let vhost = TestVhost::with_prefix("ef-cqrs-test");
     let relay = Relay::builder(store.clone(), &vhost.url(), "cqrs-master")
@@ -280,10 +266,7 @@ async fn a_replica_queue_declared_with_arguments_is_kept_as_it_is() {
         .master()
         .register_with(ModelOptions::<Item>::new().table(&table.name));
     let mut item = sample();
-    let mut tx = store.begin().await.unwrap();
-    master.created(&mut tx, &mut item).await.unwrap();
-    table.insert(&mut tx, &item).await;
-    tx.commit().await.unwrap();
+    create(&*store, &table, &master, &mut item).await;
 
     // A replica that declared its queue for failover (single active consumer): the
     // master's plain declaration would be refused (406), so it must leave the queue be.
