@@ -237,7 +237,7 @@ impl<M: MasterModel> ModelOptions<M> {
 
     /// Tracks these fields of the serde form (`CQRS_TRACKED_FIELDS`): a save sends the old
     /// values of those that changed as `previous_data` (`null` for each set field on a
-    /// create), so an update needs the previous instance ([`Save::previous`]).
+    /// create), so an update needs the previous instance ([`Save::previous`](super::Save::previous)).
     pub fn tracked_fields(mut self, fields: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.tracked = Some(Fields::Only(fields.into_iter().map(Into::into).collect()));
         self
@@ -250,7 +250,7 @@ impl<M: MasterModel> ModelOptions<M> {
     }
 
     /// The model's own meta function (an override of `get_cqrs_meta`); its result travels
-    /// as `meta`. It takes precedence over [`Master::meta_function`].
+    /// as `meta`. It takes precedence over [`Master::meta_function`](super::Master::meta_function).
     pub fn meta(
         mut self,
         meta: impl Fn(&M, &MetaContext<'_>) -> Value + Send + Sync + 'static,
