@@ -113,6 +113,10 @@
 //!   `{id, cqrs_revision + 1, cqrs_updated}`, as django-cqrs sends it.
 //! - The caller's own UPDATE must not write an older revision back: write the instance's
 //!   (which eventfold just set) or leave the two columns out.
+//! - To spare that statement, the caller's own UPDATE may bump the row itself
+//!   (`SET ..., cqrs_revision = cqrs_revision + 1, cqrs_updated = $n ... RETURNING
+//!   cqrs_revision`, the time from [`master::Master::now`]) and then, after its write, pass
+//!   the revision it returned with [`master::Save::bumped`].
 //!
 //! On PostgreSQL the bump's row lock serialises concurrent saves of one instance: the
 //! second waits for the first to commit, then bumps the revision the first committed, so

@@ -47,9 +47,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// An update or delete of a row that is not in the table (or a create or update called
-    /// after the caller deleted it): nothing was recorded.
-    #[error("master model {cqrs_id}: no row with pk {pk} in {table} (update and delete need the row: call them before deleting it)")]
+    /// An update or delete of a row that is not in the table (never inserted, or already
+    /// deleted by the caller): nothing was recorded, and the transaction can go on.
+    #[error("master model {cqrs_id}: no row with pk {pk} in {table} (an update or delete needs the row: call `deleted` before the caller's DELETE)")]
     RowNotFound {
         /// The model's `CQRS_ID`.
         cqrs_id: String,
