@@ -620,3 +620,97 @@ async fn postgres_a_caller_may_bump_the_row_itself() {
     let (store, table, _guard) = postgres("bumped").await;
     a_caller_may_bump_the_row_itself(store, table, true).await;
 }
+
+/// A model keyed by UUID, in a table and columns named otherwise (quoted as given).
+#[derive(Debug, Clone, serde::Serialize)]
+struct Gadget {
+    key: String,
+    rev: i64,
+    #[serde(with = "eventfold_cqrs::master::datetime")]
+    changed: chrono::DateTime<chrono::Utc>,
+    label: String,
+}
+
+impl eventfold_cqrs::master::MasterModel for Gadget {
+    const CQRS_ID: &'static str = "gadget";
+    fn pk(&self) -> eventfold_cqrs::master::Pk {
+        self.key.as_str().into()
+    }
+    fn cqrs_revision(&self) -> i64 {
+        self.rev
+    }
+    fn cqrs_updated(&self) -> chrono::DateTime<chrono::Utc> {
+        self.changed
+    }
+    fn set_cqrs(&mut self, revision: i64, updated: chrono::DateTime<chrono::Utc>) {
+        self.rev = revision;
+        self.changed = updated;
+    }
+}
+
+#[tokio::test]
+async fn postgres_uuid_keys_and_own_column_names() {
+    let (store, table, _guard) = postgres("gadget").await;
+    let schema = table.name.split('.').next().unwrap().to_owned();
+    let mut tx = store.begin().await.unwrap();
+    tx.execute(
+        &format!(
+            "CREATE TABLE \"{schema}\".\"Gadget Stock\" (\"Key\" UUID PRIMARY KEY, \
+             rev BIGINT NOT NULL, changed TIMESTAMPTZ NOT NULL, label TEXT NOT NULL)"
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let clock = Clock::new("2026-11-23 00:41:49.5+00:00");
+    let master = clock.master().register_with(
+        ModelOptions::<Gadget>::new()
+            .table(format!("{schema}.Gadget Stock"))
+            .pk_column("Key")
+            .pk_type("uuid")
+            .revision_column("rev")
+            .updated_column("changed"),
+    );
+    let mut gadget = Gadget {
+        key: uuid::Uuid::new_v4().to_string(),
+        rev: 7,
+        changed: clock.now(),
+        label: "g".into(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.execute(
+        &format!(
+            "INSERT INTO \"{schema}\".\"Gadget Stock\" VALUES (CAST($1 AS UUID), $2, now(), $3)"
+        ),
+        &[gadget.key.as_str().into(), gadget.rev.into(), "g".into()],
+    )
+    .await
+    .unwrap();
+    let saved = master.updated(&mut tx, &mut gadget).await.unwrap();
+    let changed = tx
+        .query(
+            &format!(
+                "SELECT rev, CAST(changed AS TEXT) = CAST(CAST($2 AS TIMESTAMPTZ) AS TEXT) \
+                 FROM \"{schema}\".\"Gadget Stock\" WHERE \"Key\" = CAST($1 AS UUID)"
+            ),
+            &[
+                gadget.key.as_str().into(),
+                "2026-11-23T00:41:49.5+00:00".into(),
+            ],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(saved.revision, 8);
+    assert_eq!(changed[0], vec![8i64.into(), true.into()]);
+    let message = CqrsMessage::from_body(&log(&*store).await[0].event.state).unwrap();
+    assert_eq!(message.instance_pk, json!(gadget.key));
+    assert_eq!(
+        serde_json::to_string(&message.instance_data).unwrap(),
+        format!(
+            r#"{{"key":"{}","rev":8,"changed":"2026-11-23 00:41:49.500000+00:00","label":"g","cqrs_revision":8,"cqrs_updated":"2026-11-23 00:41:49.500000+00:00"}}"#,
+            gadget.key
+        )
+    );
+}
