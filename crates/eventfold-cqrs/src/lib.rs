@@ -167,7 +167,9 @@
 //! `cqrs.<queue>.<cqrs_id>`, `dead_letter_<queue>` bound with
 //! `cqrs.dead_letter_<queue>.<cqrs_id>`, durable, no arguments), so messages written
 //! before the replica started wait in its queue. A queue that exists already is kept as it
-//! is, whatever arguments its replica declared it with.
+//! is, whatever arguments its replica declared it with. A hold stops everything behind it,
+//! so the messages of a model that no replica consumes yet belong on a route that parks
+//! them ([`master::CqrsRoute`] explains how).
 //!
 //! ```no_run
 //! # use std::sync::Arc;
