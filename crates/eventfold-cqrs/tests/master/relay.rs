@@ -147,8 +147,9 @@ async fn a_cold_start_loses_nothing() {
     }
     assert_eq!(raw.settled_count("replica").await, 50);
     assert_eq!(raw.count("dead_letter_replica").await, 0);
-    let metrics = running.relay.metrics();
+    let relay = running.relay.clone();
     running.stop().await;
+    let metrics = relay.metrics();
     assert_eq!((metrics.returned, metrics.parked), (0, 0));
 
     let delivered = raw.drain("replica").await;
@@ -310,4 +311,93 @@ async fn a_replica_queue_declared_with_arguments_is_kept_as_it_is() {
         "{queues}"
     );
     assert_eq!(raw.count("dead_letter_replica").await, 0);
+}
+
+/// A model no replica consumes, as its own record in the log.
+#[derive(serde::Serialize)]
+struct Audit {
+    id: i64,
+    cqrs_revision: i64,
+    #[serde(with = "eventfold_cqrs::master::datetime")]
+    cqrs_updated: chrono::DateTime<chrono::Utc>,
+}
+
+impl eventfold_cqrs::master::MasterModel for Audit {
+    const CQRS_ID: &'static str = "audit";
+    fn pk(&self) -> eventfold_cqrs::master::Pk {
+        self.id.into()
+    }
+    fn cqrs_revision(&self) -> i64 {
+        self.cqrs_revision
+    }
+    fn cqrs_updated(&self) -> chrono::DateTime<chrono::Utc> {
+        self.cqrs_updated
+    }
+    fn set_cqrs(&mut self, revision: i64, updated: chrono::DateTime<chrono::Utc>) {
+        self.cqrs_revision = revision;
+        self.cqrs_updated = updated;
+    }
+}
+
+#[tokio::test]
+async fn a_model_no_replica_consumes_is_parked_and_holds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, table) = file_store(&dir).await;
+    let clock = Clock::new("2026-11-23 00:41:49+00:00");
+    let master = clock
+        .master()
+        .register_with(ModelOptions::<Item>::new().table(&table.name))
+        .register::<Audit>();
+    let mut item = sample();
+    create(&*store, &table, &master, &mut item).await;
+    let mut audit = Audit {
+        id: 1,
+        cqrs_revision: 0,
+        cqrs_updated: clock.now(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    master.created(&mut tx, &mut audit).await.unwrap();
+    tx.commit().await.unwrap();
+    update(&*store, &table, &master, &mut item).await;
+
+    let vhost = TestVhost::with_prefix("ef-cqrs-test");
+    let relay = Relay::builder(store.clone(), &vhost.url(), "cqrs-master")
+        .unwrap()
+        .route(
+            master
+                .route()
+                .cqrs_ids(["audit"])
+                .unroutable(eventfold_relay::Unroutable::Park),
+        )
+        .route(master.route().replica_queue("replica", ["item"]))
+        .poll_interval(Duration::from_millis(50))
+        .build();
+    let running = Running::start(relay);
+    let raw = vhost.raw().await;
+    let start = Instant::now();
+    while raw.consumers("replica").await.is_none() || raw.count("replica").await < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the items did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Stopping finishes the batch in flight: its parked record is written by then.
+    let relay = running.relay.clone();
+    running.stop().await;
+    assert_eq!(relay.metrics().parked, 1);
+    assert_eq!(
+        Relay::status(&*store, "cqrs-master").await.unwrap().parked,
+        1
+    );
+    let keys: Vec<String> = raw
+        .drain("replica")
+        .await
+        .iter()
+        .map(|m| {
+            let message = eventfold_cqrs::wire::CqrsMessage::from_body(&m.delivery.data).unwrap();
+            format!("{}:{:?}", message.cqrs_id, message.revision())
+        })
+        .collect();
+    assert_eq!(keys, ["item:Some(0)", "item:Some(1)"]);
 }
