@@ -44,6 +44,18 @@ impl Running {
     }
 }
 
+/// Waits until `queue` exists (the relay declares it) and holds `n` messages.
+async fn wait_declared(raw: &eventfold_testkit::Raw, queue: &str, n: u32) {
+    let start = Instant::now();
+    while raw.consumers(queue).await.is_none() || raw.count(queue).await < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{queue} never held {n} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// An SQLite file store (the relay reads it from other connections) with the item table.
 async fn file_store(dir: &tempfile::TempDir) -> (Arc<dyn Store>, Table) {
     let store: Arc<dyn Store> =
@@ -137,14 +149,7 @@ async fn a_cold_start_loses_nothing() {
         .build();
     let running = Running::start(relay);
     let raw = vhost.raw().await;
-    let start = Instant::now();
-    while raw.consumers("replica").await.is_none() || raw.count("replica").await < 50 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "not all 50 arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_declared(&raw, "replica", 50).await;
     assert_eq!(raw.settled_count("replica").await, 50);
     assert_eq!(raw.count("dead_letter_replica").await, 0);
     let relay = running.relay.clone();
@@ -374,14 +379,7 @@ async fn a_model_no_replica_consumes_is_parked_and_holds_nothing() {
         .build();
     let running = Running::start(relay);
     let raw = vhost.raw().await;
-    let start = Instant::now();
-    while raw.consumers("replica").await.is_none() || raw.count("replica").await < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the items did not arrive"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_declared(&raw, "replica", 2).await;
     // Stopping finishes the batch in flight: its parked record is written by then.
     let relay = running.relay.clone();
     running.stop().await;
