@@ -29,6 +29,7 @@ pub use model::{Change, Fields, MasterModel, MetaContext, ModelOptions, Pk};
 pub use python::{date, datetime, optional_datetime};
 pub use record::{record_stream, CqrsRecord, CQRS_KEY};
 pub use route::CqrsRoute;
+pub use sql::datetime_param;
 
 use model::{downcast, serde_map, DeleteDataFn, ModelMetaFn, SerializeFn};
 
