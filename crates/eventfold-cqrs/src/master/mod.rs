@@ -176,7 +176,8 @@ impl<'a, M: MasterModel> Save<'a, M> {
         Self::new(Change::Deleted, instance)
     }
 
-    fn new(change: Change, instance: &'a mut M) -> Self {
+    /// A `change` of `instance` (for code that picks the kind at run time).
+    pub fn new(change: Change, instance: &'a mut M) -> Self {
         Save {
             change,
             instance,
