@@ -92,4 +92,4 @@ pub use consumer::{
 pub use error::{AmqpError, Result};
 pub use lapin::ExchangeKind;
 pub use message::{HeaderValue, Headers, IncomingMessage, OutgoingMessage};
-pub use publisher::{ConfirmedPublisher, Outcome, PublisherOptions};
+pub use publisher::{ConfirmedPublisher, ExclusiveQueue, Outcome, PublisherOptions};

@@ -74,7 +74,6 @@
 //! ```
 
 pub mod inbox;
-mod lock;
 mod records;
 mod relay;
 mod route;
@@ -106,13 +105,4 @@ pub enum RelayError {
     /// A record the relay wrote cannot be read back.
     #[error("unreadable relay record: {0}")]
     Record(String),
-}
-
-/// Replaces `password` in `text` (for texts that come from lapin directly).
-pub(crate) fn scrub(text: &str, password: &str) -> String {
-    if password.is_empty() {
-        text.to_owned()
-    } else {
-        text.replace(password, "***")
-    }
 }
