@@ -14,7 +14,8 @@
 //!   ([`OrderKey`]) picks its worker, so one key's messages are handled in order while other
 //!   keys run in parallel. A failing handler is retried in process, then the message is
 //!   dead-lettered to `<queue>.dead` with its reason; a body that is not JSON or too large
-//!   is dead-lettered at once. Nothing is acked before it was handled or dead-lettered.
+//!   is dead-lettered at once, and so is one that does not decode into the type of a
+//!   [`json_handler`]. Nothing is acked before it was handled or dead-lettered.
 //! * [`AmqpConfig`]: the broker URL, a connection name, the heartbeat. Its `Debug` and
 //!   `Display`, and every [`AmqpError`], show the URL with the password as `***`.
 //!
@@ -85,9 +86,9 @@ mod publisher;
 
 pub use config::{connections_opened, AmqpConfig};
 pub use consumer::{
-    Consumer, ConsumerOptions, ConsumerStats, Handler, HandlerError, KeyFn, OrderKey, RetryPolicy,
-    Subscription, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_QUEUE,
-    HEADER_ORIGINAL_ROUTING_KEY,
+    json_handler, Consumer, ConsumerOptions, ConsumerStats, Handler, HandlerError, JsonHandler,
+    KeyFn, OrderKey, RetryPolicy, Subscription, HEADER_ATTEMPTS, HEADER_ERROR,
+    HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY,
 };
 pub use error::{AmqpError, Result};
 pub use lapin::ExchangeKind;
