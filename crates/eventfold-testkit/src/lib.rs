@@ -5,7 +5,9 @@
 //! - [`Raw`]: a plain lapin channel on it, to declare, count, drain and wait for queues;
 //! - [`Proxy`]: a TCP proxy to the broker whose connections a test can cut at once, and
 //!   that can refuse new ones for a while;
-//! - [`message_id`]: the message id of a message taken from a queue.
+//! - [`message_id`]: the message id of a message taken from a queue;
+//! - [`nameko`]: the real nameko 2.14.1 (its Python, a `nameko run` service, scripts) for
+//!   the interop tests.
 //!
 //! Everything here panics on failure: it is for tests only.
 
@@ -20,6 +22,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+pub mod nameko;
 
 /// The broker (host and port) the tests use, and that [`Proxy`] forwards to.
 pub const HOST: &str = "127.0.0.1:5672";
