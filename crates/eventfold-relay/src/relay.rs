@@ -147,6 +147,8 @@ pub struct Relay {
     options: Options,
     counters: Arc<Counters>,
     last_error: Arc<Mutex<Option<String>>>,
+    /// The connection [`Relay::connect`] opened, for [`Relay::run`] to use.
+    opened: Mutex<Option<ConfirmedPublisher>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -245,8 +247,27 @@ impl Relay {
                 },
                 counters: Arc::default(),
                 last_error: Arc::default(),
+                opened: Mutex::new(None),
             },
         })
+    }
+
+    /// Opens the relay's connection now, so that a wrong URL, password or virtual host is
+    /// an error at once rather than an outage that [`Relay::run`] waits out. `run` then
+    /// publishes on this connection: it stays the relay's only one. Optional: `run` opens it
+    /// otherwise. Does nothing when it is open already.
+    pub async fn connect(&self) -> Result<(), RelayError> {
+        if self.opened_publisher().is_some() {
+            return Ok(());
+        }
+        let mut publisher = None;
+        self.connected(&mut publisher, false).await?;
+        *self.opened_publisher() = publisher;
+        Ok(())
+    }
+
+    fn opened_publisher(&self) -> std::sync::MutexGuard<'_, Option<ConfirmedPublisher>> {
+        self.opened.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The relay's name (its follower name in the store).
@@ -306,7 +327,7 @@ impl Relay {
     /// Returns an error only for a store error that is not transient.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
         tokio::pin!(shutdown);
-        let mut publisher: Option<ConfirmedPublisher> = None;
+        let mut publisher = self.opened_publisher().take();
         let mut outage = Outage::default();
         let mut retry = FIRST_RETRY;
         let mut standby = false;
@@ -611,7 +632,12 @@ impl Relay {
                         }
                     }
                     Ok(Outcome::Nacked) => {
-                        stall = Some(stuck(format!("notification {} nacked by the broker", n.id)));
+                        stall = Some(stuck(format!(
+                            "notification {} nacked by the broker (a queue refused it, \
+                             e.g. full with x-overflow reject-publish, or the broker could \
+                             not store it)",
+                            n.id
+                        )));
                         break;
                     }
                     Ok(other) => {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -109,6 +109,28 @@ impl TestVhost {
     /// The URL of this vhost (as guest/guest) through `host` (the broker or a [`Proxy`]).
     pub fn url_via(&self, host: &str) -> String {
         format!("amqp://guest:guest@{host}/{}", self.name)
+    }
+
+    /// Sets the policy `name` on the queues of this vhost whose name matches `pattern` (a
+    /// regular expression); `definition` is its JSON, e.g.
+    /// `{"max-length": 5, "overflow": "reject-publish"}` (a queue that makes the broker nack
+    /// what does not fit). Deleted with the vhost.
+    pub fn set_queue_policy(&self, name: &str, pattern: &str, definition: &serde_json::Value) {
+        rabbitmqctl_out(&[
+            "set_policy",
+            "-p",
+            &self.name,
+            "--apply-to",
+            "queues",
+            name,
+            pattern,
+            &definition.to_string(),
+        ]);
+    }
+
+    /// Removes the policy `name`.
+    pub fn clear_policy(&self, name: &str) {
+        rabbitmqctl_out(&["clear_policy", "-p", &self.name, name]);
     }
 
     /// The `connection_name` client property of every connection open on this vhost now
@@ -238,30 +260,6 @@ impl Raw {
     pub async fn topic_bound_queue(&self, queue: &str, exchange: &str, routing_key: &str) {
         self.topic_exchange(exchange).await;
         self.bound_queue(queue, exchange, routing_key).await;
-    }
-
-    /// Declares the exchange (durable topic) and a durable queue bound to it that holds at
-    /// most `max_length` messages and makes the broker **nack** publishes beyond that
-    /// (`x-overflow: reject-publish`).
-    pub async fn bounded_topic_queue(
-        &self,
-        queue: &str,
-        exchange: &str,
-        routing_key: &str,
-        max_length: i32,
-    ) {
-        let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), AMQPValue::LongInt(max_length));
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
-        self.topic_exchange(exchange).await;
-        self.channel
-            .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
-            .await
-            .unwrap();
-        self.bind(queue, exchange, routing_key).await;
     }
 
     /// Tries to declare the exclusive queue `queue` on this connection, as a relay takes
