@@ -6,7 +6,9 @@
 //!   [`Outcome::Returned`] when no queue is bound, [`Outcome::Nacked`]); a publish to a
 //!   missing exchange is [`AmqpError::NotFound`], a lost connection
 //!   [`AmqpError::Unavailable`] (then [`ConfirmedPublisher::reconnect`]). Up to a window of
-//!   publishes (256) are in flight: not one round trip per message.
+//!   publishes (256) are in flight: not one round trip per message. Its connection can
+//!   also hold an exclusive queue as a lock ([`ConfirmedPublisher::hold_exclusive_queue`]),
+//!   lost with the connection it was published on.
 //! * [`nameko`]: the wire format of nameko's `event_dispatcher` (exchange
 //!   `<service>.events`, routing key = event type, the body as Python's `json.dumps` writes
 //!   it, `nameko.*` headers) and the queue names of its `@event_handler`s.

@@ -377,8 +377,6 @@ impl Relay {
             match end {
                 Ok(LeadEnd::Shutdown) => break Ok(()),
                 Ok(LeadEnd::ConnectionLost) => {
-                    // Reconnect at once: `lead` already paused, and a failed reconnect
-                    // pauses above.
                     stale = true;
                     self.stalled(
                         &mut outage,
@@ -386,6 +384,11 @@ impl Relay {
                         0,
                     )
                     .await;
+                    // Also when `lead` paused already: a connection that dies as soon as
+                    // it is made must not make a reconnect loop without a pause.
+                    if Self::pause(&mut shutdown, &mut retry).await {
+                        break Ok(());
+                    }
                 }
                 Err(e) => break Err(e),
             }
