@@ -269,6 +269,79 @@ where
     }
 }
 
+/// A [`Handler`] that decodes the body as JSON into `T` before calling `handler` with it
+/// (and the message, for its id, headers and routing key).
+///
+/// A body that does not decode into `T` (JSON of another shape: a missing field, a string
+/// where a number belongs) is a [`HandlerError::permanent`] failure: retrying cannot fix
+/// it, so the message is dead-lettered at once, with the type and serde's reason in its
+/// `x-eventfold-error` header, and the consumer goes on. (A body that is not JSON at all
+/// never reaches a handler: the consumer dead-letters it first.)
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use eventfold_amqp::{json_handler, HandlerError, IncomingMessage};
+/// #[derive(serde::Deserialize)]
+/// struct OrderCreated {
+///     id: i64,
+///     amount: String,
+/// }
+///
+/// let handler = json_handler(|order: OrderCreated, m: Arc<IncomingMessage>| async move {
+///     println!("order {} for {} ({:?})", order.id, order.amount, m.message_id);
+///     Ok::<(), HandlerError>(())
+/// });
+/// # let _ = handler;
+/// ```
+pub fn json_handler<T, F, Fut>(handler: F) -> JsonHandler<T, F>
+where
+    T: serde::de::DeserializeOwned + 'static,
+    F: Fn(T, Arc<IncomingMessage>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), HandlerError>> + Send,
+{
+    JsonHandler {
+        handler,
+        decoded: std::marker::PhantomData,
+    }
+}
+
+/// The handler [`json_handler`] makes.
+pub struct JsonHandler<T, F> {
+    handler: F,
+    decoded: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T, F> std::fmt::Debug for JsonHandler<T, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonHandler")
+            .field("decodes", &std::any::type_name::<T>())
+            .finish()
+    }
+}
+
+impl<T, F, Fut> Handler for JsonHandler<T, F>
+where
+    T: serde::de::DeserializeOwned + 'static,
+    F: Fn(T, Arc<IncomingMessage>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), HandlerError>> + Send,
+{
+    fn handle(
+        &self,
+        message: Arc<IncomingMessage>,
+    ) -> impl Future<Output = std::result::Result<(), HandlerError>> + Send {
+        let run = message
+            .json::<T>()
+            .map(|decoded| (self.handler)(decoded, Arc::clone(&message)))
+            .map_err(|e| {
+                HandlerError::permanent(format!(
+                    "body does not decode as {}: {e}",
+                    std::any::type_name::<T>()
+                ))
+            });
+        async move { run?.await }
+    }
+}
+
 /// What a consumer has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConsumerStats {
@@ -580,7 +653,16 @@ async fn process<H: Handler>(shared: &Shared<H>, job: Job) {
         );
         return dead_letter(shared, &message, &acker, &reason, 0).await;
     }
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&message.body) {
+    // JSON is UTF-8 (RFC 8259), but serde_json skips the bytes of a string it ignores
+    // without checking them: check the text first.
+    let text = match std::str::from_utf8(&message.body) {
+        Ok(text) => text,
+        Err(e) => {
+            let reason = format!("body is not valid JSON: not UTF-8 ({e})");
+            return dead_letter(shared, &message, &acker, &reason, 0).await;
+        }
+    };
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
         let reason = format!("body is not valid JSON: {e}");
         return dead_letter(shared, &message, &acker, &reason, 0).await;
     }

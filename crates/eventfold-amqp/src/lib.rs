@@ -6,7 +6,9 @@
 //!   [`Outcome::Returned`] when no queue is bound, [`Outcome::Nacked`]); a publish to a
 //!   missing exchange is [`AmqpError::NotFound`], a lost connection
 //!   [`AmqpError::Unavailable`] (then [`ConfirmedPublisher::reconnect`]). Up to a window of
-//!   publishes (256) are in flight: not one round trip per message.
+//!   publishes (256) are in flight: not one round trip per message. Its connection can
+//!   also hold an exclusive queue as a lock ([`ConfirmedPublisher::hold_exclusive_queue`]),
+//!   lost with the connection it was published on.
 //! * [`nameko`]: the wire format of nameko's `event_dispatcher` (exchange
 //!   `<service>.events`, routing key = event type, the body as Python's `json.dumps` writes
 //!   it, `nameko.*` headers) and the queue names of its `@event_handler`s.
@@ -14,7 +16,8 @@
 //!   ([`OrderKey`]) picks its worker, so one key's messages are handled in order while other
 //!   keys run in parallel. A failing handler is retried in process, then the message is
 //!   dead-lettered to `<queue>.dead` with its reason; a body that is not JSON or too large
-//!   is dead-lettered at once. Nothing is acked before it was handled or dead-lettered.
+//!   is dead-lettered at once, and so is one that does not decode into the type of a
+//!   [`json_handler`]. Nothing is acked before it was handled or dead-lettered.
 //! * [`AmqpConfig`]: the broker URL, a connection name, the heartbeat. Its `Debug` and
 //!   `Display`, and every [`AmqpError`], show the URL with the password as `***`.
 //!
@@ -85,11 +88,11 @@ mod publisher;
 
 pub use config::{connections_opened, AmqpConfig};
 pub use consumer::{
-    Consumer, ConsumerOptions, ConsumerStats, Handler, HandlerError, KeyFn, OrderKey, RetryPolicy,
-    Subscription, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_QUEUE,
-    HEADER_ORIGINAL_ROUTING_KEY,
+    json_handler, Consumer, ConsumerOptions, ConsumerStats, Handler, HandlerError, JsonHandler,
+    KeyFn, OrderKey, RetryPolicy, Subscription, HEADER_ATTEMPTS, HEADER_ERROR,
+    HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY,
 };
 pub use error::{AmqpError, Result};
 pub use lapin::ExchangeKind;
 pub use message::{HeaderValue, Headers, IncomingMessage, OutgoingMessage};
-pub use publisher::{ConfirmedPublisher, Outcome, PublisherOptions};
+pub use publisher::{ConfirmedPublisher, ExclusiveQueue, Outcome, PublisherOptions};

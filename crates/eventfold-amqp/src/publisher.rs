@@ -8,6 +8,7 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use lapin::{Confirmation, ExchangeKind, PublisherConfirm};
 use tokio::sync::Mutex;
@@ -65,6 +66,28 @@ impl Default for PublisherOptions {
 struct Link {
     conn: Arc<lapin::Connection>,
     channel: lapin::Channel,
+    /// Which of the publisher's connections this is (a reconnect makes a new one).
+    id: u64,
+}
+
+/// An exclusive queue that a [`ConfirmedPublisher`]'s connection declared
+/// ([`ConfirmedPublisher::hold_exclusive_queue`]): a lock that only one connection of the
+/// broker can hold, released by the broker when that connection closes or dies.
+///
+/// It belongs to the connection, not to the publisher: after
+/// [`ConfirmedPublisher::reconnect`], [`ConfirmedPublisher::holds`] is `false` and the queue
+/// must be declared again (another connection may have taken it meanwhile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExclusiveQueue {
+    name: String,
+    connection: u64,
+}
+
+impl ExclusiveQueue {
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// A publisher on one connection and one channel in confirm mode.
@@ -207,7 +230,11 @@ impl ConfirmedPublisher {
                 window: window.max(1),
                 role: "dead-letters".to_owned(),
             },
-            link: Mutex::new(Some(Link { conn, channel })),
+            link: Mutex::new(Some(Link {
+                conn,
+                channel,
+                id: 0,
+            })),
             batch: Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
@@ -223,11 +250,87 @@ impl ConfirmedPublisher {
         if let Some(old) = link.take() {
             let _ = old.conn.close(200, "reconnecting".into()).await;
         }
-        self.connections_opened.fetch_add(1, Ordering::Relaxed);
+        let id = self.connections_opened.fetch_add(1, Ordering::Relaxed) + 1;
         let conn = Arc::new(self.config.connect(&self.options.role).await?);
         let channel = confirm_channel(&self.config, &conn).await?;
-        *link = Some(Link { conn, channel });
+        *link = Some(Link { conn, channel, id });
         Ok(())
+    }
+
+    /// Whether the publisher has a connection that is open (as far as the client knows: a
+    /// dead peer is noticed at the next I/O error or missed heartbeat).
+    pub async fn is_connected(&self) -> bool {
+        self.link
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|link| link.conn.status().connected())
+    }
+
+    /// Declares the exclusive queue `name` on this publisher's own connection (on a
+    /// short-lived channel of it, so that a refusal does not close the publishing channel).
+    ///
+    /// The broker lets one connection at a time hold an exclusive queue and deletes it when
+    /// that connection closes or dies, so the queue is a lock tied to the very connection
+    /// the messages go out on: losing the lock and losing the ability to publish are one
+    /// event. Returns `Ok(None)` when another connection holds it (405 `RESOURCE_LOCKED`).
+    /// Declaring it again on the connection that holds it succeeds.
+    pub async fn hold_exclusive_queue(&self, name: &str) -> Result<Option<ExclusiveQueue>> {
+        let queue = short("queue", name)?;
+        let (conn, connection) = {
+            let guard = self.link.lock().await;
+            let Some(link) = guard.as_ref() else {
+                return Err(AmqpError::Closed { what: "publisher" });
+            };
+            (Arc::clone(&link.conn), link.id)
+        };
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| self.config.error(&e))?;
+        let declared = channel
+            .queue_declare(
+                queue,
+                QueueDeclareOptions {
+                    exclusive: true,
+                    durable: false,
+                    auto_delete: false,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => {
+                let _ = channel.close(200, "declared".into()).await;
+                Ok(Some(ExclusiveQueue {
+                    name: name.to_owned(),
+                    connection,
+                }))
+            }
+            Err(e) => match e.kind() {
+                lapin::ErrorKind::ProtocolError(amqp)
+                    if matches!(
+                        amqp.kind(),
+                        AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)
+                    ) =>
+                {
+                    Ok(None)
+                }
+                _ => Err(self.config.error(&e)),
+            },
+        }
+    }
+
+    /// Whether `queue` is still held: it was declared on the publisher's current connection
+    /// and that connection is open. `false` after a lost connection or a
+    /// [`Self::reconnect`], even if the new connection could take the queue again.
+    pub async fn holds(&self, queue: &ExclusiveQueue) -> bool {
+        self.link
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|link| link.id == queue.connection && link.conn.status().connected())
     }
 
     /// How many connections this publisher has opened (1 + successful or failed reconnects).

@@ -168,7 +168,10 @@ async fn run_relay(store: &StoreArgs, args: &RunArgs) -> anyhow::Result<()> {
     if !args.nameko_services.is_empty() {
         changes = changes.services(args.nameko_services.iter().cloned());
     }
-    let mut builder = Relay::builder(log.clone(), &args.amqp.amqp_url, name.clone())?
+    let amqp = AmqpConfig::from_url(&args.amqp.amqp_url)?
+        .with_connection_name(format!("eventfold-relay-{name}"));
+    let endpoint = amqp.redacted_url();
+    let mut builder = Relay::with_config(log.clone(), amqp, name.clone())?
         .route(changes)
         .batch_size(args.batch_size)
         .window(args.window);
@@ -180,9 +183,13 @@ async fn run_relay(store: &StoreArgs, args: &RunArgs) -> anyhow::Result<()> {
         builder = builder.route(route);
     }
     let relay = builder.build();
-    let amqp = connect_check(&args.amqp.amqp_url, name).await?;
-    let endpoint = amqp.redacted_url();
-    outln!("relay {name}: connecting to {endpoint}")?;
+    // The relay's own connection, opened now: a wrong URL, password or port is an error at
+    // once, and the relay stays one connection.
+    relay
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the broker at {endpoint}"))?;
+    outln!("relay {name}: connected to {endpoint}")?;
 
     let shutdown = async {
         let signal = signals.recv().await;

@@ -610,3 +610,89 @@ async fn domain_events_without_a_queue_are_parked_listed_and_republished() {
     }
     assert_eq!(status_json(&db.path, "w")["parked"], 0);
 }
+
+/// `eventfold relay status` (text and JSON) until its last error is `ongoing`; the text.
+async fn wait_last_error(db: &Path, relay: &str, ongoing: bool) -> (String, serde_json::Value) {
+    let start = Instant::now();
+    loop {
+        let json = status_json(db, relay);
+        if json["last_error"]["ongoing"] == ongoing {
+            let out = text(&eventfold(db, &["relay", "status", "--name", relay]));
+            return (out, json);
+        }
+        assert!(
+            start.elapsed() < T,
+            "no last error ongoing={ongoing}: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn last_error_line(out: &str) -> &str {
+    out.lines()
+        .find(|l| l.starts_with("last error:"))
+        .unwrap_or_else(|| panic!("no last error line: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_why_the_relay_is_stuck_nacked_or_held_and_when_it_recovered() {
+    let db = Db::new();
+    let records = db.orders(10, 10).await;
+    let head = records.last().unwrap().0;
+
+    // Nacks: a queue with room for 2 that refuses the rest.
+    let vhost = test_vhost();
+    vhost.set_queue_policy(
+        "room-for-2",
+        &format!("^{}$", Q.replace('.', "\\.")),
+        &serde_json::json!({"max-length": 2, "overflow": "reject-publish"}),
+    );
+    let raw = vhost.raw().await;
+    raw.topic_bound_queue(Q, "orders.events", "order__created")
+        .await;
+    let relay = RelayProcess::start(&db.path, &vhost.url(), "stuck");
+    let (out, json) = wait_last_error(&db.path, "stuck", true).await;
+    let line = last_error_line(&out);
+    let nacked = format!("notification {} nacked by the broker", records[2].0);
+    assert!(line.contains(&nacked), "{out}");
+    assert!(line.contains("reject-publish"), "{out}");
+    assert!(line.ends_with("(ongoing)"), "{out}");
+    assert!(json["last_error"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains(&nacked));
+    assert_eq!(json["position"], records[1].0);
+    vhost.clear_policy("room-for-2");
+    db.wait_position("stuck", head).await;
+    let (out, _) = wait_last_error(&db.path, "stuck", false).await;
+    assert!(last_error_line(&out).ends_with("(recovered)"), "{out}");
+    let (status, output) = relay.terminate(T).await;
+    assert!(status.success(), "{output}");
+    assert_eq!(raw.drain(Q).await.len(), 10);
+
+    // A hold (a route with Unroutable::Hold, run in process on the same store): no queue.
+    let bare = test_vhost();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&SqliteConfig::new(&db.path)).unwrap());
+    let held = eventfold_relay::Relay::builder(store, &bare.url(), "held")
+        .unwrap()
+        .route(eventfold_relay::NamekoChanges::new().unroutable(eventfold_relay::Unroutable::Hold))
+        .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        held.run(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let (out, json) = wait_last_error(&db.path, "held", true).await;
+    let line = last_error_line(&out);
+    let reason = format!(
+        "held at notification {}: unroutable (312 NO_ROUTE)",
+        records[0].0
+    );
+    assert!(line.contains(&reason), "{out}");
+    assert!(line.ends_with("(ongoing)"), "{out}");
+    assert_eq!(json["position"], 0);
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}

@@ -34,12 +34,14 @@
 //!   at warn once per outage and at info when it is over, and recorded once per outage as
 //!   an [`ERROR_TOPIC`] record (then a [`RECOVERED_TOPIC`] one) in stream
 //!   `eventfold.relay.status:<relay>`, so [`Relay::status`] shows it from any process.
-//! * **One publisher per log**: a relay publishes only while it holds the exclusive queue
-//!   `eventfold.relay.lock.<name>` on a connection of its own; the others are standbys
-//!   that try every second, and take over when the leader's connection dies (the broker
-//!   deletes an exclusive queue with its connection).
+//! * **One publisher per log, one connection per relay**: a relay publishes only while it
+//!   holds the exclusive queue `eventfold.relay.lock.<name>`, declared on the very
+//!   connection it publishes on, so losing the lock and losing the ability to publish are
+//!   one event; after a reconnect it takes the lock again before publishing. The others are
+//!   standbys that try every second, and take over when the leader's connection dies (the
+//!   broker deletes an exclusive queue with its connection).
 //! * **Shutdown**: when the shutdown future resolves, the batch in flight is finished
-//!   (confirms awaited, position moved), then the connections are closed.
+//!   (confirms awaited, position moved), then the connection is closed.
 //! * The AMQP password never appears in a log line or an error.
 //!
 //! On the consumer side, [`inbox::Inbox`] makes a handler's writes happen once per message
@@ -76,7 +78,6 @@
 //! ```
 
 pub mod inbox;
-mod lock;
 mod records;
 mod relay;
 mod route;
@@ -109,13 +110,4 @@ pub enum RelayError {
     /// A record the relay wrote cannot be read back.
     #[error("unreadable relay record: {0}")]
     Record(String),
-}
-
-/// Replaces `password` in `text` (for texts that come from lapin directly).
-pub(crate) fn scrub(text: &str, password: &str) -> String {
-    if password.is_empty() {
-        text.to_owned()
-    } else {
-        text.replace(password, "***")
-    }
 }

@@ -7,18 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventfold_amqp::{
-    AmqpConfig, AmqpError, ConfirmedPublisher, Outcome, OutgoingMessage, PublisherOptions,
+    AmqpConfig, AmqpError, ConfirmedPublisher, ExclusiveQueue, Outcome, OutgoingMessage,
+    PublisherOptions,
 };
 use eventfold_core::{
     Conflict, Error as StoreError, Notification, NotificationQuery, Recording, Store, Tracking,
 };
 
-use crate::lock::{Lock, LockTarget};
 use crate::records::{
     outage_record, ParkedMessage, ERROR_TOPIC, RECOVERED_TOPIC, RELAY_TOPIC_PREFIX,
 };
 use crate::route::{Route, Unroutable};
-use crate::{scrub, RelayError, RelayStatus, RepublishReport};
+use crate::{RelayError, RelayStatus, RepublishReport};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
@@ -39,9 +39,10 @@ pub struct RelayMetrics {
     pub nacked: u64,
     /// Notifications no route claimed (and the relay's own records).
     pub skipped: u64,
-    /// Successful reconnects of the publisher after a lost connection.
+    /// Successful reconnects after a lost connection.
     pub reconnects: u64,
-    /// AMQP connections opened (publisher and lock, reconnects included).
+    /// AMQP connections opened (attempts included). The relay has one connection, for its
+    /// lock and its publishes: 1 for a run without outage.
     pub connections_opened: u64,
     /// Batches whose position move was committed.
     pub batches: u64,
@@ -121,11 +122,9 @@ impl RelayBuilder {
         self
     }
 
-    /// The connection name prefix (default `eventfold-relay-<name>`): the publisher's
-    /// connection is `<prefix>/relay`, the lock's `<prefix>/relay-lock`.
+    /// The connection name prefix (default `eventfold-relay-<name>` with
+    /// [`Relay::builder`]): the relay's one connection is `<prefix>/relay`.
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
-        let name = name.into();
-        self.relay.lock.connection_name = format!("{name}/relay-lock");
         self.relay.amqp = self.relay.amqp.with_connection_name(name);
         self
     }
@@ -141,12 +140,15 @@ impl RelayBuilder {
 pub struct Relay {
     store: Arc<dyn Store>,
     amqp: AmqpConfig,
-    lock: LockTarget,
+    /// The exclusive queue that makes the relay the leader: `eventfold.relay.lock.<name>`.
+    lock_queue: String,
     name: String,
     routes: Vec<Arc<dyn Route>>,
     options: Options,
     counters: Arc<Counters>,
     last_error: Arc<Mutex<Option<String>>>,
+    /// The connection [`Relay::connect`] opened, for [`Relay::run`] to use.
+    opened: Mutex<Option<ConfirmedPublisher>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -163,30 +165,6 @@ impl std::fmt::Debug for Relay {
     }
 }
 
-/// Parses an AMQP URL for the lock connection, with the password scrubbed from errors.
-fn lock_target(url: &str, name: &str) -> Result<(AmqpConfig, LockTarget), RelayError> {
-    let amqp = AmqpConfig::from_url(url)?;
-    let mut uri: lapin::uri::AMQPUri = url
-        .parse()
-        .map_err(|_| RelayError::Config("not an AMQP URL".to_owned()))?;
-    if uri.vhost.is_empty() {
-        uri.vhost = "/".to_owned();
-    }
-    uri.query.heartbeat.get_or_insert(amqp.heartbeat());
-    uri.query
-        .connection_timeout
-        .get_or_insert(AmqpConfig::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64);
-    let connection_name = format!("eventfold-relay-{name}");
-    let target = LockTarget {
-        password: uri.authority.userinfo.password.clone(),
-        uri,
-        endpoint: amqp.redacted_url(),
-        connection_name: format!("{connection_name}/relay-lock"),
-        queue: format!("eventfold.relay.lock.{name}"),
-    };
-    Ok((amqp.with_connection_name(connection_name), target))
-}
-
 /// Where a relay's outage stands: logged and recorded once, when it begins and ends.
 #[derive(Default)]
 struct Outage {
@@ -195,7 +173,9 @@ struct Outage {
 
 enum LeadEnd {
     Shutdown,
-    LockLost,
+    /// The connection is lost or unusable, and the lock with it: reconnect, then take the
+    /// lock again before publishing.
+    ConnectionLost,
 }
 
 /// What a step did.
@@ -227,13 +207,23 @@ impl Relay {
     /// `eventfold.relay.lock.<name>`, its message ids `<name>:<notification id>`), following
     /// `store` and publishing to the broker at `amqp_url`
     /// (`amqp://user:password@host:port/vhost`; the password never appears in a log or
-    /// error).
-    ///
-    /// It takes a URL rather than an [`AmqpConfig`] because the leader lock needs a plain
-    /// lapin connection, and `AmqpConfig` does not give its credentials out.
+    /// error). Its connection is named `eventfold-relay-<name>/relay`.
     pub fn builder(
         store: Arc<dyn Store>,
         amqp_url: &str,
+        name: impl Into<String>,
+    ) -> Result<RelayBuilder, RelayError> {
+        let name = name.into();
+        let amqp =
+            AmqpConfig::from_url(amqp_url)?.with_connection_name(format!("eventfold-relay-{name}"));
+        Self::with_config(store, amqp, name)
+    }
+
+    /// As [`Relay::builder`], with a broker configuration of the caller's (its connection
+    /// name is kept: the connection is `<connection name>/relay`).
+    pub fn with_config(
+        store: Arc<dyn Store>,
+        amqp: AmqpConfig,
         name: impl Into<String>,
     ) -> Result<RelayBuilder, RelayError> {
         let name = name.into();
@@ -242,12 +232,11 @@ impl Relay {
                 "the relay name must be 1 to 200 bytes".to_owned(),
             ));
         }
-        let (amqp, lock) = lock_target(amqp_url, &name)?;
         Ok(RelayBuilder {
             relay: Relay {
                 store,
                 amqp,
-                lock,
+                lock_queue: format!("eventfold.relay.lock.{name}"),
                 name,
                 routes: Vec::new(),
                 options: Options {
@@ -258,8 +247,27 @@ impl Relay {
                 },
                 counters: Arc::default(),
                 last_error: Arc::default(),
+                opened: Mutex::new(None),
             },
         })
+    }
+
+    /// Opens the relay's connection now, so that a wrong URL, password or virtual host is
+    /// an error at once rather than an outage that [`Relay::run`] waits out. `run` then
+    /// publishes on this connection: it stays the relay's only one. Optional: `run` opens it
+    /// otherwise. Does nothing when it is open already.
+    pub async fn connect(&self) -> Result<(), RelayError> {
+        if self.opened_publisher().is_some() {
+            return Ok(());
+        }
+        let mut publisher = None;
+        self.connected(&mut publisher, false).await?;
+        *self.opened_publisher() = publisher;
+        Ok(())
+    }
+
+    fn opened_publisher(&self) -> std::sync::MutexGuard<'_, Option<ConfirmedPublisher>> {
+        self.opened.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The relay's name (its follower name in the store).
@@ -309,90 +317,75 @@ impl Relay {
         crate::records::republish_parked(store, amqp, relay).await
     }
 
-    /// Runs until `shutdown` resolves: takes the leader lock (or waits as a standby,
-    /// trying every second), then publishes from its position, waking on the store's
-    /// wake-ups and polling. Broker outages are waited out (100 ms doubling to 5 s), logged
-    /// once each. On `shutdown`, the batch in flight is finished (its confirms awaited,
-    /// its position moved), then the connections close.
+    /// Runs until `shutdown` resolves: opens its one connection, takes the leader lock on
+    /// it (or waits as a standby, trying every second), then publishes from its position,
+    /// waking on the store's wake-ups and polling. Broker outages are waited out (100 ms
+    /// doubling to 5 s), logged once each; after a reconnect the lock is taken again before
+    /// anything is published. On `shutdown`, the batch in flight is finished (its confirms
+    /// awaited, its position moved), then the connection closes.
     ///
     /// Returns an error only for a store error that is not transient.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
         tokio::pin!(shutdown);
-        let mut lock = Lock::new(self.lock.clone());
+        let mut publisher = self.opened_publisher().take();
         let mut outage = Outage::default();
         let mut retry = FIRST_RETRY;
         let mut standby = false;
-        let result = 'outer: loop {
-            match lock.try_acquire().await {
-                Ok((held, opened)) => {
-                    if opened {
-                        add(&self.counters.connections_opened, 1);
+        // The connection failed under us: open a new one even if the client still thinks
+        // the old one is up.
+        let mut stale = false;
+        let result = loop {
+            if let Err(e) = self.connected(&mut publisher, stale).await {
+                self.stalled(&mut outage, &e.to_string(), 0).await;
+                if Self::pause(&mut shutdown, &mut retry).await {
+                    break Ok(());
+                }
+                continue;
+            }
+            stale = false;
+            let p = publisher.as_ref().expect("connected above");
+            let lock = match p.hold_exclusive_queue(&self.lock_queue).await {
+                Ok(Some(lock)) => lock,
+                Ok(None) => {
+                    if !standby {
+                        tracing::info!(relay = %self.name, "relay is standby: another relay holds the lock");
+                        standby = true;
+                        self.counters.standby.store(true, Ordering::Relaxed);
                     }
-                    if !held {
-                        if !standby {
-                            tracing::info!(relay = %self.name, "relay is standby: another relay holds the lock");
-                            standby = true;
-                            self.counters.standby.store(true, Ordering::Relaxed);
-                        }
-                        self.recovered(&mut outage).await;
-                        tokio::select! {
-                            () = &mut shutdown => break 'outer Ok(()),
-                            () = tokio::time::sleep(self.options.lock_retry) => continue,
-                        }
+                    self.recovered(&mut outage).await;
+                    tokio::select! {
+                        () = &mut shutdown => break Ok(()),
+                        () = tokio::time::sleep(self.options.lock_retry) => continue,
                     }
                 }
                 Err(e) => {
+                    stale = e.is_unavailable();
                     self.stalled(&mut outage, &e.to_string(), 0).await;
                     if Self::pause(&mut shutdown, &mut retry).await {
-                        break 'outer Ok(());
+                        break Ok(());
                     }
                     continue;
                 }
-            }
+            };
             standby = false;
             self.counters.standby.store(false, Ordering::Relaxed);
             tracing::info!(relay = %self.name, "relay is leader");
             self.counters.leader.store(true, Ordering::Relaxed);
-            let publisher = loop {
-                add(&self.counters.connections_opened, 1);
-                let options = PublisherOptions {
-                    window: self.options.window,
-                    role: "relay".to_owned(),
-                };
-                match ConfirmedPublisher::connect(self.amqp.clone(), options).await {
-                    Ok(p) => break Some(p),
-                    Err(e) => {
-                        self.stalled(&mut outage, &e.to_string(), 0).await;
-                        if Self::pause(&mut shutdown, &mut retry).await {
-                            break None;
-                        }
-                        if !lock.held() {
-                            break None;
-                        }
-                    }
-                }
-            };
-            let end = match &publisher {
-                Some(p) => {
-                    retry = FIRST_RETRY;
-                    self.lead(p, &lock, &mut shutdown, &mut outage).await
-                }
-                None => Ok(LeadEnd::LockLost),
-            };
-            if let Some(p) = publisher {
-                let _ = p.close().await;
-            }
+            retry = FIRST_RETRY;
+            let end = self.lead(p, &lock, &mut shutdown, &mut outage).await;
             self.counters.leader.store(false, Ordering::Relaxed);
-            lock.release().await;
             match end {
                 Ok(LeadEnd::Shutdown) => break Ok(()),
-                Ok(LeadEnd::LockLost) => {
+                Ok(LeadEnd::ConnectionLost) => {
+                    stale = true;
                     self.stalled(
                         &mut outage,
-                        "lost the leader lock (its connection closed)",
+                        "lost the connection, and the leader lock with it",
                         0,
                     )
                     .await;
+                    // Also when `lead` paused already: a connection that dies as soon as
+                    // it is made must not make a reconnect loop without a pause.
                     if Self::pause(&mut shutdown, &mut retry).await {
                         break Ok(());
                     }
@@ -400,10 +393,40 @@ impl Relay {
                 Err(e) => break Err(e),
             }
         };
-        lock.release().await;
+        if let Some(p) = publisher {
+            // Closing the connection releases the lock: the broker deletes the queue.
+            let _ = p.close().await;
+        }
         self.counters.leader.store(false, Ordering::Relaxed);
         self.counters.standby.store(false, Ordering::Relaxed);
         result
+    }
+
+    /// Makes sure the relay has an open connection: the first one, or a new one when the
+    /// current one is lost (or `stale`).
+    async fn connected(
+        &self,
+        publisher: &mut Option<ConfirmedPublisher>,
+        stale: bool,
+    ) -> Result<(), AmqpError> {
+        match publisher {
+            Some(p) if !stale && p.is_connected().await => Ok(()),
+            Some(p) => {
+                add(&self.counters.connections_opened, 1);
+                p.reconnect().await?;
+                add(&self.counters.reconnects, 1);
+                Ok(())
+            }
+            None => {
+                add(&self.counters.connections_opened, 1);
+                let options = PublisherOptions {
+                    window: self.options.window,
+                    role: "relay".to_owned(),
+                };
+                *publisher = Some(ConfirmedPublisher::connect(self.amqp.clone(), options).await?);
+                Ok(())
+            }
+        }
     }
 
     /// Sleeps `retry` (then doubles it, up to 5 s); true when `shutdown` came first.
@@ -419,11 +442,11 @@ impl Relay {
         }
     }
 
-    /// Publishes while the lock is held.
+    /// Publishes while the lock is held, on the connection that holds it.
     async fn lead(
         &self,
         publisher: &ConfirmedPublisher,
-        lock: &Lock,
+        lock: &ExclusiveQueue,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
         outage: &mut Outage,
     ) -> Result<LeadEnd, RelayError> {
@@ -432,9 +455,9 @@ impl Relay {
         let mut retry = FIRST_RETRY;
         let mut until: Option<u64> = None;
         loop {
-            if !lock.held() {
-                tracing::warn!(relay = %self.name, "relay lost the leader lock (its connection closed)");
-                return Ok(LeadEnd::LockLost);
+            if !publisher.holds(lock).await {
+                tracing::warn!(relay = %self.name, "relay lost its connection, and the leader lock with it");
+                return Ok(LeadEnd::ConnectionLost);
             }
             let notified = wakeups.as_ref().map(|w| w.notified());
             tokio::pin!(notified);
@@ -469,25 +492,8 @@ impl Relay {
                     return Ok(LeadEnd::Shutdown);
                 }
                 if stall.unavailable {
-                    loop {
-                        if !lock.held() {
-                            return Ok(LeadEnd::LockLost);
-                        }
-                        add(&self.counters.connections_opened, 1);
-                        match publisher.reconnect().await {
-                            Ok(()) => {
-                                add(&self.counters.reconnects, 1);
-                                declared.clear();
-                                break;
-                            }
-                            Err(e) => {
-                                self.stalled(outage, &e.to_string(), stall.at).await;
-                                if Self::pause(shutdown, &mut retry).await {
-                                    return Ok(LeadEnd::Shutdown);
-                                }
-                            }
-                        }
-                    }
+                    // A new connection holds no lock: the caller takes it again first.
+                    return Ok(LeadEnd::ConnectionLost);
                 }
                 continue;
             }
@@ -633,7 +639,12 @@ impl Relay {
                         }
                     }
                     Ok(Outcome::Nacked) => {
-                        stall = Some(stuck(format!("notification {} nacked by the broker", n.id)));
+                        stall = Some(stuck(format!(
+                            "notification {} nacked by the broker (a queue refused it, \
+                             e.g. full with x-overflow reject-publish, or the broker could \
+                             not store it)",
+                            n.id
+                        )));
                         break;
                     }
                     Ok(other) => {
@@ -758,7 +769,7 @@ impl Relay {
             tracing::debug!(relay = %self.name, reason, "relay still stalled");
             return;
         }
-        let reason = scrub(reason, &self.lock.password);
+        let reason = reason.to_owned();
         tracing::warn!(relay = %self.name, reason = %reason, "relay stalled; retrying with backoff");
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
         let record = outage_record(&self.name, ERROR_TOPIC, &reason, position);

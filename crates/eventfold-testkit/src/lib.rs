@@ -3,12 +3,16 @@
 //!
 //! - [`TestVhost`]: a fresh virtual host per test, made and deleted with `rabbitmqctl`;
 //! - [`Raw`]: a plain lapin channel on it, to declare, count, drain and wait for queues;
-//! - [`Proxy`]: a TCP proxy to the broker whose connections a test can cut at once;
-//! - [`message_id`]: the message id of a message taken from a queue.
+//! - [`Proxy`]: a TCP proxy to the broker whose connections a test can cut at once, and
+//!   that can refuse new ones for a while;
+//! - [`message_id`]: the message id of a message taken from a queue;
+//! - [`nameko`]: the real nameko 2.14.1 (its Python, a `nameko run` service, scripts) for
+//!   the interop tests.
 //!
 //! Everything here panics on failure: it is for tests only.
 
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +23,8 @@ use lapin::types::FieldTable;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+pub mod nameko;
+
 /// The broker (host and port) the tests use, and that [`Proxy`] forwards to.
 pub const HOST: &str = "127.0.0.1:5672";
 
@@ -27,6 +33,21 @@ pub const HOST: &str = "127.0.0.1:5672";
 pub fn base_url() -> String {
     std::env::var("EVENTFOLD_TEST_AMQP_URL")
         .unwrap_or_else(|_| format!("amqp://guest:guest@{HOST}"))
+}
+
+/// Runs `rabbitmqctl -q <args>`; its standard output. Panics unless it succeeds.
+fn rabbitmqctl_out(args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (scripts/services.sh installs and starts RabbitMQ)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs `rabbitmqctl -q <args>` with `input` on its stdin; panics unless it succeeds.
@@ -90,6 +111,83 @@ impl TestVhost {
         format!("amqp://guest:guest@{host}/{}", self.name)
     }
 
+    /// Sets the policy `name` on the queues of this vhost whose name matches `pattern` (a
+    /// regular expression); `definition` is its JSON, e.g.
+    /// `{"max-length": 5, "overflow": "reject-publish"}` (a queue that makes the broker nack
+    /// what does not fit). Deleted with the vhost.
+    pub fn set_queue_policy(&self, name: &str, pattern: &str, definition: &serde_json::Value) {
+        rabbitmqctl_out(&[
+            "set_policy",
+            "-p",
+            &self.name,
+            "--apply-to",
+            "queues",
+            name,
+            pattern,
+            &definition.to_string(),
+        ]);
+    }
+
+    /// Removes the policy `name`.
+    pub fn clear_policy(&self, name: &str) {
+        rabbitmqctl_out(&["clear_policy", "-p", &self.name, name]);
+    }
+
+    /// The `connection_name` client property of every connection open on this vhost now
+    /// (`rabbitmqctl list_connections`), sorted; `"?"` for a connection without one.
+    pub fn connection_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .connections()
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The `connection_name` of the connection that owns the exclusive queue `queue` now,
+    /// `None` when there is no such queue.
+    pub fn exclusive_owner(&self, queue: &str) -> Option<String> {
+        let out = rabbitmqctl_out(&["list_queues", "-p", &self.name, "name", "owner_pid"]);
+        let owner = out.lines().find_map(|l| {
+            let (name, pid) = l.split_once('\t')?;
+            (name == queue).then(|| pid.trim().to_owned())
+        })?;
+        let connections = self.connections();
+        Some(
+            connections
+                .into_iter()
+                .find(|(pid, _)| *pid == owner)
+                .map(|(_, name)| name)
+                .unwrap_or_else(|| format!("not a connection: {owner}")),
+        )
+    }
+
+    /// (pid, connection name) of the connections open on this vhost.
+    fn connections(&self) -> Vec<(String, String)> {
+        let out = rabbitmqctl_out(&[
+            "list_connections",
+            "-p",
+            &self.name,
+            "pid",
+            "client_properties",
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let (pid, props) = l.split_once('\t')?;
+                if !pid.starts_with('<') {
+                    return None; // the header line
+                }
+                // `{"connection_name","<name>"}` in the printed property list.
+                let name = props
+                    .split_once("{\"connection_name\",\"")
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map_or("?", |(name, _)| name);
+                Some((pid.trim().to_owned(), name.to_owned()))
+            })
+            .collect()
+    }
+
     /// A plain lapin channel on this vhost, for setting up and inspecting.
     pub async fn raw(&self) -> Raw {
         let conn = lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default())
@@ -116,30 +214,8 @@ pub struct Raw {
 }
 
 impl Raw {
-    /// Declares a durable queue bound to `exchange` (which must exist) with `routing_key`.
-    pub async fn bound_queue(&self, queue: &str, exchange: &str, routing_key: &str) {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        self.channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Declares the exchange (durable topic, as nameko) and a durable queue bound to it.
-    pub async fn topic_bound_queue(&self, queue: &str, exchange: &str, routing_key: &str) {
+    /// Declares `exchange` as a durable topic exchange (as nameko does).
+    async fn topic_exchange(&self, exchange: &str) {
         self.channel
             .exchange_declare(
                 exchange.into(),
@@ -152,7 +228,61 @@ impl Raw {
             )
             .await
             .unwrap();
+    }
+
+    async fn bind(&self, queue: &str, exchange: &str, routing_key: &str) {
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Declares a durable queue bound to `exchange` (which must exist) with `routing_key`.
+    pub async fn bound_queue(&self, queue: &str, exchange: &str, routing_key: &str) {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.bind(queue, exchange, routing_key).await;
+    }
+
+    /// Declares the exchange (durable topic, as nameko) and a durable queue bound to it.
+    pub async fn topic_bound_queue(&self, queue: &str, exchange: &str, routing_key: &str) {
+        self.topic_exchange(exchange).await;
         self.bound_queue(queue, exchange, routing_key).await;
+    }
+
+    /// Tries to declare the exclusive queue `queue` on this connection, as a relay takes
+    /// its lock: `true` if this connection holds it now, `false` if another one does.
+    pub async fn try_exclusive(&self, queue: &str) -> bool {
+        let channel = self.conn.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "declared".into()).await;
+        declared.is_ok()
+    }
+
+    /// Closes the connection (an exclusive queue it holds is deleted).
+    pub async fn close(self) {
+        let _ = self.conn.close(200, "test done".into()).await;
     }
 
     /// The consumers of `queue` now, `None` while it does not exist. A passive declare on a
@@ -285,6 +415,7 @@ pub struct Proxy {
     /// The address (`127.0.0.1:<port>`) to connect to instead of the broker.
     pub addr: String,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    refusing: Arc<AtomicBool>,
     accept: JoinHandle<()>,
 }
 
@@ -295,11 +426,17 @@ impl Proxy {
         let addr = listener.local_addr().unwrap().to_string();
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let list = conns.clone();
+        let refusing: Arc<AtomicBool> = Arc::default();
+        let refuse = refusing.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
+                if refuse.load(Ordering::Relaxed) {
+                    drop(client);
+                    continue;
+                }
                 let task = tokio::spawn(async move {
                     if let Ok(mut upstream) = TcpStream::connect(HOST).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
@@ -311,8 +448,15 @@ impl Proxy {
         Proxy {
             addr,
             conns,
+            refusing,
             accept,
         }
+    }
+
+    /// While `true`, new connections are closed as soon as they are accepted, as a broker
+    /// that is down would (the ones already open are not touched: see [`Proxy::sever`]).
+    pub fn refuse(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::Relaxed);
     }
 
     /// Cuts every connection through the proxy (new ones still work).

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventfold_amqp::{
-    ConfirmedPublisher, Consumer, ConsumerOptions, ConsumerStats, HandlerError, IncomingMessage,
-    OrderKey, Outcome, OutgoingMessage, PublisherOptions, RetryPolicy, Subscription,
-    HEADER_ATTEMPTS, HEADER_ERROR, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_QUEUE,
+    json_handler, ConfirmedPublisher, Consumer, ConsumerOptions, ConsumerStats, HandlerError,
+    IncomingMessage, OrderKey, Outcome, OutgoingMessage, PublisherOptions, RetryPolicy,
+    Subscription, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_QUEUE,
     HEADER_ORIGINAL_ROUTING_KEY,
 };
 use lapin::types::AMQPValue;
@@ -395,6 +395,127 @@ async fn malformed_and_oversized_bodies_are_dead_lettered_at_once() {
         "{reasons:?}"
     );
     assert!(reasons.values().all(|(_, attempts)| *attempts == Some(0)));
+    assert_eq!(raw.settled_count("q").await, 0, "everything was acked");
+}
+
+/// What a typed handler expects.
+#[derive(serde::Deserialize, Debug, PartialEq)]
+struct OrderCreated {
+    id: i64,
+    customer: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_typed_bodies_are_dead_lettered_with_the_reason_and_the_next_good_one_is_handled() {
+    let vhost = TestVhost::new();
+    let raw = vhost.raw().await;
+    let sub = Subscription::new("e", "#", "q");
+    let seen: Arc<Mutex<Vec<(OrderCreated, String)>>> = Arc::default();
+    let options = ConsumerOptions {
+        max_body_bytes: 1024,
+        retry: fast_retry(5),
+        ..Default::default()
+    };
+    let consumer = {
+        let seen = seen.clone();
+        Consumer::start(
+            vhost.config(),
+            sub.clone(),
+            options,
+            json_handler(move |order: OrderCreated, m: Arc<IncomingMessage>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock()
+                        .unwrap()
+                        .push((order, m.message_id.clone().unwrap()));
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap()
+    };
+    let big = format!(r#"{{"id": 3, "customer": "{}"}}"#, "x".repeat(2000));
+    // One routing key: one worker, in queue order.
+    let bodies: [(&str, Vec<u8>); 8] = [
+        ("good-1", br#"{"id": 1, "customer": "a"}"#.to_vec()),
+        ("string-id", br#"{"id": "one", "customer": "a"}"#.to_vec()),
+        ("missing-field", br#"{"id": 2}"#.to_vec()),
+        ("null", b"null".to_vec()),
+        // Inside a string, where serde_json alone would not look at the bytes.
+        ("not-utf8", vec![b'"', 0xff, 0xfe, b'"']),
+        ("not-json", b"id=1&customer=a".to_vec()),
+        ("oversized", big.into_bytes()),
+        ("good-2", br#"{"id": 2, "customer": "b"}"#.to_vec()),
+    ];
+    let messages: Vec<_> = bodies
+        .iter()
+        .map(|(id, body)| OutgoingMessage::new("e", "k", body.clone()).with_message_id(*id))
+        .collect();
+    publish(&vhost, &messages).await;
+    wait_for("all settled", Duration::from_secs(10), || {
+        let s = consumer.stats();
+        s.handled == 2 && s.dead_lettered == 6
+    })
+    .await;
+    let stats = consumer.shutdown().await.unwrap();
+    assert_eq!(stats.retries, 0, "a decode error is permanent");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (
+                OrderCreated {
+                    id: 1,
+                    customer: "a".into()
+                },
+                "good-1".to_owned()
+            ),
+            (
+                OrderCreated {
+                    id: 2,
+                    customer: "b".into()
+                },
+                "good-2".to_owned()
+            ),
+        ]
+    );
+    let dead: HashMap<String, (String, Option<i64>, Vec<u8>)> = raw
+        .drain(&sub.dead_letter_queue())
+        .await
+        .iter()
+        .map(|m| {
+            (
+                eventfold_testkit::message_id(m),
+                (
+                    header_str(m, HEADER_ERROR).unwrap(),
+                    header_int(m, HEADER_ATTEMPTS),
+                    m.delivery.data.clone(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(dead.len(), 6, "{dead:?}");
+    for (id, body) in &bodies[1..7] {
+        let (reason, attempts, kept) = &dead[*id];
+        assert_eq!(kept, body, "{id}: the body is kept as it came");
+        let (want, want_attempts) = match *id {
+            "string-id" => ("invalid type: string \"one\", expected i64", 1),
+            "missing-field" => ("missing field `customer`", 1),
+            "null" => ("invalid type: null, expected struct OrderCreated", 1),
+            "not-utf8" => ("body is not valid JSON: not UTF-8", 0),
+            "not-json" => ("body is not valid JSON", 0),
+            "oversized" => ("exceeds the limit of 1024 bytes", 0),
+            other => unreachable!("{other}"),
+        };
+        assert!(reason.contains(want), "{id}: {reason}");
+        assert_eq!(*attempts, Some(want_attempts), "{id}: {reason}");
+        if want_attempts == 1 {
+            assert!(
+                reason.contains("body does not decode as") && reason.contains("OrderCreated"),
+                "{id}: {reason}"
+            );
+        }
+    }
     assert_eq!(raw.settled_count("q").await, 0, "everything was acked");
 }
 

@@ -1,13 +1,11 @@
 //! Interop with the real nameko 2.14.1, not with captures of it: a `nameko run` service
 //! consumes what eventfold publishes, and nameko's own `event_dispatcher` (and py-amqp)
-//! publish to eventfold's consumer. The Python files are in `tests/python/`; the
-//! interpreter is `EVENTFOLD_INTEROP_PYTHON`, else `target/interop-venv/bin/python` (both
-//! made by `scripts/interop-venv.sh`, which `scripts/test.sh` runs). Without either the
-//! tests fail: they do not skip.
+//! publish to eventfold's consumer. The harness and the Python files are eventfold-testkit's
+//! ([`eventfold_testkit::nameko`]); the interpreter is `EVENTFOLD_INTEROP_PYTHON`, else
+//! `target/interop-venv/bin/python` (both made by `scripts/interop-venv.sh`, which
+//! `scripts/test.sh` runs). Without either the tests fail: they do not skip.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,139 +21,9 @@ use eventfold_core::{InMemoryStore, NotificationQuery, NotificationReader, Store
 use lapin::types::AMQPValue;
 use serde::{Deserialize, Serialize};
 
+use eventfold_testkit::nameko::{python, run_script, NamekoRun};
+
 use crate::support::TestVhost;
-
-/// The Python with nameko: `EVENTFOLD_INTEROP_PYTHON`, else the workspace's
-/// `target/interop-venv/bin/python`; a failure (not a skip) when neither exists.
-fn python() -> PathBuf {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workspace = crate_dir.parent().and_then(Path::parent).unwrap();
-    let venv = workspace.join("target/interop-venv/bin/python");
-    let from_env = std::env::var_os("EVENTFOLD_INTEROP_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from);
-    if let Some(p) = from_env.as_ref().filter(|p| p.exists()) {
-        return p.clone();
-    }
-    assert!(
-        venv.exists(),
-        "no Python with nameko: EVENTFOLD_INTEROP_PYTHON is {from_env:?} and {} does not \
-         exist; run scripts/interop-venv.sh (scripts/test.sh does)",
-        venv.display()
-    );
-    venv
-}
-
-fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python")
-}
-
-/// `python <script> <args>` in tests/python, to completion; panics with its output on failure.
-async fn run_script(script: &str, args: Vec<String>) -> String {
-    let script = python_dir().join(script);
-    let python = python();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(python)
-            .arg(&script)
-            .args(&args)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{} {args:?}: {}\n{}\n{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    })
-    .await
-    .unwrap()
-}
-
-/// A `nameko run` process, killed when dropped (also when the test panics).
-struct NamekoRun {
-    child: Child,
-    log: PathBuf,
-}
-
-impl NamekoRun {
-    /// `nameko run --config <dir>/nameko.yaml <module>` with AMQP_URI = `amqp_uri`; its output
-    /// goes to `<dir>/nameko.log`.
-    fn start(dir: &Path, amqp_uri: &str, module: &str, env: &[(&str, &Path)]) -> Self {
-        let config = dir.join("nameko.yaml");
-        // JSON is YAML: a quoted string whatever the URI holds.
-        std::fs::write(
-            &config,
-            format!(
-                "AMQP_URI: {}\nmax_workers: 10\n",
-                serde_json::to_string(amqp_uri).unwrap()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("nameko.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(python());
-        command
-            .args(["-m", "nameko", "run", "--config"])
-            .arg(&config)
-            .arg(module)
-            .current_dir(python_dir())
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        NamekoRun {
-            child: command.spawn().unwrap(),
-            log,
-        }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Panics (with nameko's output) if the process has exited.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("nameko run exited ({status}):\n{}", self.output());
-        }
-    }
-}
-
-impl Drop for NamekoRun {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until every queue exists and has a consumer (nameko declares, binds, then consumes).
-async fn wait_for_consumers(vhost: &TestVhost, nameko: &mut NamekoRun, queues: &[String]) {
-    let raw = vhost.raw().await;
-    let start = Instant::now();
-    for queue in queues {
-        loop {
-            nameko.assert_running();
-            if raw.consumers(queue).await.unwrap_or(0) > 0 {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "nameko did not consume {queue} within 30 s:\n{}",
-                nameko.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
 
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -226,7 +94,7 @@ async fn nameko_receives_our_change_events_unchanged() {
             )
         })
         .collect();
-    wait_for_consumers(&vhost, &mut nameko, &queues).await;
+    nameko.wait_for_consumers(&vhost, &queues).await;
     eprintln!("nameko consuming after {:?}", started.elapsed());
 
     // The rows, and their changes recorded as a model's save would, transaction by
@@ -327,24 +195,9 @@ async fn nameko_receives_our_change_events_unchanged() {
     }
     publisher.close().await.unwrap();
 
-    let lines = || {
-        std::fs::read_to_string(&sink)
-            .unwrap_or_default()
-            .lines()
-            .count()
-    };
-    let start = Instant::now();
-    while lines() < expected.len() {
-        nameko.assert_running();
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "nameko handled {} of {} events:\n{}",
-            lines(),
-            expected.len(),
-            nameko.output()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    nameko
+        .wait_for_lines(&sink, expected.len(), Duration::from_secs(15))
+        .await;
     // Nothing more comes (no duplicates).
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(nameko);

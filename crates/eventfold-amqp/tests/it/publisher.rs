@@ -353,3 +353,74 @@ async fn a_missing_exchange_inside_a_batch_fails_the_rest_and_the_next_batch_wor
         held - 10
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_queue_is_held_by_one_publisher_connection_and_released_with_it() {
+    let vhost = TestVhost::new();
+    let raw = vhost.raw().await;
+    raw.topic_bound_queue("q", "e", "k").await;
+    let msg = |id: &str| OutgoingMessage::new("e", "k", "{}").with_message_id(id);
+    let first = publisher(&vhost, 16).await;
+    let second = publisher(&vhost, 16).await;
+
+    let held = first
+        .hold_exclusive_queue("lock")
+        .await
+        .unwrap()
+        .expect("nobody holds it yet");
+    assert_eq!(held.name(), "lock");
+    assert!(first.holds(&held).await);
+    assert_eq!(
+        second.hold_exclusive_queue("lock").await.unwrap(),
+        None,
+        "another connection holds it"
+    );
+    // The refusal closed only the short-lived channel: both still publish.
+    assert_eq!(second.publish_one(&msg("2")).await, Ok(Outcome::Confirmed));
+    assert_eq!(first.publish_one(&msg("1")).await, Ok(Outcome::Confirmed));
+    // Declaring it again on the connection that holds it is fine.
+    assert!(first.hold_exclusive_queue("lock").await.unwrap().is_some());
+
+    // A new connection holds nothing; the old one's close released the queue.
+    first.reconnect().await.unwrap();
+    assert!(
+        !first.holds(&held).await,
+        "held by the connection, not the publisher"
+    );
+    let taken = second
+        .hold_exclusive_queue("lock")
+        .await
+        .unwrap()
+        .expect("released with the first connection");
+    assert_eq!(first.hold_exclusive_queue("lock").await.unwrap(), None);
+    assert_eq!(
+        second.connections_opened(),
+        1,
+        "lock and publishes share one connection"
+    );
+
+    // The broker drops every connection: the holder learns it lost the queue.
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "close_all_connections",
+            "-p",
+            &vhost.name,
+            "test: lock lost",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = std::time::Instant::now();
+    while second.holds(&taken).await {
+        assert!(start.elapsed() < Duration::from_secs(5), "still holds it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!second.is_connected().await);
+    second.reconnect().await.unwrap();
+    assert!(second.hold_exclusive_queue("lock").await.unwrap().is_some());
+}

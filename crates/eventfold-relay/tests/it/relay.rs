@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventfold_core::{InMemoryStore, NotificationQuery, Store};
-use eventfold_relay::{Relay, PARKED_TOPIC};
+use eventfold_relay::{NamekoChanges, Relay, Unroutable, PARKED_TOPIC};
 use eventfold_sqlite::{SqliteConfig, SqliteStore};
 
 use crate::support::*;
@@ -63,7 +63,18 @@ async fn change_records_are_published_in_log_order_byte_identical_with_ids_from_
     let metrics = running.relay.metrics();
     assert_eq!(metrics.confirmed, 60);
     assert!(metrics.leader);
+    // One connection for the lock and the publishes, as the broker sees it too.
+    assert_eq!(metrics.connections_opened, 1, "{metrics:?}");
+    assert_eq!(
+        relay_connections(&vhost, "r1"),
+        ["eventfold-relay-r1/relay"]
+    );
+    assert_eq!(
+        vhost.exclusive_owner(&lock_queue("r1")).as_deref(),
+        Some("eventfold-relay-r1/relay")
+    );
     running.stop().await;
+    assert_eq!(vhost.exclusive_owner(&lock_queue("r1")), None, "released");
     let status = Relay::status(&*store, "r1").await.unwrap();
     assert_eq!(status.position, status.head);
     assert_eq!(status.lag_records, 0);
@@ -201,11 +212,188 @@ async fn a_connection_cut_mid_batch_loses_nothing_and_duplicates_keep_their_ids(
         metrics.published > 2000,
         "the unconfirmed rest was published again: {metrics:?}"
     );
-    assert!(metrics.connections_opened >= 3, "{metrics:?}");
+    assert!(metrics.reconnects >= 1, "{metrics:?}");
+    assert!(metrics.connections_opened >= 2, "{metrics:?}");
     let status = Relay::status(&*store, "r4").await.unwrap();
     let err = status.last_error.expect("the outage is recorded");
     assert!(!err.ongoing, "{err:?}");
+    // The new connection took the lock again, and it is the relay's only one.
+    assert_eq!(
+        relay_connections(&vhost, "r4"),
+        ["eventfold-relay-r4/relay"]
+    );
+    assert_eq!(
+        vhost.exclusive_owner(&lock_queue("r4")).as_deref(),
+        Some("eventfold-relay-r4/relay")
+    );
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reconnect_the_relay_takes_the_lock_again_before_it_publishes() {
+    let vhost = TestVhost::new();
+    let raw = vhost.raw().await;
+    raw.topic_bound_queue(Q, "orders.events", "order__created")
+        .await;
+    let store: Arc<dyn Store> = Arc::new(InMemoryStore::new());
+    let mut ids = save_orders(&*store, 1..51).await;
+    let proxy = Proxy::start().await;
+    let running = Running::start(relay(store.clone(), &vhost.url_via(&proxy.addr), "r7").build());
+    wait_position(&*store, "r7", *ids.last().unwrap(), T).await;
+    let before = running.relay.metrics();
+    assert_eq!(before.connections_opened, 1, "{before:?}");
+
+    // The relay's connection dies and the broker stays out of its reach; meanwhile another
+    // process takes the lock.
+    proxy.refuse(true);
+    proxy.sever();
+    let thief = vhost.raw().await;
+    let start = std::time::Instant::now();
+    while !thief.try_exclusive(&lock_queue("r7")).await {
+        assert!(start.elapsed() < T, "the lock was never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let later = save_orders(&*store, 51..81).await;
+    ids.extend(&later);
+    proxy.refuse(false);
+    // The relay reconnects, finds the lock taken: standby, and publishes nothing.
+    wait_until("standby", T, || running.relay.metrics().standby).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let standby = running.relay.metrics();
+    assert!(!standby.leader, "{standby:?}");
+    assert!(standby.reconnects >= 1, "{standby:?}");
+    assert_eq!(
+        standby.published, before.published,
+        "published without the lock"
+    );
+    assert_eq!(raw.count(Q).await, 50);
+    assert_eq!(store.tracking_position("r7").await.unwrap(), Some(ids[49]));
+
+    // The other process goes: the relay takes the lock on its connection and goes on.
+    thief.close().await;
+    running.wait_leader(T).await;
+    wait_position(&*store, "r7", *ids.last().unwrap(), T).await;
+    raw.wait_at_least(Q, 80, T).await;
+    let got: Vec<String> = raw.drain(Q).await.iter().map(message_id).collect();
+    let want: Vec<String> = ids.iter().map(|id| format!("r7:{id}")).collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        relay_connections(&vhost, "r7"),
+        ["eventfold-relay-r7/relay"]
+    );
+    assert_eq!(
+        vhost.exclusive_owner(&lock_queue("r7")).as_deref(),
+        Some("eventfold-relay-r7/relay")
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_unroutable_message_keeps_the_position_until_a_queue_is_bound() {
+    let vhost = TestVhost::new();
+    let raw = vhost.raw().await;
+    let (_dir, store) = sqlite();
+    let mut ids = save_orders(&*store, 1..11).await;
+    let route = NamekoChanges::new().unroutable(Unroutable::Hold);
+    let running = Running::start(relay_with(store.clone(), &vhost.url(), "r8", route).build());
+    // No queue: the first message comes back, and again on each retry.
+    let held = wait_status(&*store, "r8", T, |s| {
+        s.last_error.as_ref().is_some_and(|e| e.ongoing)
+    })
+    .await;
+    let reason = held.last_error.unwrap().reason;
+    assert!(
+        reason.contains(&format!("held at notification {}", ids[0])),
+        "{reason}"
+    );
+    assert!(reason.contains("312 NO_ROUTE"), "{reason}");
+    wait_until("retries", T, || running.relay.metrics().returned >= 12).await;
+    assert_eq!(running.relay.current_error().as_deref(), Some(&*reason));
+    assert_eq!(store.tracking_position("r8").await.unwrap(), None);
+    ids.extend(save_orders(&*store, 11..21).await);
+    let status = Relay::status(&*store, "r8").await.unwrap();
+    assert_eq!(status.position, 0);
+    assert!(status.lag_records >= 20, "{status:?}");
+    assert_eq!(status.parked, 0, "held, not parked");
+
+    // A queue is bound: the held message and everything after it arrive, in log order.
+    raw.bound_queue(Q, "orders.events", "order__created").await;
+    wait_position(&*store, "r8", *ids.last().unwrap(), T).await;
+    raw.wait_at_least(Q, 20, T).await;
+    let got: Vec<String> = raw.drain(Q).await.iter().map(message_id).collect();
+    let want: Vec<String> = ids.iter().map(|id| format!("r8:{id}")).collect();
+    assert_eq!(got, want);
+    let metrics = running.relay.metrics();
+    assert_eq!((metrics.confirmed, metrics.parked), (20, 0), "{metrics:?}");
+    running.stop().await;
+    let status = Relay::status(&*store, "r8").await.unwrap();
+    let last = status.last_error.expect("the hold is recorded");
+    assert!(!last.ongoing, "{last:?}");
+    assert_eq!(last.reason, reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_are_retried_and_nothing_is_lost_or_reordered_once_there_is_room() {
+    const FULL: &str = "orders-full";
+    let vhost = TestVhost::new();
+    let raw = vhost.raw().await;
+    // Room for 5: the broker nacks what comes after (overflow: reject-publish). A policy,
+    // so that the test can lift it.
+    vhost.set_queue_policy(
+        "room-for-5",
+        &format!("^{FULL}$"),
+        &serde_json::json!({"max-length": 5, "overflow": "reject-publish"}),
+    );
+    raw.topic_bound_queue(FULL, "orders.events", "order__created")
+        .await;
+    let (_dir, store) = sqlite();
+    let ids = save_orders(&*store, 1..31).await;
+    let running = Running::start(relay(store.clone(), &vhost.url(), "r9").build());
+    let stuck = wait_status(&*store, "r9", T, |s| {
+        s.last_error.as_ref().is_some_and(|e| e.ongoing)
+    })
+    .await;
+    let reason = stuck.last_error.unwrap().reason;
+    assert!(
+        reason.contains(&format!("notification {} nacked by the broker", ids[5])),
+        "{reason}"
+    );
+    assert!(reason.contains("reject-publish"), "{reason}");
+    // 25 nacked in the batch, then the first nacked one retried alone, with backoff.
+    wait_until("retries", T, || running.relay.metrics().nacked >= 25 + 3).await;
+    assert_eq!(running.relay.current_error().as_deref(), Some(&*reason));
+    assert_eq!(store.tracking_position("r9").await.unwrap(), Some(ids[4]));
+    assert_eq!(raw.count(FULL).await, 5);
+
+    // A consumer makes room for 5, while the relay waits to retry: the retried message
+    // and the four after it get in, the next one is nacked.
+    let mut got: Vec<String> = raw.drain(FULL).await.iter().map(message_id).collect();
+    wait_position(&*store, "r9", ids[9], T).await;
+    assert_eq!(raw.settled_count(FULL).await, 5);
+    assert_eq!(store.tracking_position("r9").await.unwrap(), Some(ids[9]));
+    // The limit goes: the rest follows.
+    vhost.clear_policy("room-for-5");
+    wait_position(&*store, "r9", *ids.last().unwrap(), T).await;
+    raw.wait_at_least(FULL, 25, T).await;
+    got.extend(raw.drain(FULL).await.iter().map(message_id));
+    let want: Vec<String> = ids.iter().map(|id| format!("r9:{id}")).collect();
+    assert_eq!(got, want, "every message once, in log order");
+    let metrics = running.relay.metrics();
+    assert_eq!(metrics.confirmed, 30, "{metrics:?}");
+    assert!(metrics.nacked >= 25 + 3 + 20, "{metrics:?}");
+    running.stop().await;
+    let last = Relay::status(&*store, "r9")
+        .await
+        .unwrap()
+        .last_error
+        .expect("the nacks are recorded");
+    // One outage per episode of nacks (each ends when the position moves again).
+    assert!(!last.ongoing, "{last:?}");
+    assert!(
+        last.reason
+            .contains(&format!("notification {} nacked", ids[10])),
+        "{last:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,6 +409,10 @@ async fn the_standby_takes_over_when_the_leader_dies() {
     let standby = Running::start(relay(store.clone(), &vhost.url(), "r5").build());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!standby.relay.metrics().leader, "only one leader");
+    assert!(standby.relay.metrics().standby);
+    // Each relay is one connection: the standby retries the lock on its own.
+    assert_eq!(standby.relay.metrics().connections_opened, 1);
+    assert_eq!(relay_connections(&vhost, "r5").len(), 2);
     let mut ids = save_orders(&*store, 1..201).await;
     raw.wait_at_least(Q, 1, T).await;
     // Kill the leader: its task and its connections, as a crash would.
@@ -252,6 +444,11 @@ impl std::io::Write for Captured {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_password_never_appears_in_a_log_line_or_an_error() {
+    // tracing caches each callsite's interest process-wide, computed on the first thread
+    // that hits it: a sibling test's thread without a subscriber would cache "never" for
+    // the relay's callsites while this test's scoped one is the only dispatcher, and the
+    // capture would stay empty. With a global (inert) subscriber too, every thread has one.
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()

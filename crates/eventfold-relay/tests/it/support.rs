@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use eventfold_changes::{Changes, Model};
 use eventfold_core::Store;
-use eventfold_relay::{NamekoChanges, Relay, RelayBuilder};
+use eventfold_relay::{NamekoChanges, Relay, RelayBuilder, RelayStatus, Route};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
@@ -77,11 +77,61 @@ pub async fn save_orders(store: &dyn Store, ids: std::ops::Range<i64>) -> Vec<u6
 }
 
 pub fn relay(store: Arc<dyn Store>, url: &str, name: &str) -> RelayBuilder {
+    relay_with(store, url, name, NamekoChanges::new())
+}
+
+/// A relay with one route, polling every 50 ms, a standby trying every 200 ms.
+pub fn relay_with(store: Arc<dyn Store>, url: &str, name: &str, route: impl Route) -> RelayBuilder {
     Relay::builder(store, url, name)
         .unwrap()
-        .route(NamekoChanges::new())
+        .route(route)
         .poll_interval(Duration::from_millis(50))
         .lock_retry(Duration::from_millis(200))
+}
+
+/// The relay's lock queue.
+pub fn lock_queue(name: &str) -> String {
+    format!("eventfold.relay.lock.{name}")
+}
+
+/// The names of the connections the relay `name` has open on `vhost` now.
+pub fn relay_connections(vhost: &TestVhost, name: &str) -> Vec<String> {
+    let prefix = format!("eventfold-relay-{name}/");
+    vhost
+        .connection_names()
+        .into_iter()
+        .filter(|c| c.starts_with(&prefix))
+        .collect()
+}
+
+/// Waits until `done` holds (checked every 20 ms), or panics after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `relay`'s recorded status satisfies `done`; that status.
+pub async fn wait_status(
+    store: &dyn Store,
+    relay: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&RelayStatus) -> bool,
+) -> RelayStatus {
+    let start = Instant::now();
+    loop {
+        let status = Relay::status(store, relay).await.unwrap();
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{relay}: status never came: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A relay running in a task, stopped gracefully by `stop`, or killed by `abort`.

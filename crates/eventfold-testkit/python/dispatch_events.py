@@ -1,5 +1,5 @@
 """Dispatches events with nameko's own standalone event dispatcher, for the interop
-tests (tests/it/nameko_interop.rs).
+tests (eventfold-amqp's tests/it/nameko_interop.rs).
 
     python dispatch_events.py <AMQP URI> <count> <instances>
 

@@ -1,5 +1,5 @@
-"""A nameko service for the interop tests (tests/it/nameko_interop.rs), run with
-`nameko run --config <yaml> orders_consumer`.
+"""A nameko service for the interop tests (tests/it/nameko_interop.rs of eventfold-amqp
+and eventfold-relay), run with `nameko run --config <yaml> orders_consumer`.
 
 Every event its handlers receive becomes one JSON line in $INTEROP_SINK:
 {"type": <event type>, "payload": <the payload as nameko decoded it>,

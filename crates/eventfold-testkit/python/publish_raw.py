@@ -1,5 +1,5 @@
 """Publishes raw bodies with py-amqp (what kombu runs on), bypassing nameko's
-serializer, for the interop tests (tests/it/nameko_interop.rs).
+serializer, for the interop tests (eventfold-amqp's tests/it/nameko_interop.rs).
 
     python publish_raw.py <AMQP URI> <exchange> <routing key> <body>...
 
