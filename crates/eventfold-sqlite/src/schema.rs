@@ -77,8 +77,9 @@ pub(crate) const INSERT_EVENT: &str =
 ///
 /// `VALUES` with a scalar subquery, not `INSERT ... SELECT ... FROM events`: an
 /// `INSERT ... SELECT` that reads the table it writes first copies the selected rows into
-/// a temporary b-tree (opened and closed per call), which cost about 10,000 instructions
-/// per append (callgrind, `eventfold bench changes --backend sqlite`).
+/// a temporary b-tree (opened and closed per call), which cost about 18,000 instructions
+/// per append, a sixth of a save with its change record (callgrind, `eventfold bench
+/// changes --backend sqlite`).
 pub(crate) const APPEND_EVENT: &str =
     "INSERT INTO events (stream_id, version, topic, timestamp, state, metadata) \
      VALUES (?1, (SELECT COALESCE(MAX(version), 0) + 1 FROM events WHERE stream_id = ?1), \
