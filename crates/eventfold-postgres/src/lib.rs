@@ -194,6 +194,28 @@
 //! a known version racing an append on the same stream meets the unique key, and
 //! whichever commits second gets a conflict (that transaction is aborted).
 //!
+//! **One append in a transaction** (a change record:
+//! [`Transaction::record`](eventfold_core::Transaction::record) of a
+//! recording with exactly one append and nothing else) usually takes one statement
+//! instead of three. It takes the append lock, then announces and takes its id (the
+//! order of steps 1–3, inside one statement: the announcement's condition reads the
+//! lock's CTE), and inserts at the stream's latest version + 1 with `ON CONFLICT
+//! (stream_id, version) DO NOTHING`. That latest version comes from the statement's
+//! snapshot, taken before the lock was granted, so it is stale when the lock's previous
+//! holder committed an append in between. A stream's versions have no gaps, so a stale
+//! read always names a version that is taken: the insert does nothing (`ON CONFLICT`
+//! never raises, so the transaction is not aborted), and the append runs again as steps
+//! 1–3, under the lock the transaction now holds, after every commit before it; an insert
+//! that goes through had read the latest version. The id the first try took is a gap in
+//! the log (which ids may have). A known-version save racing it no longer aborts the
+//! append either: the insert waits for that save's row, and follows it if it commits
+//! (`tests/it/transactions.rs`, `append_racing_a_known_version_follows_it_without_aborting`).
+//! Under `REPEATABLE READ` or `SERIALIZABLE` (which this store does not use) a stale read
+//! is a serialisation failure instead, as the three-statement path's unique violation
+//! was. Measured (`eventfold bench changes --backend postgres`, statement log): a save
+//! with its change record went from 6 statements (`BEGIN`, the row, lock, latest
+//! version, record, `COMMIT`) to 4, the same as the row and one plain INSERT.
+//!
 //! # Metadata (schema version 5)
 //!
 //! [`StoredEvent::metadata`](eventfold_core::StoredEvent::metadata) is kept in a nullable
@@ -244,6 +266,7 @@
 //! | [`record`](eventfold_core::EventWriter::record) (events, snapshots, tracking, any number of streams) | 1: one SQL statement in its own implicit transaction (scalar parameters for one event, arrays and UNNEST for more) |
 //! | [`PostgresStore::record_in`], `Transaction::record`, `Application::save_in` | 1 inside the transaction (plus its BEGIN and COMMIT) |
 //! | a recording with appends | 3 (append locks, the streams' latest versions, the record statement); in its own transaction also BEGIN and COMMIT |
+//! | one append and nothing else, in a transaction (a change record) | 1 (3 when the lock's previous holder committed an append of the stream while the statement waited for the lock) |
 //! | `Transaction::execute`, `Transaction::query` | 1 each (one more to prepare a statement the connection has not seen, or one with a `NULL` parameter) |
 //! | [`load`](eventfold_core::EventReader::load) (latest snapshot + later events) | 1 (UNION ALL) |
 //! | `select_events`, `select_snapshots`, `select_notifications`, `max_notification_id`, `tracking_position` | 1 each |

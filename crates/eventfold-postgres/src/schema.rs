@@ -77,6 +77,9 @@ pub(crate) struct Sql {
     pub lock_streams: String,
     /// The latest stored version of each stream of `$1`.
     pub stream_heads: String,
+    /// One append inside a host transaction, in one statement when it can
+    /// ([`Writers::append_one`]).
+    pub append_one_in_host: String,
     /// Every follower with a position, by name.
     pub followers: String,
 }
@@ -137,6 +140,7 @@ impl Sql {
             record_any: writers.record_any(false, false),
             record_any_notify: writers.record_any(true, false),
             record_in_host: writers.record_any(true, true),
+            append_one_in_host: writers.append_one(stream_lock_class),
             lock_events: format!("LOCK TABLE {events} IN EXCLUSIVE MODE"),
             schema_ident: format!("\"{schema}\""),
             schema_version: q("schema_version"),
@@ -844,6 +848,44 @@ impl Writers<'_> {
                  WHERE EXISTS (SELECT FROM inserted) \
                  ON CONFLICT DO NOTHING) \
              SELECT id FROM inserted"
+        )
+    }
+
+    /// One append (a change record) inside a host transaction, in one statement: `$1`
+    /// stream id, `$2` its append-lock key, `$3..$6` topic, time, state, metadata. It
+    /// takes the stream's append lock, then announces (the host's first announcement, if
+    /// it made one) and takes the id, and inserts the event at the stream's latest version
+    /// + 1 with `ON CONFLICT (stream_id, version) DO NOTHING`. Returns the id, or no row.
+    ///
+    /// The latest version is read with the statement's snapshot, taken before the lock
+    /// was granted; if the lock's previous holder committed an append meanwhile, that
+    /// version is taken and the insert does nothing (never a unique violation, which
+    /// would abort the host's transaction). Versions of a stream have no gaps, so a stale
+    /// read always collides: no row means "run the three-statement append", which then
+    /// holds the lock and sees every commit before it (a burnt id is a gap in the log,
+    /// which the log allows). Without a collision the version read was the latest.
+    fn append_one(&self, stream_lock_class: i32) -> String {
+        let Writers {
+            events, channel, ..
+        } = self;
+        let writer = self.announce(true, "EXISTS (SELECT FROM stream_lock)");
+        format!(
+            "WITH stream_lock AS MATERIALIZED ( \
+                 SELECT pg_catalog.pg_advisory_xact_lock({stream_lock_class}, $2::integer)::text \
+                     AS locked), \
+             {writer}, \
+             allocated AS MATERIALIZED (SELECT pg_catalog.nextval(w.id_seq) AS id FROM writer w), \
+             inserted AS ( \
+                 INSERT INTO {events} (id, stream_id, version, topic, occurred_at, state, metadata) \
+                 SELECT a.id, $1::text, \
+                        coalesce((SELECT max(e.version) FROM {events} e \
+                                  WHERE e.stream_id = $1::text), 0) + 1, \
+                        $3::text, $4::timestamptz, $5::bytea, $6::text \
+                 FROM allocated a \
+                 ON CONFLICT (stream_id, version) DO NOTHING \
+                 RETURNING id), \
+             notified AS (SELECT pg_catalog.pg_notify('{channel}', '') FROM inserted) \
+             SELECT i.id, (SELECT count(*) FROM notified) AS notified FROM inserted i"
         )
     }
 

@@ -299,6 +299,14 @@ impl RecordStatement {
     }
 }
 
+/// A recording of one append and nothing else: what a change record is.
+fn is_one_append(recording: &Recording) -> bool {
+    recording.appends.len() == 1
+        && recording.events.is_empty()
+        && recording.snapshots.is_empty()
+        && recording.tracking.is_none()
+}
+
 /// What a record statement found.
 enum Recorded {
     /// Written; the notification ids in the recording's order.
@@ -563,6 +571,24 @@ impl PostgresStore {
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| self.err(e))?;
+        }
+        if self.inner.config.ordering != Ordering::TableLock && is_one_append(recording) {
+            let append = &recording.appends[0];
+            let id: Option<i64> = sqlx::query_scalar(&self.inner.sql.append_one_in_host)
+                .bind(&append.stream_id)
+                .bind(fnv1a(&append.stream_id))
+                .bind(&append.topic)
+                .bind(append.timestamp.to_datetime())
+                .bind(&append.state)
+                .bind(append.metadata.to_json())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| self.err(e))?;
+            if let Some(id) = id {
+                return Ok(vec![unsigned_scalar("notification id", id)?]);
+            }
+            // The lock's previous holder committed this version after the statement's
+            // snapshot: append again below, under the lock this transaction now holds.
         }
         let outcome = async {
             if !recording.appends.is_empty() {

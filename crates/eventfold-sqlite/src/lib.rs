@@ -130,7 +130,9 @@
 //!
 //! - [`eventfold_core::Transaction::record`] writes a recording inside a `SAVEPOINT`, so a
 //!   conflict leaves the transaction as it was before the call (SQLite by itself undoes
-//!   only the failing statement, which would keep the first half of a recording);
+//!   only the failing statement, which would keep the first half of a recording); a
+//!   recording of a single write (a change record, a one-event command) is one statement,
+//!   which SQLite undoes by itself, so it runs without the savepoint;
 //! - [`eventfold_core::Transaction::execute`] and [`eventfold_core::Transaction::query`]
 //!   run portable SQL, `$1, $2, …` bound by name (so `$2` may come before `$1`), rows
 //!   read as [`eventfold_core::SqlValue`] by storage class;

@@ -478,8 +478,8 @@ pub(crate) fn write_recording(conn: &Connection, recording: &Recording) -> Resul
             .prepare_cached(schema::INSERT_EVENT)
             .map_err(sql_error)?;
         for event in &recording.events {
-            // One statement checks both halves of "continues the stream": no gap (the
-            // insert selects no row) and no taken version (the unique key).
+            // One statement checks both halves of "continues the stream": no gap and no
+            // taken version (either way it inserts nothing).
             match insert.execute(params![
                 event.stream_id,
                 event.version,

@@ -158,6 +158,38 @@ async fn portable_sql_reads_every_shared_type() {
     tx.rollback().await.unwrap();
 }
 
+/// The stream's versions and topics, oldest first.
+async fn versions_and_topics(store: &impl EventReader, stream: &str) -> Vec<(u64, String)> {
+    store
+        .select_events(stream, StreamQuery::all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.version, e.topic))
+        .collect()
+}
+
+/// Appends `append` in `tx` on a task of its own, then runs one more statement and commits
+/// (so the transaction is still alive after the append). Asserts that the append is still
+/// waiting 300 ms later, for a transaction the caller ends next.
+async fn append_and_commit(
+    mut tx: eventfold_core::Transaction,
+    append: StoredEvent,
+) -> tokio::task::JoinHandle<Result<Vec<u64>, Error>> {
+    let waiting = tokio::spawn(async move {
+        let ids = tx.record(&Recording::new().append(append)).await?;
+        tx.query("SELECT 1", &[]).await?;
+        tx.commit().await?;
+        Ok(ids)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the append waits for the other transaction"
+    );
+    waiting
+}
+
 /// Two transactions append to one stream while both are open: the second waits for the
 /// first's commit, then appends after it. Both commit, with versions 1 and 2 in that order,
 /// and neither transaction is aborted.
@@ -165,39 +197,24 @@ async fn portable_sql_reads_every_shared_type() {
 async fn concurrent_appends_to_one_stream_both_succeed() {
     let (store, _guard) = fresh("appends").await;
     let mut first = store.begin().await.unwrap();
-    let mut second = store.begin().await.unwrap();
+    let second = store.begin().await.unwrap();
     let first_ids = first
         .record(&Recording::new().append(change("feed", "First")))
         .await
         .unwrap();
-    let waiting = tokio::spawn(async move {
-        let ids = second
-            .record(&Recording::new().append(change("feed", "Second")))
-            .await?;
-        // Still a live transaction: more statements and a commit go through.
-        second.query("SELECT 1", &[]).await?;
-        second.commit().await?;
-        Ok::<_, Error>(ids)
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !waiting.is_finished(),
-        "the second append waits for the first transaction"
-    );
+    let waiting = append_and_commit(second, change("feed", "Second")).await;
     first.query("SELECT 1", &[]).await.unwrap();
     first.commit().await.unwrap();
     let second_ids = waiting.await.unwrap().unwrap();
     assert!(first_ids[0] < second_ids[0]);
 
-    let stored = store
-        .select_events("feed", StreamQuery::all())
-        .await
-        .unwrap();
-    let got: Vec<_> = stored
-        .iter()
-        .map(|e| (e.version, e.topic.as_str()))
-        .collect();
-    assert_eq!(got, vec![(1, "Change.First"), (2, "Change.Second")]);
+    assert_eq!(
+        versions_and_topics(&store, "feed").await,
+        [
+            (1, "Change.First".to_owned()),
+            (2, "Change.Second".to_owned())
+        ]
+    );
 
     // Many writers appending through the store's own transactions at once, some with an
     // event of the same stream at a known version first in a mixed recording elsewhere.
@@ -247,6 +264,112 @@ async fn concurrent_appends_to_one_stream_both_succeed() {
             .collect::<Vec<_>>(),
         vec![(1, "Test.Known"), (2, "Change.After")]
     );
+}
+
+/// An append racing an uncommitted event at a known version of the same stream (which
+/// takes no append lock) waits for it, then follows it: its one-statement insert finds
+/// that version taken and does nothing, and the append runs again under the lock, after
+/// the commit. Neither transaction is aborted, and the log lists both in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_racing_a_known_version_follows_it_without_aborting() {
+    let (store, _guard) = fresh("appendrace").await;
+    let mut known = store.begin().await.unwrap();
+    known
+        .record(&events_only(vec![event("row", 1, "Known")]))
+        .await
+        .unwrap();
+    let appender = store.begin().await.unwrap();
+    let waiting = append_and_commit(appender, change("row", "Appended")).await;
+    known.commit().await.unwrap();
+    let appended = waiting.await.unwrap().unwrap();
+    assert_eq!(appended.len(), 1);
+
+    assert_eq!(
+        versions_and_topics(&store, "row").await,
+        [
+            (1, "Test.Known".to_owned()),
+            (2, "Change.Appended".to_owned())
+        ]
+    );
+    let log = store
+        .select_notifications(&NotificationQuery::after(0, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        log.iter().map(|n| n.event.version).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(log[1].id, appended[0]);
+}
+
+/// Many transactions appending change records to two streams at once (each first writes
+/// a row of its own, so the append waits with the transaction open): every append
+/// commits, each stream's versions run 1..=n without a gap or a duplicate, each writer's
+/// records keep its order, and the log lists each stream in version order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contended_appends_in_transactions_never_abort_or_duplicate() {
+    let (store, _guard) = fresh("appendmany").await;
+    let rows = format!("\"{}\".rows", store.config().schema);
+    sqlx::query(&format!("CREATE TABLE {rows} (writer bigint, n bigint)"))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    const WRITERS: i64 = 6;
+    const EACH: i64 = 8;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let (store, rows) = (store.clone(), rows.clone());
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    let mut tx = store.begin().await?;
+                    tx.execute(
+                        &format!("INSERT INTO {rows} (writer, n) VALUES ($1, $2)"),
+                        &[writer.into(), n.into()],
+                    )
+                    .await?;
+                    let stream = if (writer + n) % 2 == 0 { "a" } else { "b" };
+                    tx.record(&Recording::new().append(change(stream, &format!("{writer}:{n}"))))
+                        .await?;
+                    tx.commit().await?;
+                }
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let log = store
+        .select_notifications(&NotificationQuery::after(0, 1000))
+        .await
+        .unwrap();
+    assert_eq!(log.len() as i64, WRITERS * EACH);
+    for stream in ["a", "b"] {
+        let stored = versions_and_topics(&store, stream).await;
+        let versions: Vec<u64> = stored.iter().map(|(v, _)| *v).collect();
+        assert_eq!(
+            versions,
+            (1..=stored.len() as u64).collect::<Vec<_>>(),
+            "{stream}"
+        );
+        let in_log: Vec<u64> = log
+            .iter()
+            .filter(|n| n.event.stream_id == stream)
+            .map(|n| n.event.version)
+            .collect();
+        assert_eq!(in_log, versions, "the log lists {stream} in version order");
+        for writer in 0..WRITERS {
+            let mine: Vec<i64> = stored
+                .iter()
+                .filter_map(|(_, topic)| topic.strip_prefix(&format!("Change.{writer}:")))
+                .map(|n| n.parse().unwrap())
+                .collect();
+            assert!(
+                mine.windows(2).all(|w| w[0] < w[1]),
+                "writer {writer} keeps its order"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
