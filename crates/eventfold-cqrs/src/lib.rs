@@ -23,4 +23,5 @@
 
 pub mod master;
 pub mod replica;
+pub mod table;
 pub mod wire;
