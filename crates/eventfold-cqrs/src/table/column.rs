@@ -56,6 +56,8 @@ impl Kind {
             Kind::Boolean
         } else if ty.contains("int") {
             Kind::Integer
+        } else if ty.contains("timestamp") && ty.contains("without") {
+            Kind::LocalTimestamp
         } else if ty.contains("timestamp") || ty.contains("datetime") {
             Kind::Timestamp
         } else if ty.contains("date") {

@@ -42,18 +42,21 @@
 mod column;
 mod config;
 mod filter;
+mod replica;
 
 use std::collections::HashMap;
 
 use eventfold_core::{SqlValue, Transaction};
 use serde_json::{Map, Value};
 
+use crate::replica::FieldMapping;
 use crate::wire::{CqrsMessage, SignalType};
 use column::{quote, Column, Dialect, Kind};
 
 pub use column::pk_key;
 pub use config::{Role, TableSpec, TablesConfig, DEFAULT_CONFIG_FILE};
 pub use filter::Filter;
+pub use replica::TableReplica;
 
 /// The `instance_data` key of the revision.
 pub const REVISION_KEY: &str = "cqrs_revision";
@@ -153,6 +156,7 @@ pub struct Table {
     updated: usize,
     /// Master: the columns published, with their `instance_data` keys, in table order.
     published: Vec<(usize, String)>,
+    mapping: FieldMapping,
 }
 
 impl Table {
@@ -252,6 +256,10 @@ impl Table {
             revision,
             updated,
             published: Vec::new(),
+            mapping: spec.rename.iter().fold(
+                spec.ignore.iter().fold(FieldMapping::new(), |m, key| m.ignore(key.clone())),
+                |m, (key, column)| m.rename(key.clone(), column.clone()),
+            ),
         };
         if role == Role::Master {
             table.published = table.published_columns()?;
@@ -348,17 +356,25 @@ impl Table {
 
     // ---- replica side ----
 
-    /// The columns and values `instance_data` writes: each key not ignored whose column
-    /// (its name or its rename) exists; `cqrs_revision`, `cqrs_updated` and the primary
-    /// key are required.
-    fn row_of(&self, data: &Map<String, Value>) -> Result<Vec<(usize, SqlValue)>, TableError> {
-        let mut row = Vec::with_capacity(data.len());
-        for (key, value) in data {
-            if self.spec.ignore.contains(key) {
-                continue;
-            }
-            let name = self.spec.column_of(key);
-            let Some(i) = self.columns.iter().position(|c| c.name == name) else {
+    /// The field mapping of the tables file: renames, then ignored keys dropped. The
+    /// mapped keys are column names, except `cqrs_revision` and `cqrs_updated`, which go
+    /// to the revision and updated columns.
+    pub fn mapping(&self) -> &FieldMapping {
+        &self.mapping
+    }
+
+    /// The columns and values of mapped data: each key whose column exists (others are
+    /// dropped, as django-cqrs drops fields its model lacks); `cqrs_revision`,
+    /// `cqrs_updated` and the primary key are required.
+    fn row_of(&self, mapped: &Map<String, Value>) -> Result<Vec<(usize, SqlValue)>, TableError> {
+        let mut row = Vec::with_capacity(mapped.len());
+        for (key, value) in mapped {
+            let name = match key.as_str() {
+                REVISION_KEY => &self.spec.revision,
+                UPDATED_KEY => &self.spec.updated,
+                other => other,
+            };
+            let Some(i) = self.columns.iter().position(|c| c.name == *name) else {
                 continue;
             };
             let column = &self.columns[i];
@@ -444,15 +460,15 @@ impl Table {
         Ok(found)
     }
 
-    /// Inserts the row of `instance_data`, or updates the row with its primary key (the
-    /// columns it has; others keep their values). No revision check: see the replica's
-    /// rules for when to call it.
+    /// Inserts the row of `mapped` (instance data after [`Self::mapping`]), or updates
+    /// the row with its primary key (the columns it has; others keep their values). No
+    /// revision check: the replica's rules decide when to call it.
     pub async fn upsert(
         &self,
         tx: &mut Transaction,
-        data: &Map<String, Value>,
+        mapped: &Map<String, Value>,
     ) -> Result<(), TableError> {
-        let row = self.row_of(data)?;
+        let row = self.row_of(mapped)?;
         let mut names = Vec::with_capacity(row.len());
         let mut values = Vec::with_capacity(row.len());
         let mut updates = Vec::with_capacity(row.len());

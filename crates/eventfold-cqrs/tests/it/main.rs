@@ -1,0 +1,4 @@
+//! eventfold-cqrs against real databases (SQLite files, PostgreSQL schemas).
+
+mod support;
+mod table;
