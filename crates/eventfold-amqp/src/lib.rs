@@ -15,6 +15,8 @@
 //!   keys run in parallel. A failing handler is retried in process, then the message is
 //!   dead-lettered to `<queue>.dead` with its reason; a body that is not JSON or too large
 //!   is dead-lettered at once. Nothing is acked before it was handled or dead-lettered.
+//! * [`QueueBrowser`]: a queue looked into from outside a consumer (count, take without
+//!   acking, ack one by one, give all back, purge), for tooling such as dead-letter commands.
 //! * [`AmqpConfig`]: the broker URL, a connection name, the heartbeat. Its `Debug` and
 //!   `Display`, and every [`AmqpError`], show the URL with the password as `***`.
 //!
@@ -82,6 +84,7 @@ mod error;
 mod message;
 pub mod nameko;
 mod publisher;
+mod queue;
 
 pub use config::{connections_opened, AmqpConfig};
 pub use consumer::{
@@ -93,3 +96,4 @@ pub use error::{AmqpError, Result};
 pub use lapin::ExchangeKind;
 pub use message::{HeaderValue, Headers, IncomingMessage, OutgoingMessage};
 pub use publisher::{ConfirmedPublisher, Outcome, PublisherOptions};
+pub use queue::{Browsed, QueueBrowser};
