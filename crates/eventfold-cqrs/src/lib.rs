@@ -24,4 +24,5 @@
 pub mod master;
 pub mod replica;
 pub mod table;
+pub mod tooling;
 pub mod wire;
