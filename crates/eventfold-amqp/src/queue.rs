@@ -43,10 +43,7 @@ impl QueueBrowser {
     /// Connects (connection name `<name>/<role>`).
     pub async fn connect(config: AmqpConfig, role: &str) -> Result<Self> {
         let conn = config.connect(role).await?;
-        let channel = conn
-            .create_channel()
-            .await
-            .map_err(|e| config.error(&e))?;
+        let channel = conn.create_channel().await.map_err(|e| config.error(&e))?;
         Ok(QueueBrowser {
             config,
             conn,

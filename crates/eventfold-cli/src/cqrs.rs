@@ -12,9 +12,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use eventfold_amqp::{AmqpConfig, ConfirmedPublisher, ExchangeKind, PublisherOptions};
 use eventfold_cqrs::replica::{ReplicaConsumer, ReplicaModels, ReplicaOptions};
-use eventfold_cqrs::table::{
-    Filter, Role, TableReplica, TablesConfig, DEFAULT_CONFIG_FILE,
-};
+use eventfold_cqrs::table::{Filter, Role, TableReplica, TablesConfig, DEFAULT_CONFIG_FILE};
 use eventfold_cqrs::tooling::{self, Progress, SyncReport, SyncTarget, ToolError};
 use eventfold_cqrs::wire::{queue_routing_key, routing_key, DEFAULT_EXCHANGE};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -26,7 +24,8 @@ const DEFAULT_BATCH: usize = 10_000;
 
 /// Options of `eventfold cqrs`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "The database is the configured store's (EVENTFOLD_STORE, \
+#[command(
+    after_help = "The database is the configured store's (EVENTFOLD_STORE, \
 EVENTFOLD_SQLITE_PATH, EVENTFOLD_DATABASE_URL, or the global flags); the tables file \
 (--config, EVENTFOLD_CQRS_CONFIG, default eventfold-cqrs.toml) says which table holds each \
 cqrs_id:
@@ -50,7 +49,8 @@ Examples:
   eventfold cqrs consume --queue replica
   eventfold cqrs sync --cqrs-id book --filter '{}' --queue replica
   eventfold cqrs diff-master --cqrs-id book | eventfold cqrs diff-replica --queue replica \\
-    | eventfold cqrs diff-sync")]
+    | eventfold cqrs diff-sync"
+)]
 pub struct CqrsArgs {
     #[command(subcommand)]
     command: CqrsCommand,
@@ -367,7 +367,10 @@ impl Drop for Bar {
     }
 }
 
-fn parse_filter(table: &eventfold_cqrs::table::Table, text: Option<&str>) -> anyhow::Result<Filter> {
+fn parse_filter(
+    table: &eventfold_cqrs::table::Table,
+    text: Option<&str>,
+) -> anyhow::Result<Filter> {
     Ok(match text {
         Some(text) => Filter::parse(table, text)?,
         None => Filter::all(),
@@ -412,7 +415,10 @@ async fn consume(store: &StoreArgs, args: &ConsumeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--workers must be at least 1");
     }
     if !(args.retry_delay.is_finite() && args.retry_delay >= 0.0) {
-        anyhow::bail!("--retry-delay must be a number of seconds, not {}", args.retry_delay);
+        anyhow::bail!(
+            "--retry-delay must be a number of seconds, not {}",
+            args.retry_delay
+        );
     }
     let log = open(store).await?;
     let mut models = ReplicaModels::new();
@@ -480,8 +486,10 @@ async fn sync(store: &StoreArgs, args: &SyncArgs) -> anyhow::Result<()> {
         queue: args.queue.as_deref(),
     };
     let mut bar = Bar::new(&format!("sync {}", args.cqrs_id));
-    let report = tooling::sync(&*log, &table, &filter, &publisher, target, args.batch, &mut bar)
-        .await?;
+    let report = tooling::sync(
+        &*log, &table, &filter, &publisher, target, args.batch, &mut bar,
+    )
+    .await?;
     drop(bar);
     let _ = publisher.close().await;
     if report.processed == 0 {
@@ -536,15 +544,20 @@ async fn bulk_dump(store: &StoreArgs, args: &BulkDumpArgs) -> anyhow::Result<()>
             .map_err(|e| e.into_error())
             .and_then(|f| f.sync_all())
             .with_context(|| format!("cannot write {}", partial.display()))?;
-        std::fs::rename(&partial, &path)
-            .with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))?;
+        std::fs::rename(&partial, &path).with_context(|| {
+            format!("cannot rename {} to {}", partial.display(), path.display())
+        })?;
         rows
     };
     drop(bar);
     eprintln!(
         "{rows} rows of {} dumped to {}",
         args.cqrs_id,
-        if to_stdout { "stdout".into() } else { path.display().to_string() }
+        if to_stdout {
+            "stdout".into()
+        } else {
+            path.display().to_string()
+        }
     );
     Ok(())
 }
@@ -553,7 +566,8 @@ fn reader(path: &Path, what: &str) -> anyhow::Result<Box<dyn BufRead>> {
     if path == Path::new("-") {
         return Ok(Box::new(std::io::stdin().lock()));
     }
-    let file = File::open(path).with_context(|| format!("cannot read the {what} {}", path.display()))?;
+    let file =
+        File::open(path).with_context(|| format!("cannot read the {what} {}", path.display()))?;
     Ok(Box::new(BufReader::new(file)))
 }
 
@@ -564,13 +578,7 @@ async fn bulk_load(store: &StoreArgs, args: &BulkLoadArgs) -> anyhow::Result<()>
     let mut bar = Bar::new("load");
     let mut notes = std::io::stderr();
     let report = tooling::bulk_load(
-        &*log,
-        &config,
-        &mut *dump,
-        args.clear,
-        args.batch,
-        &mut bar,
-        &mut notes,
+        &*log, &config, &mut *dump, args.clear, args.batch, &mut bar, &mut notes,
     )
     .await?;
     drop(bar);
@@ -606,8 +614,15 @@ async fn diff_replica(store: &StoreArgs, args: &DiffReplicaArgs) -> anyhow::Resu
     let mut input = std::io::stdin().lock();
     let mut out = std::io::stdout().lock();
     let mut notes = std::io::stderr();
-    tooling::diff_replica(&*log, &config, &mut input, &mut out, args.queue.as_deref(), &mut notes)
-        .await?;
+    tooling::diff_replica(
+        &*log,
+        &config,
+        &mut input,
+        &mut out,
+        args.queue.as_deref(),
+        &mut notes,
+    )
+    .await?;
     Ok(())
 }
 
@@ -668,10 +683,7 @@ async fn dead_letters(command: &DeadLettersCommand) -> anyhow::Result<()> {
     };
     eprintln!(
         "Total dead letters: {}; {} {verb}, {} left in dead_letter_{}",
-        report.total,
-        report.handled,
-        report.left,
-        args.queue
+        report.total, report.handled, report.left, args.queue
     );
     Ok(())
 }

@@ -58,7 +58,10 @@ impl Service {
         let store = SqliteStore::open(&SqliteConfig::new(&self.db)).unwrap();
         let mut tx = store.begin().await.unwrap();
         let rows = tx
-            .query("SELECT id, title, cqrs_revision FROM items ORDER BY id", &[])
+            .query(
+                "SELECT id, title, cqrs_revision FROM items ORDER BY id",
+                &[],
+            )
             .await
             .unwrap();
         rows.into_iter()
@@ -137,7 +140,10 @@ async fn every_command_has_help() {
     ] {
         assert!(top.contains(command), "{command} in {top}");
     }
-    assert!(top.contains("[replica.author]") && top.contains("id__in"), "{top}");
+    assert!(
+        top.contains("[replica.author]") && top.contains("id__in"),
+        "{top}"
+    );
     for (args, flag) in [
         (&["consume", "--help"][..], "--queue"),
         (&["sync", "--help"], "--filter"),
@@ -161,19 +167,47 @@ async fn bad_input_is_a_clear_error() {
     let service = Service::new().await;
     service.insert(&[(1, "one", 0)]).await;
     let cases: &[(&[&str], &str)] = &[
-        (&["bulk-dump", "--cqrs-id", "author", "-o", "-"], "unknown cqrs_id \"author\": the tables file has no [master.author] (it has item)"),
-        (&["diff-master", "--cqrs-id", "item", "--filter", "{\"colour\": 1}"], "\"colour\" is not a field of item"),
-        (&["diff-master", "--cqrs-id", "item", "--filter", "[1]"], "bad filter: must be a JSON object"),
+        (
+            &["bulk-dump", "--cqrs-id", "author", "-o", "-"],
+            "unknown cqrs_id \"author\": the tables file has no [master.author] (it has item)",
+        ),
+        (
+            &[
+                "diff-master",
+                "--cqrs-id",
+                "item",
+                "--filter",
+                "{\"colour\": 1}",
+            ],
+            "\"colour\" is not a field of item",
+        ),
+        (
+            &["diff-master", "--cqrs-id", "item", "--filter", "[1]"],
+            "bad filter: must be a JSON object",
+        ),
         (&["sync", "--cqrs-id", "item"], "sync needs --filter"),
-        (&["bulk-load", "-i", "missing.dump"], "cannot read the dump missing.dump"),
-        (&["bulk-dump", "--cqrs-id", "item", "--config", "nope.toml"], "bad tables file: cannot read nope.toml"),
-        (&["consume", "--queue", "q", "--workers", "0"], "--workers must be at least 1"),
+        (
+            &["bulk-load", "-i", "missing.dump"],
+            "cannot read the dump missing.dump",
+        ),
+        (
+            &["bulk-dump", "--cqrs-id", "item", "--config", "nope.toml"],
+            "bad tables file: cannot read nope.toml",
+        ),
+        (
+            &["consume", "--queue", "q", "--workers", "0"],
+            "--workers must be at least 1",
+        ),
     ];
     for (args, says) in cases {
         let err = fails(&service.run(args));
         assert!(err.contains(says), "{args:?}: {err}");
     }
-    std::fs::write(service.dir.path().join("bad.toml"), "[replica.item]\ntable = 3\n").unwrap();
+    std::fs::write(
+        service.dir.path().join("bad.toml"),
+        "[replica.item]\ntable = 3\n",
+    )
+    .unwrap();
     let err = fails(&service.run(&["bulk-dump", "-c", "item", "--config", "bad.toml"]));
     assert!(err.contains("bad.toml") && err.contains("line 2"), "{err}");
 
@@ -181,7 +215,10 @@ async fn bad_input_is_a_clear_error() {
     assert_eq!(dump, "");
     assert!(service.dir.path().join("item.dump").exists());
     let err = fails(&service.run(&["bulk-dump", "--cqrs-id", "item"]));
-    assert!(err.contains("item.dump exists (--force overwrites it)"), "{err}");
+    assert!(
+        err.contains("item.dump exists (--force overwrites it)"),
+        "{err}"
+    );
     ok(&service.run(&["bulk-dump", "--cqrs-id", "item", "--force"]));
 
     let err = fails(&service.pipe(&["bulk-load", "-i", "-"], b""));
@@ -190,7 +227,10 @@ async fn bad_input_is_a_clear_error() {
     assert!(err.contains("line 2: not a JSON list"), "{err}");
 
     let mut elsewhere = service.command(&["bulk-dump", "-c", "item", "-o", "-"]);
-    elsewhere.env("EVENTFOLD_SQLITE_PATH", service.dir.path().join("absent.sqlite3"));
+    elsewhere.env(
+        "EVENTFOLD_SQLITE_PATH",
+        service.dir.path().join("absent.sqlite3"),
+    );
     let err = fails(&elsewhere.output().unwrap());
     assert!(err.contains("no SQLite database at"), "{err}");
 
@@ -204,7 +244,10 @@ async fn bad_input_is_a_clear_error() {
         "--amqp-url",
         "amqp://guest:sekrit-pw@127.0.0.1:1/%2f",
     ]));
-    assert!(err.contains("cannot connect") && !err.contains("sekrit-pw"), "{err}");
+    assert!(
+        err.contains("cannot connect") && !err.contains("sekrit-pw"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -225,14 +268,21 @@ async fn dumps_and_diffs_go_through_pipes() {
     assert_eq!(replica_diff, format!("{},replica\n[1,2]\n[3]\n", lines[0]));
 
     let dump = ok(&master.run(&["bulk-dump", "-c", "item", "-o", "-"]));
-    assert!(dump.starts_with("item\n{\"id\":1,") && !dump.ends_with('\n'), "{dump}");
+    assert!(
+        dump.starts_with("item\n{\"id\":1,") && !dump.ends_with('\n'),
+        "{dump}"
+    );
     let load = replica.pipe(&["bulk-load", "-i", "-"], dump.as_bytes());
     ok(&load);
     let said = String::from_utf8_lossy(&load.stderr);
     assert!(said.contains("2 rows loaded, 1 skipped"), "{said}");
     assert_eq!(
         replica.rows().await,
-        [(1, "one".into(), 0), (2, "two".into(), 5), (3, "newer".into(), 2)]
+        [
+            (1, "one".into(), 0),
+            (2, "two".into(), 5),
+            (3, "newer".into(), 2)
+        ]
     );
     let again = ok(&replica.pipe(&["diff-replica"], diff.as_bytes()));
     assert_eq!(again, format!("{},None\n[3]\n", lines[0]));
@@ -263,7 +313,10 @@ async fn wait_for(replica: &Service, want: &[(i64, String, i64)]) {
         if rows == want {
             return;
         }
-        assert!(Instant::now() < deadline, "replica rows {rows:?}, want {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "replica rows {rows:?}, want {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -298,7 +351,10 @@ async fn consume_replicates_into_a_plain_table_and_sync_feeds_it() {
         .output()
         .unwrap();
     let said = ok(&synced);
-    assert!(said.contains("2 of 2 rows of item synced (routing key cqrs.replica.item)"), "{said}");
+    assert!(
+        said.contains("2 of 2 rows of item synced (routing key cqrs.replica.item)"),
+        "{said}"
+    );
     wait_for(&replica, &[(1, "one".into(), 0), (2, "two".into(), 3)]).await;
 
     // A body that is no message is dead-lettered, and dead-letters dump shows it.
@@ -314,7 +370,8 @@ async fn consume_replicates_into_a_plain_table_and_sync_feeds_it() {
         .unwrap()
         .await
         .unwrap();
-    raw.wait_count("dead_letter_replica", 1, Duration::from_secs(30)).await;
+    raw.wait_count("dead_letter_replica", 1, Duration::from_secs(30))
+        .await;
     let dumped = replica
         .command(&["dead-letters", "dump", "--queue", "replica"])
         .env("EVENTFOLD_AMQP_URL", &url)

@@ -114,7 +114,10 @@ fn first_line(input_stream: &mut dyn BufRead, what: &'static str) -> Result<Stri
     input_stream.read_line(&mut line)?;
     let line = line.trim().to_owned();
     if line.is_empty() {
-        return Err(input(what, "it is empty (its first line must start with the cqrs_id)"));
+        return Err(input(
+            what,
+            "it is empty (its first line must start with the cqrs_id)",
+        ));
     }
     Ok(line)
 }
@@ -375,7 +378,9 @@ pub async fn diff_master(
     let mut after: Option<Value> = None;
     loop {
         let mut tx = store.begin().await?;
-        let page = table.revisions(&mut tx, filter, after.as_ref(), batch).await?;
+        let page = table
+            .revisions(&mut tx, filter, after.as_ref(), batch)
+            .await?;
         tx.rollback().await?;
         let Some((last, _)) = page.last() else {
             break;
@@ -421,7 +426,10 @@ pub async fn diff_replica(
         let pairs = parse_revisions(text).ok_or_else(|| {
             input(
                 WHAT,
-                format!("line {}: not a JSON list of [pk, revision] pairs: {text}", i + 2),
+                format!(
+                    "line {}: not a JSON list of [pk, revision] pairs: {text}",
+                    i + 2
+                ),
             )
         })?;
         let pks: Vec<Value> = pairs.iter().map(|(pk, _)| pk.clone()).collect();
@@ -452,7 +460,9 @@ fn parse_revisions(text: &str) -> Option<Vec<(Value, i64)>> {
     items
         .into_iter()
         .map(|item| match item {
-            Value::Array(pair) if pair.len() == 2 && !pair[0].is_array() && !pair[0].is_object() => {
+            Value::Array(pair)
+                if pair.len() == 2 && !pair[0].is_array() && !pair[0].is_object() =>
+            {
                 Some((pair[0].clone(), pair[1].as_i64()?))
             }
             _ => None,
@@ -629,8 +639,16 @@ pub async fn dead_letters_retry(
             }
             if pending.len() >= WINDOW || (taken.is_none() || seen == total) && !pending.is_empty()
             {
-                republish(&publisher, &browser, queue, exchange, &mut pending, &mut report, out)
-                    .await?;
+                republish(
+                    &publisher,
+                    &browser,
+                    queue,
+                    exchange,
+                    &mut pending,
+                    &mut report,
+                    out,
+                )
+                .await?;
             }
             if taken.is_none() {
                 break;

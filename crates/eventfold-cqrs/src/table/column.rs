@@ -136,9 +136,7 @@ impl Column {
             (Kind::Boolean, Value::Number(n)) if dialect == Dialect::Postgres => {
                 SqlValue::Text(n.to_string())
             }
-            (Kind::Integer | Kind::Real, Value::Bool(b)) => {
-                SqlValue::Integer((*b).into())
-            }
+            (Kind::Integer | Kind::Real, Value::Bool(b)) => SqlValue::Integer((*b).into()),
             (Kind::Integer | Kind::Real | Kind::Boolean, Value::Number(n)) => number(n),
             // Exact on both sides: PostgreSQL casts the text, SQLite's affinity converts it.
             (Kind::Numeric, Value::Number(n)) => SqlValue::Text(n.to_string()),
@@ -152,12 +150,10 @@ impl Column {
         match (self.kind, value) {
             (_, SqlValue::Null) => Value::Null,
             (Kind::Boolean, SqlValue::Integer(i)) => Value::Bool(i != 0),
-            (Kind::Json, SqlValue::Text(s)) => {
-                serde_json::from_str(&s).unwrap_or(Value::String(s))
+            (Kind::Json, SqlValue::Text(s)) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
+            (Kind::Timestamp, SqlValue::Text(s)) => {
+                Value::String(parse_datetime(&s).map_or(s, |t| python_datetime(&t)))
             }
-            (Kind::Timestamp, SqlValue::Text(s)) => Value::String(
-                parse_datetime(&s).map_or(s, |t| python_datetime(&t)),
-            ),
             (Kind::LocalTimestamp, SqlValue::Text(s)) => Value::String(python_naive(&s)),
             (Kind::Numeric, SqlValue::Integer(i)) => Value::String(i.to_string()),
             (Kind::Numeric, SqlValue::Real(f)) => Value::String(f.to_string()),
@@ -215,7 +211,10 @@ mod tests {
     fn kinds_of_declared_types() {
         assert_eq!(Kind::of_postgres("character varying(100)"), Kind::Text);
         assert_eq!(Kind::of_postgres("numeric(10,2)"), Kind::Numeric);
-        assert_eq!(Kind::of_postgres("timestamp with time zone"), Kind::Timestamp);
+        assert_eq!(
+            Kind::of_postgres("timestamp with time zone"),
+            Kind::Timestamp
+        );
         assert_eq!(Kind::of_postgres("uuid"), Kind::Other);
         assert_eq!(Kind::of_sqlite("bool"), Kind::Boolean);
         assert_eq!(Kind::of_sqlite("BIGINT"), Kind::Integer);

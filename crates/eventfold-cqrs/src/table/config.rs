@@ -113,7 +113,10 @@ impl TablesConfig {
         let config: TablesConfig = toml::from_str(text).map_err(|e| TableError::Config {
             message: e.to_string().trim_end().to_owned(),
         })?;
-        for (role, tables) in [(Role::Master, &config.master), (Role::Replica, &config.replica)] {
+        for (role, tables) in [
+            (Role::Master, &config.master),
+            (Role::Replica, &config.replica),
+        ] {
             for (cqrs_id, spec) in tables {
                 spec.check(cqrs_id, role)
                     .map_err(|message| TableError::Config {
@@ -154,11 +157,13 @@ impl TablesConfig {
             Role::Master => &self.master,
             Role::Replica => &self.replica,
         };
-        tables.get(cqrs_id).ok_or_else(|| TableError::UnknownCqrsId {
-            cqrs_id: cqrs_id.to_owned(),
-            role,
-            known: tables.keys().cloned().collect(),
-        })
+        tables
+            .get(cqrs_id)
+            .ok_or_else(|| TableError::UnknownCqrsId {
+                cqrs_id: cqrs_id.to_owned(),
+                role,
+                known: tables.keys().cloned().collect(),
+            })
     }
 }
 
@@ -235,9 +240,11 @@ impl TableSpec {
         }
         match (&self.fields, role) {
             (Some(_), Role::Replica) => {
-                return Err("`fields` is for master tables (a replica writes what it receives; \
+                return Err(
+                    "`fields` is for master tables (a replica writes what it receives; \
                      use `ignore`)"
-                    .to_owned())
+                        .to_owned(),
+                )
             }
             (Some(fields), Role::Master) => {
                 if let Some(key) = fields.iter().find(|f| self.ignore.contains(f)) {

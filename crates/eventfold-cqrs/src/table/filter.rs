@@ -60,8 +60,8 @@ impl Filter {
     /// [`TableError::BadFilter`].
     pub fn parse(table: &Table, text: &str) -> Result<Self, TableError> {
         let bad = |message: String| TableError::BadFilter { message };
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| bad(format!("not JSON ({e}): {text}")))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("not JSON ({e}): {text}")))?;
         let Value::Object(object) = value else {
             return Err(bad(format!(
                 "must be a JSON object such as {{\"id__in\": [1, 2]}}, not {text}"

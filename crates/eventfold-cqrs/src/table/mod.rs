@@ -135,8 +135,12 @@ impl MasterRow {
     /// This row as the SYNC message django-cqrs's `cqrs_sync` sends (no previous data,
     /// no correlation id, empty meta, the default TTL).
     pub fn sync_message(&self, cqrs_id: &str) -> CqrsMessage {
-        let mut message =
-            CqrsMessage::new(SignalType::Sync, cqrs_id, self.pk.clone(), self.data.clone());
+        let mut message = CqrsMessage::new(
+            SignalType::Sync,
+            cqrs_id,
+            self.pk.clone(),
+            self.data.clone(),
+        );
         message.meta = Some(Value::Object(Map::new()));
         message
     }
@@ -172,14 +176,12 @@ impl Table {
         let dialect = match tx.backend() {
             "sqlite" => Dialect::Sqlite,
             "postgres" => Dialect::Postgres,
-            other => {
-                return Err(TableError::Schema {
-                    cqrs_id: cqrs_id.to_owned(),
-                    message: format!(
-                        "plain tables need SQL: the {other} store has none (use SQLite or PostgreSQL)"
-                    ),
-                })
-            }
+            other => return Err(TableError::Schema {
+                cqrs_id: cqrs_id.to_owned(),
+                message: format!(
+                    "plain tables need SQL: the {other} store has none (use SQLite or PostgreSQL)"
+                ),
+            }),
         };
         let qualified = match &spec.schema {
             Some(schema) => format!("{}.{}", quote(schema), quote(&spec.table)),
@@ -257,7 +259,9 @@ impl Table {
             updated,
             published: Vec::new(),
             mapping: spec.rename.iter().fold(
-                spec.ignore.iter().fold(FieldMapping::new(), |m, key| m.ignore(key.clone())),
+                spec.ignore
+                    .iter()
+                    .fold(FieldMapping::new(), |m, key| m.ignore(key.clone())),
                 |m, (key, column)| m.rename(key.clone(), column.clone()),
             ),
         };
@@ -289,9 +293,7 @@ impl Table {
         }
         Ok(all
             .into_iter()
-            .filter(|(i, key)| {
-                fields.contains(key) || *i == self.revision || *i == self.updated
-            })
+            .filter(|(i, key)| fields.contains(key) || *i == self.revision || *i == self.updated)
             .collect())
     }
 

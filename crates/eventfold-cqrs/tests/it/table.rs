@@ -30,13 +30,19 @@ fn spec(db: &Db, table: &str) -> TableSpec {
 fn a_bad_tables_file_says_what_and_where() {
     let err = |text: &str| TablesConfig::from_toml(text).unwrap_err().to_string();
     let syntax = err("[replica.item]\ntable = \"items\"\npk = \n");
-    assert!(syntax.starts_with("bad tables file:") && syntax.contains("line 3"), "{syntax}");
+    assert!(
+        syntax.starts_with("bad tables file:") && syntax.contains("line 3"),
+        "{syntax}"
+    );
     let unknown = err("[replica.item]\ntable = \"items\"\nprimary = \"id\"\n");
     assert!(unknown.contains("unknown field `primary`"), "{unknown}");
     let no_table = err("[replica.item]\npk = \"id\"\n");
     assert!(no_table.contains("missing field `table`"), "{no_table}");
     let fields = err("[replica.item]\ntable = \"items\"\nfields = [\"id\"]\n");
-    assert!(fields.contains("[replica.item]: `fields` is for master tables"), "{fields}");
+    assert!(
+        fields.contains("[replica.item]: `fields` is for master tables"),
+        "{fields}"
+    );
     let collide = err("[master.item]\ntable = \"t\"\nrename = { a = \"c\", b = \"c\" }\n");
     assert!(collide.contains("both go to the column \"c\""), "{collide}");
     let revision = err("[master.item]\ntable = \"t\"\nignore = [\"cqrs_revision\"]\n");
@@ -44,7 +50,10 @@ fn a_bad_tables_file_says_what_and_where() {
     let unreadable = TablesConfig::load(std::path::Path::new("/nonexistent/t.toml"))
         .unwrap_err()
         .to_string();
-    assert!(unreadable.contains("cannot read /nonexistent/t.toml"), "{unreadable}");
+    assert!(
+        unreadable.contains("cannot read /nonexistent/t.toml"),
+        "{unreadable}"
+    );
 
     let config = TablesConfig::from_toml("[replica.item]\ntable = \"items\"\n").unwrap();
     let unknown_id = config.replica("itme").unwrap_err().to_string();
@@ -53,7 +62,10 @@ fn a_bad_tables_file_says_what_and_where() {
         "unknown cqrs_id \"itme\": the tables file has no [replica.itme] (it has item)"
     );
     let no_master = config.master("item").unwrap_err().to_string();
-    assert!(no_master.contains("(it has no [master.*] table)"), "{no_master}");
+    assert!(
+        no_master.contains("(it has no [master.*] table)"),
+        "{no_master}"
+    );
 }
 
 async fn schema_errors_name_the_missing_part(db: Db) {
@@ -94,7 +106,9 @@ async fn the_replica_model_upserts_and_deletes_by_pk(db: Db) {
     spec.rename.insert("name".into(), "title".into());
     spec.ignore.push("secret".into());
     let mut tx = db.begin().await;
-    let table = Table::open(&mut tx, "item", &spec, Role::Replica).await.unwrap();
+    let table = Table::open(&mut tx, "item", &spec, Role::Replica)
+        .await
+        .unwrap();
     let model = TableReplica::new(table);
     assert_eq!(model.cqrs_id(), "item");
 
@@ -131,8 +145,13 @@ async fn the_replica_model_upserts_and_deletes_by_pk(db: Db) {
 
     // What a master reading the same table would publish: every column, in table order,
     // typed as django-cqrs sends them; the update kept the columns it did not name.
-    let master = Table::open(&mut tx, "item", &spec, Role::Master).await.unwrap();
-    let rows = master.rows(&mut tx, &Filter::all(), None, 10).await.unwrap();
+    let master = Table::open(&mut tx, "item", &spec, Role::Master)
+        .await
+        .unwrap();
+    let rows = master
+        .rows(&mut tx, &Filter::all(), None, 10)
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].pk.clone(), rows[0].revision), (pk.clone(), 1));
     assert_eq!(
@@ -162,7 +181,10 @@ async fn the_replica_model_upserts_and_deletes_by_pk(db: Db) {
         object(json!({"id": 1, "cqrs_revision": 2, "cqrs_updated": "2026-11-23 00:41:51+00:00"})),
     );
     model
-        .delete(&mut tx, &Change::new(&delete, &delete.instance_data, Some(1)))
+        .delete(
+            &mut tx,
+            &Change::new(&delete, &delete.instance_data, Some(1)),
+        )
         .await
         .unwrap();
     assert_eq!(model.stored_revision(&mut tx, &pk).await.unwrap(), None);
@@ -179,7 +201,9 @@ async fn master_rows_are_filtered_and_paged_in_pk_order(db: Db) {
     db.create_items("items").await;
     let spec = spec(&db, "items");
     let mut tx = db.begin().await;
-    let replica = Table::open(&mut tx, "item", &spec, Role::Replica).await.unwrap();
+    let replica = Table::open(&mut tx, "item", &spec, Role::Replica)
+        .await
+        .unwrap();
     for id in [5, 3, 1, 4, 2] {
         let data = object(json!({
             "id": id, "title": format!("t{id}"), "price": format!("{id}.50"),
@@ -188,7 +212,9 @@ async fn master_rows_are_filtered_and_paged_in_pk_order(db: Db) {
         }));
         replica.upsert(&mut tx, &data).await.unwrap();
     }
-    let master = Table::open(&mut tx, "item", &spec, Role::Master).await.unwrap();
+    let master = Table::open(&mut tx, "item", &spec, Role::Master)
+        .await
+        .unwrap();
     let cases: &[(&str, &[i64])] = &[
         ("{}", &[1, 2, 3, 4, 5]),
         (r#"{"id__in": [4, 2, 9]}"#, &[2, 4]),
@@ -199,7 +225,10 @@ async fn master_rows_are_filtered_and_paged_in_pk_order(db: Db) {
         (r#"{"active": true}"#, &[2, 4]),
         (r#"{"price__lte": "2.50"}"#, &[1, 2]),
         (r#"{"cqrs_revision__gt": 30}"#, &[4, 5]),
-        (r#"{"cqrs_updated__gte": "2026-11-23 00:00:04+00:00"}"#, &[4, 5]),
+        (
+            r#"{"cqrs_updated__gte": "2026-11-23 00:00:04+00:00"}"#,
+            &[4, 5],
+        ),
         (r#"{"born__isnull": true, "id__lte": 2}"#, &[1, 2]),
         (r#"{"born": null}"#, &[1, 2, 3, 4, 5]),
     ];
@@ -216,7 +245,10 @@ async fn master_rows_are_filtered_and_paged_in_pk_order(db: Db) {
             })
             .collect();
         assert_eq!(&got, want, "{text}");
-        assert_eq!(master.count(&mut tx, &filter).await.unwrap(), want.len() as u64);
+        assert_eq!(
+            master.count(&mut tx, &filter).await.unwrap(),
+            want.len() as u64
+        );
     }
     // Keyset pages: after the last pk of the page before.
     let page = master
@@ -228,7 +260,10 @@ async fn master_rows_are_filtered_and_paged_in_pk_order(db: Db) {
     let sync = page[0].sync_message("item");
     assert_eq!(sync.signal_type, SignalType::Sync);
     assert_eq!(sync.instance_pk, json!(3));
-    assert_eq!(sync.instance_data["cqrs_updated"], json!("2026-11-23 00:00:03+00:00"));
+    assert_eq!(
+        sync.instance_data["cqrs_updated"],
+        json!("2026-11-23 00:00:03+00:00")
+    );
 
     for (text, says) in [
         ("[1]", "must be a JSON object"),
@@ -240,7 +275,10 @@ async fn master_rows_are_filtered_and_paged_in_pk_order(db: Db) {
         (r#"{"id__isnull": 1}"#, "takes true or false"),
     ] {
         let err = Filter::parse(&master, text).unwrap_err().to_string();
-        assert!(err.starts_with("bad filter:") && err.contains(says), "{text}: {err}");
+        assert!(
+            err.starts_with("bad filter:") && err.contains(says),
+            "{text}: {err}"
+        );
     }
     tx.commit().await.unwrap();
 }

@@ -105,11 +105,19 @@ async fn dump_then_load(master: Db, replica: Db) {
     .await
     .unwrap();
     let notes = String::from_utf8(notes).unwrap();
-    assert_eq!((report.loaded, report.skipped, report.failed), (2, 1, 2), "{notes}");
-    assert!(notes.contains("line 5: not JSON") && notes.contains("line 6: "), "{notes}");
+    assert_eq!(
+        (report.loaded, report.skipped, report.failed),
+        (2, 1, 2),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("line 5: not JSON") && notes.contains("line 6: "),
+        "{notes}"
+    );
     let reloaded = dump(&replica, &replica_table, 10).await;
     assert_eq!(
-        reloaded.replace("\"title\":\"newer\"", "\"title\":\"three\"")
+        reloaded
+            .replace("\"title\":\"newer\"", "\"title\":\"three\"")
             .replace("\"cqrs_revision\":9", "\"cqrs_revision\":7"),
         dumped
     );
@@ -130,7 +138,10 @@ async fn dump_then_load(master: Db, replica: Db) {
     assert_eq!(dump(&replica, &replica_table, 1).await, dumped);
 
     // A dump of another id, or an empty one, is refused before anything is written.
-    for (bad, says) in [("", "it is empty"), ("author\n{}", "unknown cqrs_id \"author\"")] {
+    for (bad, says) in [
+        ("", "it is empty"),
+        ("author\n{}", "unknown cqrs_id \"author\""),
+    ] {
         let err = tooling::bulk_load(
             &*replica.store,
             &replica_config,
@@ -182,7 +193,11 @@ async fn apply_queue(raw: &Raw, queue: &str, db: &Db, config: &TablesConfig) -> 
     let mut messages = Vec::new();
     for m in raw.drain(queue).await {
         assert_eq!(
-            m.delivery.properties.content_type().as_ref().map(|s| s.as_str()),
+            m.delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|s| s.as_str()),
             Some("text/plain")
         );
         assert_eq!(*m.delivery.properties.delivery_mode(), Some(2));
@@ -212,9 +227,15 @@ async fn the_diff_pipeline_finds_and_syncs_missing_and_stale_rows() {
 
     let before = Utc::now();
     let mut master_stream = Vec::new();
-    let n = tooling::diff_master(&*master.store, &master_table, &Filter::all(), &mut master_stream, 2)
-        .await
-        .unwrap();
+    let n = tooling::diff_master(
+        &*master.store,
+        &master_table,
+        &Filter::all(),
+        &mut master_stream,
+        2,
+    )
+    .await
+    .unwrap();
     assert_eq!(n, 5);
     let master_stream = String::from_utf8(master_stream).unwrap();
     let lines: Vec<&str> = master_stream.lines().collect();
@@ -224,7 +245,10 @@ async fn the_diff_pipeline_finds_and_syncs_missing_and_stale_rows() {
     assert_eq!(at.len(), "2026-12-01 11:23:13.123456+00:00".len(), "{at}");
     assert_eq!(&at[10..11], " ");
     assert!(parse_datetime(at).unwrap() >= before - chrono::Duration::milliseconds(1));
-    assert_eq!(&lines[1..], ["[[1,10],[2,20]]", "[[3,30],[4,40]]", "[[5,50]]"]);
+    assert_eq!(
+        &lines[1..],
+        ["[[1,10],[2,20]]", "[[3,30],[4,40]]", "[[5,50]]"]
+    );
     assert!(master_stream.ends_with("]\n"));
 
     let mut replica_stream = Vec::new();
@@ -249,7 +273,8 @@ async fn the_diff_pipeline_finds_and_syncs_missing_and_stale_rows() {
     let vhost = TestVhost::with_prefix("ef-cqrs-diff");
     let publisher = publisher(&vhost).await;
     let raw = vhost.raw().await;
-    raw.bound_queue("replica", "cqrs", "cqrs.replica.item").await;
+    raw.bound_queue("replica", "cqrs", "cqrs.replica.item")
+        .await;
     let report = tooling::diff_sync(
         &*master.store,
         &master_config,
@@ -261,7 +286,10 @@ async fn the_diff_pipeline_finds_and_syncs_missing_and_stale_rows() {
     )
     .await
     .unwrap();
-    assert_eq!((report.processed, report.confirmed, report.returned), (3, 3, 0));
+    assert_eq!(
+        (report.processed, report.confirmed, report.returned),
+        (3, 3, 0)
+    );
     let synced = apply_queue(&raw, "replica", &replica, &replica_config).await;
     let pks: Vec<_> = synced.iter().map(|m| m.instance_pk.clone()).collect();
     assert_eq!(pks, [json!(2), json!(3), json!(5)]);
@@ -280,12 +308,18 @@ async fn the_diff_pipeline_finds_and_syncs_missing_and_stale_rows() {
     .await
     .unwrap();
     assert_eq!(differing, 0);
-    assert_eq!(String::from_utf8(again).unwrap(), format!("{},None\n", lines[0]));
+    assert_eq!(
+        String::from_utf8(again).unwrap(),
+        format!("{},None\n", lines[0])
+    );
 
     // Streams that are not the other side's output are errors.
     for (stream, says) in [
         ("", "it is empty"),
-        ("item,2026-12-01 11:23:13+00:00,replica\n[[1,2]]\n[2]\n", "line 2: not a JSON list"),
+        (
+            "item,2026-12-01 11:23:13+00:00,replica\n[[1,2]]\n[2]\n",
+            "line 2: not a JSON list",
+        ),
         ("item\n[1]\n", "is not <cqrs_id>,<time>,<queue>"),
     ] {
         let err = tooling::diff_sync(
@@ -313,7 +347,10 @@ async fn the_diff_pipeline_finds_and_syncs_missing_and_stale_rows() {
     .await
     .unwrap_err()
     .to_string();
-    assert!(err.contains("line 2: not a JSON list of [pk, revision] pairs"), "{err}");
+    assert!(
+        err.contains("line 2: not a JSON list of [pk, revision] pairs"),
+        "{err}"
+    );
     publisher.close().await.unwrap();
 }
 
@@ -321,7 +358,12 @@ async fn the_diff_pipeline_finds_and_syncs_missing_and_stale_rows() {
 async fn sync_publishes_sync_messages_to_every_replica_or_one_queue() {
     let master = Db::sqlite();
     let (config, table) = items(&master).await;
-    seed(&master, &config, &[row(1, 4, "a"), row(2, 0, "b"), row(3, 1, "c")]).await;
+    seed(
+        &master,
+        &config,
+        &[row(1, 4, "a"), row(2, 0, "b"), row(3, 1, "c")],
+    )
+    .await;
     let vhost = TestVhost::with_prefix("ef-cqrs-sync");
     let publisher = publisher(&vhost).await;
     let raw = vhost.raw().await;
@@ -331,10 +373,21 @@ async fn sync_publishes_sync_messages_to_every_replica_or_one_queue() {
     let (replica_config, _) = items(&replica).await;
 
     let filter = Filter::parse(&table, r#"{"id__in": [1, 3]}"#).unwrap();
-    let everyone = SyncTarget { exchange: "cqrs", queue: None };
-    let report = tooling::sync(&*master.store, &table, &filter, &publisher, everyone, 1, &mut NoProgress)
-        .await
-        .unwrap();
+    let everyone = SyncTarget {
+        exchange: "cqrs",
+        queue: None,
+    };
+    let report = tooling::sync(
+        &*master.store,
+        &table,
+        &filter,
+        &publisher,
+        everyone,
+        1,
+        &mut NoProgress,
+    )
+    .await
+    .unwrap();
     assert_eq!((report.processed, report.confirmed), (2, 2));
     assert_eq!(raw.count("one").await, 0);
     let got = apply_queue(&raw, "all", &replica, &replica_config).await;
@@ -348,20 +401,49 @@ async fn sync_publishes_sync_messages_to_every_replica_or_one_queue() {
         assert!(message.expires.unwrap() > Utc::now() + chrono::Duration::hours(23));
     }
 
-    let one = SyncTarget { exchange: "cqrs", queue: Some("one") };
-    let report = tooling::sync(&*master.store, &table, &Filter::all(), &publisher, one, 2, &mut NoProgress)
-        .await
-        .unwrap();
+    let one = SyncTarget {
+        exchange: "cqrs",
+        queue: Some("one"),
+    };
+    let report = tooling::sync(
+        &*master.store,
+        &table,
+        &Filter::all(),
+        &publisher,
+        one,
+        2,
+        &mut NoProgress,
+    )
+    .await
+    .unwrap();
     assert_eq!((report.processed, report.confirmed), (3, 3));
     assert_eq!(raw.count("all").await, 0);
-    assert_eq!(raw.wait_at_least("one", 3, std::time::Duration::from_secs(10)).await, 3);
+    assert_eq!(
+        raw.wait_at_least("one", 3, std::time::Duration::from_secs(10))
+            .await,
+        3
+    );
 
     // A queue nobody bound: the messages come back, and the report says so.
-    let nobody = SyncTarget { exchange: "cqrs", queue: Some("absent") };
-    let report = tooling::sync(&*master.store, &table, &Filter::all(), &publisher, nobody, 2, &mut NoProgress)
-        .await
-        .unwrap();
-    assert_eq!((report.processed, report.confirmed, report.returned), (3, 0, 3));
+    let nobody = SyncTarget {
+        exchange: "cqrs",
+        queue: Some("absent"),
+    };
+    let report = tooling::sync(
+        &*master.store,
+        &table,
+        &Filter::all(),
+        &publisher,
+        nobody,
+        2,
+        &mut NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.processed, report.confirmed, report.returned),
+        (3, 0, 3)
+    );
     publisher.close().await.unwrap();
 }
 
@@ -400,25 +482,48 @@ async fn dead_letters_are_dumped_retried_and_purged() {
     let vhost = TestVhost::with_prefix("ef-cqrs-dead");
     let amqp = AmqpConfig::from_url(&vhost.url()).unwrap();
     let raw = vhost.raw().await;
-    raw.topic_bound_queue("replica", "cqrs", "cqrs.replica.item").await;
-    raw.bound_queue("replica", "cqrs", "cqrs.replica.author").await;
-    raw.bound_queue("dead_letter_replica", "cqrs", "cqrs.dead_letter_replica.item").await;
-    let bodies = [dead("item", 1, 30), dead("author", 7, 30), b"not json".to_vec(), dead("item", 2, 5)];
+    raw.topic_bound_queue("replica", "cqrs", "cqrs.replica.item")
+        .await;
+    raw.bound_queue("replica", "cqrs", "cqrs.replica.author")
+        .await;
+    raw.bound_queue(
+        "dead_letter_replica",
+        "cqrs",
+        "cqrs.dead_letter_replica.item",
+    )
+    .await;
+    let bodies = [
+        dead("item", 1, 30),
+        dead("author", 7, 30),
+        b"not json".to_vec(),
+        dead("item", 2, 5),
+    ];
     for body in &bodies {
         put(&raw, "dead_letter_replica", body).await;
     }
     let dlq = "dead_letter_replica";
-    raw.wait_count(dlq, 4, std::time::Duration::from_secs(10)).await;
+    raw.wait_count(dlq, 4, std::time::Duration::from_secs(10))
+        .await;
 
     // dump: every body, in order, and nothing leaves the queue.
     let mut out = Vec::new();
-    let report = tooling::dead_letters_dump(&amqp, "replica", None, &mut out).await.unwrap();
+    let report = tooling::dead_letters_dump(&amqp, "replica", None, &mut out)
+        .await
+        .unwrap();
     assert_eq!((report.total, report.handled, report.left), (4, 4, 0));
-    let want: Vec<u8> = bodies.iter().flat_map(|b| [b.as_slice(), b"\n"].concat()).collect();
-    assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8(want).unwrap());
+    let want: Vec<u8> = bodies
+        .iter()
+        .flat_map(|b| [b.as_slice(), b"\n"].concat())
+        .collect();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(want).unwrap()
+    );
     assert_eq!(raw.settled_count(dlq).await, 4);
     let mut out = Vec::new();
-    let report = tooling::dead_letters_dump(&amqp, "replica", Some("author"), &mut out).await.unwrap();
+    let report = tooling::dead_letters_dump(&amqp, "replica", Some("author"), &mut out)
+        .await
+        .unwrap();
     assert_eq!((report.handled, report.left), (1, 3));
     assert_eq!(out, [bodies[1].as_slice(), b"\n"].concat());
 
@@ -426,9 +531,10 @@ async fn dead_letters_are_dumped_retried_and_purged() {
     // and a fresh expiry; the others stay, in order.
     let mut out = Vec::new();
     let mut notes = Vec::new();
-    let report = tooling::dead_letters_retry(&amqp, "replica", Some("item"), "cqrs", &mut out, &mut notes)
-        .await
-        .unwrap();
+    let report =
+        tooling::dead_letters_retry(&amqp, "replica", Some("item"), "cqrs", &mut out, &mut notes)
+            .await
+            .unwrap();
     assert_eq!((report.total, report.handled, report.left), (4, 2, 2));
     assert_eq!(raw.settled_count(dlq).await, 2);
     let retried: Vec<CqrsMessage> = raw
@@ -444,29 +550,40 @@ async fn dead_letters_are_dumped_retried_and_purged() {
     for (m, pk) in retried.iter().zip([1, 2]) {
         assert_eq!((m.instance_pk.clone(), m.retries), (json!(pk), 0));
         let expires = m.expires.unwrap();
-        assert!(expires > Utc::now() + chrono::Duration::hours(23), "{expires}");
+        assert!(
+            expires > Utc::now() + chrono::Duration::hours(23),
+            "{expires}"
+        );
     }
     assert_eq!(String::from_utf8(out).unwrap().lines().count(), 2);
 
     // retry of everything: the author's goes, the body that is no message stays.
     let mut notes = Vec::new();
-    let report = tooling::dead_letters_retry(&amqp, "replica", None, "cqrs", &mut Vec::new(), &mut notes)
-        .await
-        .unwrap();
+    let report =
+        tooling::dead_letters_retry(&amqp, "replica", None, "cqrs", &mut Vec::new(), &mut notes)
+            .await
+            .unwrap();
     assert_eq!((report.total, report.handled, report.left), (2, 1, 1));
-    assert!(String::from_utf8(notes).unwrap().contains("not a django-cqrs message"));
+    assert!(String::from_utf8(notes)
+        .unwrap()
+        .contains("not a django-cqrs message"));
     let left = raw.drain_bodies(dlq).await;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].1, b"not json");
     put(&raw, dlq, &bodies[0]).await;
     put(&raw, dlq, &bodies[1]).await;
-    raw.wait_count(dlq, 2, std::time::Duration::from_secs(10)).await;
+    raw.wait_count(dlq, 2, std::time::Duration::from_secs(10))
+        .await;
 
     // purge of one cqrs_id, then of all.
-    let report = tooling::dead_letters_purge(&amqp, "replica", Some("author")).await.unwrap();
+    let report = tooling::dead_letters_purge(&amqp, "replica", Some("author"))
+        .await
+        .unwrap();
     assert_eq!((report.total, report.handled, report.left), (2, 1, 1));
     assert_eq!(raw.settled_count(dlq).await, 1);
-    let report = tooling::dead_letters_purge(&amqp, "replica", None).await.unwrap();
+    let report = tooling::dead_letters_purge(&amqp, "replica", None)
+        .await
+        .unwrap();
     assert_eq!((report.total, report.handled), (1, 1));
     assert_eq!(raw.settled_count(dlq).await, 0);
 }
