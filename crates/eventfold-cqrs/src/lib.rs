@@ -9,6 +9,10 @@
 //! - [`replica`]: consumers that apply messages to replica models or plain tables, with
 //!   django-cqrs's revision rules, per-instance order over many workers, retries and dead
 //!   letters.
+//! - [`table`]: plain tables as master and replica models with no Rust code, described
+//!   by a TOML tables file, read and written with the same SQL on SQLite and PostgreSQL.
+//! - [`tooling`]: what `eventfold cqrs` runs besides the consumer (sync, bulk dump and
+//!   load, the diff trio, dead letters), in django-cqrs's formats.
 //!
 //! ```
 //! use eventfold_cqrs::wire::{CqrsMessage, SignalType};

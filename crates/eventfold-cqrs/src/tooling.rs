@@ -15,6 +15,27 @@
 //! JSON is written as `ujson.dumps` writes it ([`crate::wire::ujson`]), timestamps as
 //! Python's `str(datetime)`, every line ends with `\n` (Django's `stdout.write`) except in
 //! a dump.
+//!
+//! # Decisions
+//!
+//! - **Keyset pages, not offsets.** Rows are read `batch` at a time in primary-key order,
+//!   each page after the last pk of the one before (`WHERE pk > $n ORDER BY pk LIMIT`),
+//!   each in a short transaction of its own: a long sync neither holds a snapshot open nor
+//!   rereads skipped rows, and rows written meanwhile are not missed or doubled (django's
+//!   `batch_qs` slices by offset and says it needs a static table).
+//! - **Confirmed, and unroutable is a failure.** A sync publishes each page with
+//!   publisher confirms ([`ConfirmedPublisher::publish_all`]) and counts what came back
+//!   unroutable ([`SyncReport::returned`]): a sync to a queue that is not bound reached
+//!   nobody, and the CLI exits non-zero saying so (django-cqrs publishes without
+//!   confirms).
+//! - **Bulk loads apply the revision rules** ([`apply_message`], as `cqrs_save` does),
+//!   one savepoint per line so that a line the database refuses is reported and the rest
+//!   of its batch still commits, on PostgreSQL too.
+//! - **Dead letters are browsed, not consumed**: taken without an ack, then given back in
+//!   their order ([`QueueBrowser`]). A retry acks each dead letter only after the broker
+//!   confirmed its re-published copy, so a failure part way loses nothing (at worst a
+//!   copy is sent twice, which the revision rules absorb). A body that is not a
+//!   django-cqrs message cannot be re-routed and stays.
 
 use std::io::{BufRead, Write};
 
