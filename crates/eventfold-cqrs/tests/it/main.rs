@@ -1,5 +1,0 @@
-//! eventfold-cqrs against real databases (SQLite files, PostgreSQL schemas).
-
-mod support;
-mod table;
-mod tooling;
