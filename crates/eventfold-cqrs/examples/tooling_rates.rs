@@ -36,7 +36,10 @@ async fn measure(
             ("BIGINT", "NUMERIC(10,2)", "JSONB", "TIMESTAMPTZ"),
             format!("\"{s}\"."),
         ),
-        None => (("INTEGER", "DECIMAL(10,2)", "JSON", "DATETIME"), String::new()),
+        None => (
+            ("INTEGER", "DECIMAL(10,2)", "JSON", "DATETIME"),
+            String::new(),
+        ),
     };
     let (int, num, js, ts) = ddl_types;
     let mut tx = store.begin().await?;
@@ -174,8 +177,9 @@ async fn main() -> anyhow::Result<()> {
         .await;
 
     let dir = tempfile::tempdir()?;
-    let sqlite: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&SqliteConfig::new(dir.path().join("rates.sqlite3")))?);
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&SqliteConfig::new(
+        dir.path().join("rates.sqlite3"),
+    ))?);
     let sqlite_figures = measure("sqlite", sqlite, None, rows, &publisher).await?;
 
     let schema = format!(
@@ -188,7 +192,14 @@ async fn main() -> anyhow::Result<()> {
     );
     config.schema = schema.clone();
     let postgres = Arc::new(PostgresStore::connect(&config).await?);
-    let figures = measure("postgres", postgres.clone(), Some(&schema), rows, &publisher).await;
+    let figures = measure(
+        "postgres",
+        postgres.clone(),
+        Some(&schema),
+        rows,
+        &publisher,
+    )
+    .await;
     let mut tx = postgres.begin().await?;
     tx.execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"), &[])
         .await?;

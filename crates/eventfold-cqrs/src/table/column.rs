@@ -93,11 +93,13 @@ pub(crate) fn quote(name: &str) -> String {
 impl Column {
     /// The expression that binds parameter `$n` to this column: PostgreSQL gets a cast
     /// to the column's type (a `text` parameter does not go into a `timestamptz` column
-    /// by itself), SQLite takes the value as it is.
+    /// by itself), SQLite takes the value as it is. Text columns get no cast: an explicit
+    /// cast to `varchar(n)` would cut a longer value silently, where assigning the text
+    /// refuses it.
     pub(crate) fn param(&self, dialect: Dialect, n: usize) -> String {
-        match dialect {
-            Dialect::Sqlite => format!("${n}"),
-            Dialect::Postgres => format!("CAST(${n} AS {})", self.ty),
+        match (dialect, self.kind) {
+            (Dialect::Sqlite, _) | (Dialect::Postgres, Kind::Text) => format!("${n}"),
+            (Dialect::Postgres, _) => format!("CAST(${n} AS {})", self.ty),
         }
     }
 

@@ -194,6 +194,23 @@ async fn the_replica_model_upserts_and_deletes_by_pk(db: Db) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+
+    // PostgreSQL refuses a title longer than its varchar(100): never cut silently.
+    if db.is_postgres() {
+        let mut tx = db.begin().await;
+        let long = save(
+            3,
+            json!({"id": 3, "name": "x".repeat(101), "cqrs_revision": 0,
+                   "cqrs_updated": "2026-11-23 00:41:49+00:00"}),
+        );
+        let mapped = model.map_fields(&long.instance_data);
+        let err = model
+            .create(&mut tx, &Change::new(&long, &mapped, None))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
+        tx.rollback().await.unwrap();
+    }
 }
 on_both!(replica_model, the_replica_model_upserts_and_deletes_by_pk);
 

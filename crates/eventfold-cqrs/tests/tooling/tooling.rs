@@ -94,7 +94,8 @@ async fn dump_then_load(master: Db, replica: Db) {
     // Lines that are not JSON, have no pk, or that the database refuses (a NULL title)
     // fail alone, with their line numbers; the rest of their batch loads.
     let first_row = dumped.lines().nth(1).unwrap();
-    let null_title = r#"{"id":9,"title":null,"cqrs_revision":0,"cqrs_updated":"2026-11-23 00:41:49+00:00"}"#;
+    let null_title =
+        r#"{"id":9,"title":null,"cqrs_revision":0,"cqrs_updated":"2026-11-23 00:41:49+00:00"}"#;
     let with_bad_lines =
         format!("{dumped}\nnot json\n{null_title}\n{first_row}\n{{\"title\":\"no pk\"}}");
     let mut notes = Vec::new();
@@ -117,7 +118,10 @@ async fn dump_then_load(master: Db, replica: Db) {
     );
     assert!(notes.contains("line 5: not JSON"), "{notes}");
     assert!(notes.contains("line 6: pk 9: "), "{notes}");
-    assert!(notes.contains("line 8: item: instance_data has no \"id\""), "{notes}");
+    assert!(
+        notes.contains("line 8: item: instance_data has no \"id\""),
+        "{notes}"
+    );
     let reloaded = dump(&replica, &replica_table, 10).await;
     assert_eq!(
         reloaded
