@@ -588,8 +588,10 @@ pub async fn diff_sync(
                 ))
             }
         };
-        let filter = Filter::pk_in(&table, pks);
-        report.add(sync(store, &table, &filter, publisher, target, batch, progress).await?);
+        for chunk in pks.chunks(crate::table::PK_CHUNK) {
+            let filter = Filter::pk_in(&table, chunk.to_vec());
+            report.add(sync(store, &table, &filter, publisher, target, batch, progress).await?);
+        }
     }
     Ok(report)
 }

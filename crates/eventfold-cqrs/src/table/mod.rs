@@ -60,6 +60,9 @@ pub use config::{Role, TableSpec, TablesConfig, DEFAULT_CONFIG_FILE};
 pub use filter::Filter;
 pub use replica::TableReplica;
 
+/// At most this many primary keys in one `IN (...)` list.
+pub(crate) const PK_CHUNK: usize = 500;
+
 /// The `instance_data` key of the revision.
 pub const REVISION_KEY: &str = "cqrs_revision";
 /// The `instance_data` key of the last update's time.
@@ -439,8 +442,9 @@ impl Table {
         pks: &[Value],
     ) -> Result<HashMap<String, i64>, TableError> {
         let mut found = HashMap::with_capacity(pks.len());
-        // Bounded: SQLite allows 32766 parameters, PostgreSQL 65535.
-        for chunk in pks.chunks(10_000) {
+        // SQLite looks each `$n` up by name, a scan of the statement's parameters, so a
+        // long IN list costs its length squared: a few hundred at a time.
+        for chunk in pks.chunks(PK_CHUNK) {
             let mut params = Vec::with_capacity(chunk.len());
             let mut list = Vec::with_capacity(chunk.len());
             for pk in chunk {
