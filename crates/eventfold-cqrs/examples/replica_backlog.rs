@@ -77,6 +77,32 @@ impl TypedReplicaModel for Items {
     }
 }
 
+/// A model that writes nothing: the consumer's own cost (`--backend none`).
+struct Nothing;
+
+#[async_trait]
+impl eventfold_cqrs::replica::ReplicaModel for Nothing {
+    fn cqrs_id(&self) -> &str {
+        "item"
+    }
+    async fn stored_revision(
+        &self,
+        _: &mut Transaction,
+        _: &Value,
+    ) -> Result<Option<i64>, BoxError> {
+        Ok(None)
+    }
+    async fn create(&self, _: &mut Transaction, _: &Change<'_>) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn update(&self, _: &mut Transaction, _: &Change<'_>) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn delete(&self, _: &mut Transaction, _: &Change<'_>) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
 struct Args {
     n: usize,
     workers: usize,
@@ -101,7 +127,7 @@ fn parse() -> anyhow::Result<Args> {
             "--backend" => a.backend = value()?,
             "-h" | "--help" => {
                 println!(
-                    "replica_backlog [-n N] [--workers W] [--batch B] [--backend sqlite|postgres]"
+                    "replica_backlog [-n N] [--workers W] [--batch B] [--backend sqlite|postgres|none]"
                 );
                 std::process::exit(0);
             }
@@ -219,19 +245,28 @@ async fn main() -> anyhow::Result<()> {
                 Some(schema),
             )
         }
+        "none" => (Arc::new(eventfold_core::InMemoryStore::new()), None),
         other => bail!("unknown backend {other}"),
     };
-    let mut tx = store.begin().await?;
-    tx.execute("DROP TABLE IF EXISTS items", &[]).await?;
-    tx.execute(
-        "CREATE TABLE items (id BIGINT PRIMARY KEY, name TEXT NOT NULL, qty BIGINT NOT NULL, \
-         cqrs_revision BIGINT NOT NULL, cqrs_updated TEXT NOT NULL)",
-        &[],
-    )
-    .await?;
-    tx.commit().await?;
-
-    let models = || ReplicaModels::new().with(Typed(Items));
+    let none = args.backend == "none";
+    let models = || {
+        if none {
+            ReplicaModels::new().with(Nothing)
+        } else {
+            ReplicaModels::new().with(Typed(Items))
+        }
+    };
+    if !none {
+        let mut tx = store.begin().await?;
+        tx.execute("DROP TABLE IF EXISTS items", &[]).await?;
+        tx.execute(
+            "CREATE TABLE items (id BIGINT PRIMARY KEY, name TEXT NOT NULL, qty BIGINT NOT NULL, \
+             cqrs_revision BIGINT NOT NULL, cqrs_updated TEXT NOT NULL)",
+            &[],
+        )
+        .await?;
+        tx.commit().await?;
+    }
     let mut options = ReplicaOptions::new("replica");
     options.workers = args.workers;
     options.batch_size = args.batch;
