@@ -1292,6 +1292,18 @@ impl Consumer {
     }
 }
 
+impl Consumer {
+    /// Whether the consumer has stopped by itself (a lost connection, a deleted queue),
+    /// without waiting: a supervisor polls this, then calls [`Self::shutdown`] (which
+    /// returns the error) and starts again.
+    pub fn has_stopped(&self) -> bool {
+        self.dispatcher
+            .try_lock()
+            .map(|d| d.as_ref().is_none_or(|h| h.is_finished()))
+            .unwrap_or(false)
+    }
+}
+
 async fn dispatch_batches<H: BatchHandler>(
     shared: Arc<BatchShared<H>>,
     stream: lapin::Consumer,

@@ -264,6 +264,92 @@ impl ReplicaConsumer {
         models: ReplicaModels,
         options: ReplicaOptions,
     ) -> Result<ReplicaConsumer, ReplicaError> {
+        Self::start_counting(config, store, models, options, Arc::default()).await
+    }
+
+    /// Runs a consumer until `shutdown` resolves, then shuts it down gracefully; when the
+    /// connection is lost (or the broker cannot be reached), starts again after a pause
+    /// (1 s, doubling up to 30 s). What `eventfold cqrs consume` runs. The figures add up
+    /// over the restarts; `on_progress` gets them about every `every` (a progress bar).
+    /// Returns them at the end, or the first error that is not a lost connection (a
+    /// refused login, a queue declared with other arguments...).
+    pub async fn run_until(
+        config: AmqpConfig,
+        store: Arc<dyn Store>,
+        models: ReplicaModels,
+        options: ReplicaOptions,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+        every: Duration,
+        mut on_progress: impl FnMut(&ReplicaStats) + Send,
+    ) -> Result<ReplicaStats, ReplicaError> {
+        const FIRST_PAUSE: Duration = Duration::from_secs(1);
+        let counters: Arc<Counters> = Arc::default();
+        let mut before = ConsumerStats::default();
+        let add = |a: ConsumerStats, b: ConsumerStats| ConsumerStats {
+            handled: a.handled + b.handled,
+            retries: a.retries + b.retries,
+            dead_lettered: a.dead_lettered + b.dead_lettered,
+            left_unacked: a.left_unacked + b.left_unacked,
+        };
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut pause = FIRST_PAUSE;
+        let every = every.max(Duration::from_millis(10));
+        loop {
+            let started = Self::start_counting(
+                config.clone(),
+                Arc::clone(&store),
+                models.clone(),
+                options.clone(),
+                Arc::clone(&counters),
+            )
+            .await;
+            match started {
+                Ok(consumer) => {
+                    pause = FIRST_PAUSE;
+                    let asked = loop {
+                        tokio::select! {
+                            _ = &mut shutdown => break true,
+                            _ = tokio::time::sleep(every) => {}
+                        }
+                        on_progress(&counters.snapshot(add(before, consumer.consumer.stats())));
+                        if consumer.consumer.has_stopped() {
+                            break false;
+                        }
+                    };
+                    let last = consumer.consumer.stats();
+                    match consumer.consumer.shutdown().await {
+                        Ok(last) if asked => return Ok(counters.snapshot(add(before, last))),
+                        Ok(last) => before = add(before, last),
+                        Err(e) if e.is_unavailable() => {
+                            tracing::warn!(error = %e, "replica consumer lost its connection; starting again");
+                            before = add(before, last);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    if asked {
+                        return Ok(counters.snapshot(before));
+                    }
+                }
+                Err(ReplicaError::Amqp(e)) if e.is_unavailable() => {
+                    tracing::warn!(error = %e, pause_s = pause.as_secs(), "broker unavailable; trying again");
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::select! {
+                _ = &mut shutdown => return Ok(counters.snapshot(before)),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    async fn start_counting(
+        config: AmqpConfig,
+        store: Arc<dyn Store>,
+        models: ReplicaModels,
+        options: ReplicaOptions,
+        counters: Arc<Counters>,
+    ) -> Result<ReplicaConsumer, ReplicaError> {
         if models.is_empty() {
             return Err(ReplicaError::Config(
                 "a replica needs at least one model".into(),
@@ -287,7 +373,6 @@ impl ReplicaConsumer {
             dead_letter_queue: Some(dead_letter_queue(&options.queue)),
             role: options.role.clone(),
         };
-        let counters = Arc::new(Counters::default());
         let queue = options.queue.clone();
         let handler = ReplicaHandler {
             store,

@@ -125,3 +125,60 @@ async fn failover_and_plain_declarations_coexist_safely() {
     wait_stats(&plain, "the message", |s| s.applied == 1).await;
     plain.shutdown().await.unwrap();
 }
+
+/// `run_until` starts again after a lost connection and the figures add up over the
+/// restarts; the shutdown signal ends it gracefully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_until_reconnects_after_a_lost_connection() {
+    let (_db, store) = Db::sqlite().await;
+    let vhost = TestVhost::with_prefix("ef-cqrs-run");
+    let faults = Arc::default();
+    let proxy = Proxy::start().await;
+    let via_proxy = AmqpConfig::from_url(&vhost.url_via(&proxy.addr)).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let progress = Arc::new(std::sync::Mutex::new(0u64));
+    let seen = Arc::clone(&progress);
+    let run = tokio::spawn(ReplicaConsumer::run_until(
+        via_proxy,
+        Arc::clone(&store),
+        models(&faults),
+        options(),
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_millis(20),
+        move |s| *seen.lock().unwrap() = s.acked,
+    ));
+    let raw = vhost.raw().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while raw.consumers(QUEUE).await != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "no consumer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publish(&vhost, &(1..=100).map(|pk| save(pk, 0)).collect::<Vec<_>>()).await;
+    while *progress.lock().unwrap() < 100 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first half not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.sever();
+    publish(&vhost, &(1..=100).map(|pk| save(pk, 1)).collect::<Vec<_>>()).await;
+    while *progress.lock().unwrap() < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not restarted: {}",
+            *progress.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    let stats = run.await.unwrap().unwrap();
+    assert_eq!(
+        (stats.acked, stats.created, stats.updated),
+        (200, 100, 100),
+        "{stats:?}"
+    );
+    assert!(rows(&store).await.iter().all(|r| r.3 == 1));
+}
