@@ -142,8 +142,17 @@
 //! or duplicates by the revision rules and are skipped; [`ReplicaStats`] counts them apart
 //! (`redelivered_skipped`) so `stale` and `duplicates` measure real ordering errors.
 //!
+//! On PostgreSQL a takeover can also cost one retry: the new consumer's insert of a row
+//! the old one is still committing waits on the unique index, fails, and is re-published,
+//! then skipped as a duplicate when it comes back.
+//!
 //! **Shutdown** ([`ReplicaConsumer::shutdown`]) stops consuming, lets each worker commit and
 //! ack the batch in hand, and leaves everything else unacked for redelivery.
+//!
+//! **Supervision.** A consumer does not reconnect by itself: a lost connection stops it
+//! ([`ReplicaConsumer::stopped`]). [`ReplicaConsumer::run_until`] is the loop a process runs:
+//! start, and after a lost connection start again with backoff (in failover mode the
+//! restarted consumer queues up behind the one that took over), until the shutdown signal.
 
 pub mod apply;
 pub mod consumer;
