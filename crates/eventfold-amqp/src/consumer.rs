@@ -970,6 +970,13 @@ impl Default for BatchOptions {
     }
 }
 
+/// What a settled delivery was, for the figures once its ack is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Handled,
+    DeadLettered,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mark {
     /// Delivered, its worker has it.
@@ -977,34 +984,71 @@ enum Mark {
     /// Waiting (a delayed republish) or left unacked for good.
     Held,
     /// Done: to be acked.
-    Done,
+    Done(Settled),
+}
+
+/// Acks to send now, taken from the book.
+struct AckRun<A = Acker> {
+    /// The top of the done prefix, to multiple-ack.
+    multiple: Option<A>,
+    /// Done deliveries behind a held one, to ack one by one.
+    singles: Vec<A>,
+    /// What the run covers, for the figures.
+    handled: u64,
+    dead_lettered: u64,
+}
+
+impl<A> Default for AckRun<A> {
+    fn default() -> Self {
+        AckRun {
+            multiple: None,
+            singles: Vec::new(),
+            handled: 0,
+            dead_lettered: 0,
+        }
+    }
+}
+
+impl<A> AckRun<A> {
+    fn count(&mut self, settled: Settled) {
+        match settled {
+            Settled::Handled => self.handled += 1,
+            Settled::DeadLettered => self.dead_lettered += 1,
+        }
+    }
 }
 
 /// The channel's unacked deliveries in tag order. A multiple-ack acks every unacked tag
 /// up to its own, so one is sent only over a prefix that is all done; done tags behind a
-/// held one are acked one by one (a held tag must never be covered).
-#[derive(Default)]
-struct AckBook {
-    entries: std::collections::BTreeMap<u64, (Mark, Acker)>,
+/// held one are acked one by one (a held tag must never be covered). Done tags behind an
+/// open one wait for it (its worker is on it), or for [`AckBook::rest`] at the end.
+struct AckBook<A = Acker> {
+    entries: std::collections::BTreeMap<u64, (Mark, A)>,
 }
 
-impl AckBook {
-    /// Marks `tags` done; returns the acker to multiple-ack (the top of the done prefix)
-    /// and the ackers to ack one by one.
-    fn settle(&mut self, tags: &[u64]) -> (Option<Acker>, Vec<Acker>) {
+impl<A> Default for AckBook<A> {
+    fn default() -> Self {
+        AckBook {
+            entries: Default::default(),
+        }
+    }
+}
+
+impl<A> AckBook<A> {
+    fn settle(&mut self, tags: &[u64], settled: Settled) -> AckRun<A> {
         for tag in tags {
             if let Some(entry) = self.entries.get_mut(tag) {
-                entry.0 = Mark::Done;
+                entry.0 = Mark::Done(settled);
             }
         }
-        let mut top = None;
+        let mut run = AckRun::default();
         while let Some(entry) = self.entries.first_entry() {
-            if entry.get().0 != Mark::Done {
+            let Mark::Done(settled) = entry.get().0 else {
                 break;
-            }
-            top = Some(entry.remove().1);
+            };
+            run.count(settled);
+            run.multiple = Some(entry.remove().1);
         }
-        let mut singles = Vec::new();
         if self
             .entries
             .first_key_value()
@@ -1014,16 +1058,37 @@ impl AckBook {
                 .entries
                 .iter()
                 .take_while(|(_, (m, _))| *m != Mark::Open)
-                .filter(|(_, (m, _))| *m == Mark::Done)
+                .filter(|(_, (m, _))| matches!(m, Mark::Done(_)))
                 .map(|(t, _)| *t)
                 .collect();
-            for t in done {
-                if let Some((_, acker)) = self.entries.remove(&t) {
-                    singles.push(acker);
-                }
+            run.singles = self.take(&done, &mut run);
+        }
+        run
+    }
+
+    /// Every done delivery left, one by one (the workers are gone: no open one will be
+    /// settled any more).
+    fn rest(&mut self) -> AckRun<A> {
+        let mut run = AckRun::default();
+        let done: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, (m, _))| matches!(m, Mark::Done(_)))
+            .map(|(t, _)| *t)
+            .collect();
+        run.singles = self.take(&done, &mut run);
+        run
+    }
+
+    fn take(&mut self, tags: &[u64], run: &mut AckRun<A>) -> Vec<A> {
+        let mut ackers = Vec::with_capacity(tags.len());
+        for tag in tags {
+            if let Some((Mark::Done(settled), acker)) = self.entries.remove(tag) {
+                run.count(settled);
+                ackers.push(acker);
             }
         }
-        (top, singles)
+        ackers
     }
 }
 
@@ -1049,33 +1114,26 @@ impl Acks {
         }
     }
 
-    /// Acks `tags`; returns how many acks failed (the channel is gone: the broker
-    /// redelivers those).
-    async fn ack(&self, tags: &[u64], config: &AmqpConfig) -> u64 {
+    /// Settles `tags` and sends the acks that makes possible (see [`AckBook`]); counts
+    /// what the sent acks covered.
+    async fn ack(&self, tags: &[u64], settled: Settled, counters: &Counters, config: &AmqpConfig) {
         if tags.is_empty() {
-            return 0;
+            return;
         }
         let _turn = self.sending.lock().await;
-        let (top, singles) = self.book.lock().expect("ack book lock").settle(tags);
-        let mut failed = false;
-        if let Some(acker) = top {
-            let multiple = BasicAckOptions { multiple: true };
-            if let Err(e) = acker.ack(multiple).await {
-                tracing::warn!(error = %config.error(&e), "ack failed");
-                failed = true;
-            }
-        }
-        for acker in singles {
-            if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-                tracing::warn!(error = %config.error(&e), "ack failed");
-                failed = true;
-            }
-        }
-        if failed {
-            tags.len() as u64
-        } else {
-            0
-        }
+        let run = self
+            .book
+            .lock()
+            .expect("ack book lock")
+            .settle(tags, settled);
+        send_acks(run, counters, config).await;
+    }
+
+    /// Acks every settled delivery still waiting, once the workers are gone.
+    async fn ack_rest(&self, counters: &Counters, config: &AmqpConfig) {
+        let _turn = self.sending.lock().await;
+        let run = self.book.lock().expect("ack book lock").rest();
+        send_acks(run, counters, config).await;
     }
 
     /// Nacks `tag` back to the queue.
@@ -1101,6 +1159,34 @@ impl Acks {
                 false
             }
         }
+    }
+}
+
+async fn send_acks(run: AckRun, counters: &Counters, config: &AmqpConfig) {
+    let mut ok = true;
+    if let Some(acker) = run.multiple {
+        let multiple = BasicAckOptions { multiple: true };
+        if let Err(e) = acker.ack(multiple).await {
+            tracing::warn!(error = %config.error(&e), "ack failed");
+            ok = false;
+        }
+    }
+    for acker in run.singles {
+        if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(error = %config.error(&e), "ack failed");
+            ok = false;
+        }
+    }
+    if ok {
+        counters.handled.fetch_add(run.handled, Ordering::Relaxed);
+        counters
+            .dead_lettered
+            .fetch_add(run.dead_lettered, Ordering::Relaxed);
+    } else {
+        // The channel is gone: the broker redelivers them.
+        counters
+            .left_unacked
+            .fetch_add(run.handled + run.dead_lettered, Ordering::Relaxed);
     }
 }
 
@@ -1206,6 +1292,18 @@ impl Consumer {
     }
 }
 
+impl Consumer {
+    /// Whether the consumer has stopped by itself (a lost connection, a deleted queue),
+    /// without waiting: a supervisor polls this, then calls [`Self::shutdown`] (which
+    /// returns the error) and starts again.
+    pub fn has_stopped(&self) -> bool {
+        self.dispatcher
+            .try_lock()
+            .map(|d| d.as_ref().is_none_or(|h| h.is_finished()))
+            .unwrap_or(false)
+    }
+}
+
 async fn dispatch_batches<H: BatchHandler>(
     shared: Arc<BatchShared<H>>,
     stream: lapin::Consumer,
@@ -1237,6 +1335,7 @@ async fn dispatch_batches<H: BatchHandler>(
     for h in handles {
         let _ = h.await;
     }
+    shared.acks.ack_rest(&shared.counters, &shared.config).await;
     if let Some(e) = &failure {
         tracing::warn!(error = %e, "consumer stopped");
     }
@@ -1359,18 +1458,24 @@ async fn run_batch<H: BatchHandler>(
     }
     if !dead.is_empty() {
         let confirmed = publish_dead_letters(shared, &dead).await;
+        let mut dead_lettered = Vec::new();
         let mut unconfirmed = Vec::new();
         for ((tag, _, _), ok) in dead.iter().zip(confirmed) {
             if ok {
-                acks.push(*tag);
-                shared
-                    .counters
-                    .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed);
+                dead_lettered.push(*tag);
             } else {
                 unconfirmed.push(*tag);
             }
         }
+        shared
+            .acks
+            .ack(
+                &dead_lettered,
+                Settled::DeadLettered,
+                &shared.counters,
+                &shared.config,
+            )
+            .await;
         if !unconfirmed.is_empty() {
             tracing::error!(
                 messages = unconfirmed.len(),
@@ -1385,16 +1490,10 @@ async fn run_batch<H: BatchHandler>(
             }
         }
     }
-    let handled = acks.len() as u64;
-    let failed = shared.acks.ack(&acks, &shared.config).await;
     shared
-        .counters
-        .handled
-        .fetch_add(handled.saturating_sub(failed), Ordering::Relaxed);
-    shared
-        .counters
-        .left_unacked
-        .fetch_add(failed, Ordering::Relaxed);
+        .acks
+        .ack(&acks, Settled::Handled, &shared.counters, &shared.config)
+        .await;
 }
 
 /// Publishes the dead letters of a batch (confirmed together); an unroutable one is sent
@@ -1462,13 +1561,10 @@ async fn republish_later<H>(
     }
     match shared.publisher.publish_one(&copy).await {
         Ok(Outcome::Confirmed) => {
-            let failed = shared.acks.ack(&[tag], &shared.config).await;
-            let counter = if failed == 0 {
-                &shared.counters.handled
-            } else {
-                &shared.counters.left_unacked
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            shared
+                .acks
+                .ack(&[tag], Settled::Handled, &shared.counters, &shared.config)
+                .await;
         }
         other => {
             tracing::warn!(?other, routing_key = %copy.routing_key, "retry not confirmed; the message goes back to the queue");
@@ -1476,5 +1572,79 @@ async fn republish_later<H>(
                 shared.counters.left_unacked.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod ack_book_tests {
+    use super::{AckBook, Mark, Settled};
+
+    /// A book of tags `1..=n`, all open; the "acker" of a tag is the tag itself.
+    fn book(n: u64) -> AckBook<u64> {
+        let mut book = AckBook::default();
+        for tag in 1..=n {
+            book.entries.insert(tag, (Mark::Open, tag));
+        }
+        book
+    }
+
+    fn hold(book: &mut AckBook<u64>, tag: u64) {
+        book.entries.get_mut(&tag).unwrap().0 = Mark::Held;
+    }
+
+    #[test]
+    fn a_done_prefix_is_one_multiple_ack_at_its_top() {
+        let mut b = book(5);
+        let run = b.settle(&[1, 2, 3], Settled::Handled);
+        assert_eq!(
+            (run.multiple, run.singles, run.handled),
+            (Some(3), vec![], 3)
+        );
+        assert_eq!(b.entries.keys().copied().collect::<Vec<_>>(), [4, 5]);
+    }
+
+    #[test]
+    fn done_tags_behind_an_open_one_wait_for_it() {
+        let mut b = book(4);
+        let run = b.settle(&[2, 4], Settled::Handled);
+        assert_eq!((run.multiple, run.singles.len()), (None, 0));
+        let run = b.settle(&[1], Settled::DeadLettered);
+        assert_eq!(
+            (run.multiple, run.handled, run.dead_lettered),
+            (Some(2), 1, 1)
+        );
+        let run = b.settle(&[3], Settled::Handled);
+        assert_eq!((run.multiple, run.handled), (Some(4), 2));
+        assert!(b.entries.is_empty());
+    }
+
+    #[test]
+    fn a_held_tag_is_never_covered_and_what_follows_goes_one_by_one() {
+        let mut b = book(6);
+        hold(&mut b, 2);
+        let run = b.settle(&[1, 3, 4, 6], Settled::Handled);
+        // 1 by a multiple-ack; 3 and 4 singly (behind held 2, before open 5); 6 waits for 5.
+        assert_eq!(
+            (run.multiple, run.singles, run.handled),
+            (Some(1), vec![3, 4], 3)
+        );
+        assert_eq!(b.entries.keys().copied().collect::<Vec<_>>(), [2, 5, 6]);
+        let run = b.settle(&[5], Settled::Handled);
+        assert_eq!((run.multiple, run.singles), (None, vec![5, 6]));
+        // The held one settles at last: it is the prefix now.
+        let run = b.settle(&[2], Settled::Handled);
+        assert_eq!((run.multiple, run.singles), (Some(2), vec![]));
+    }
+
+    #[test]
+    fn the_rest_is_every_done_tag_one_by_one() {
+        let mut b = book(4);
+        b.settle(&[2, 4], Settled::Handled);
+        let run = b.rest();
+        assert_eq!(
+            (run.multiple, run.singles, run.handled),
+            (None, vec![2, 4], 2)
+        );
+        assert_eq!(b.entries.keys().copied().collect::<Vec<_>>(), [1, 3]);
     }
 }

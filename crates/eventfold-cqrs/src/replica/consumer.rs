@@ -117,10 +117,15 @@ pub struct ReplicaStats {
     pub updated: u64,
     /// DELETEs applied.
     pub deleted: u64,
-    /// SAVEs older than the stored revision, acked and not applied.
+    /// SAVEs older than the stored revision, acked and not applied: messages that came
+    /// out of order (first deliveries only; see [`Self::redelivered_skipped`]).
     pub stale: u64,
-    /// SAVEs of the stored revision, acked and not applied.
+    /// SAVEs of the stored revision, acked and not applied (first deliveries only).
     pub duplicates: u64,
+    /// Redelivered SAVEs that were stale or duplicates: applied before, but their ack was
+    /// lost with a connection (expected after a failover or a crash; not an ordering
+    /// error).
+    pub redelivered_skipped: u64,
     /// Applied SAVEs that skipped revisions (the "Lost or filtered out" warning).
     pub lost_gaps: u64,
     /// SYNCs that took a row back to an older revision (applied).
@@ -140,6 +145,9 @@ pub struct ReplicaStats {
     pub commits: u64,
     /// Batches rolled back and re-applied one message per transaction after a failure.
     pub batch_fallbacks: u64,
+    /// Messages acked after they were handled (applied or skipped by the revision rules,
+    /// and retries whose copy was confirmed); dead letters are counted apart.
+    pub acked: u64,
     /// Messages left unacked for redelivery (at shutdown, or after a failed ack).
     pub left_unacked: u64,
 }
@@ -151,6 +159,7 @@ struct Counters {
     deleted: AtomicU64,
     stale: AtomicU64,
     duplicates: AtomicU64,
+    redelivered_skipped: AtomicU64,
     lost_gaps: AtomicU64,
     sync_downgrades: AtomicU64,
     retries: AtomicU64,
@@ -177,6 +186,7 @@ impl Counters {
             deleted,
             stale: get(&self.stale),
             duplicates: get(&self.duplicates),
+            redelivered_skipped: get(&self.redelivered_skipped),
             lost_gaps: get(&self.lost_gaps),
             sync_downgrades: get(&self.sync_downgrades),
             retries: get(&self.retries),
@@ -186,6 +196,7 @@ impl Counters {
             dead_letters: amqp.dead_lettered,
             commits: get(&self.commits),
             batch_fallbacks: get(&self.batch_fallbacks),
+            acked: amqp.handled,
             left_unacked: amqp.left_unacked,
         }
     }
@@ -253,6 +264,92 @@ impl ReplicaConsumer {
         models: ReplicaModels,
         options: ReplicaOptions,
     ) -> Result<ReplicaConsumer, ReplicaError> {
+        Self::start_counting(config, store, models, options, Arc::default()).await
+    }
+
+    /// Runs a consumer until `shutdown` resolves, then shuts it down gracefully; when the
+    /// connection is lost (or the broker cannot be reached), starts again after a pause
+    /// (1 s, doubling up to 30 s). What `eventfold cqrs consume` runs. The figures add up
+    /// over the restarts; `on_progress` gets them about every `every` (a progress bar).
+    /// Returns them at the end, or the first error that is not a lost connection (a
+    /// refused login, a queue declared with other arguments...).
+    pub async fn run_until(
+        config: AmqpConfig,
+        store: Arc<dyn Store>,
+        models: ReplicaModels,
+        options: ReplicaOptions,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+        every: Duration,
+        mut on_progress: impl FnMut(&ReplicaStats) + Send,
+    ) -> Result<ReplicaStats, ReplicaError> {
+        const FIRST_PAUSE: Duration = Duration::from_secs(1);
+        let counters: Arc<Counters> = Arc::default();
+        let mut before = ConsumerStats::default();
+        let add = |a: ConsumerStats, b: ConsumerStats| ConsumerStats {
+            handled: a.handled + b.handled,
+            retries: a.retries + b.retries,
+            dead_lettered: a.dead_lettered + b.dead_lettered,
+            left_unacked: a.left_unacked + b.left_unacked,
+        };
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut pause = FIRST_PAUSE;
+        let every = every.max(Duration::from_millis(10));
+        loop {
+            let started = Self::start_counting(
+                config.clone(),
+                Arc::clone(&store),
+                models.clone(),
+                options.clone(),
+                Arc::clone(&counters),
+            )
+            .await;
+            match started {
+                Ok(consumer) => {
+                    pause = FIRST_PAUSE;
+                    let asked = loop {
+                        tokio::select! {
+                            _ = &mut shutdown => break true,
+                            _ = tokio::time::sleep(every) => {}
+                        }
+                        on_progress(&counters.snapshot(add(before, consumer.consumer.stats())));
+                        if consumer.consumer.has_stopped() {
+                            break false;
+                        }
+                    };
+                    let last = consumer.consumer.stats();
+                    match consumer.consumer.shutdown().await {
+                        Ok(last) if asked => return Ok(counters.snapshot(add(before, last))),
+                        Ok(last) => before = add(before, last),
+                        Err(e) if e.is_unavailable() => {
+                            tracing::warn!(error = %e, "replica consumer lost its connection; starting again");
+                            before = add(before, last);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    if asked {
+                        return Ok(counters.snapshot(before));
+                    }
+                }
+                Err(ReplicaError::Amqp(e)) if e.is_unavailable() => {
+                    tracing::warn!(error = %e, pause_s = pause.as_secs(), "broker unavailable; trying again");
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::select! {
+                _ = &mut shutdown => return Ok(counters.snapshot(before)),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    async fn start_counting(
+        config: AmqpConfig,
+        store: Arc<dyn Store>,
+        models: ReplicaModels,
+        options: ReplicaOptions,
+        counters: Arc<Counters>,
+    ) -> Result<ReplicaConsumer, ReplicaError> {
         if models.is_empty() {
             return Err(ReplicaError::Config(
                 "a replica needs at least one model".into(),
@@ -265,15 +362,17 @@ impl ReplicaConsumer {
         let batch = BatchOptions {
             prefetch: options.prefetch,
             workers: options.workers,
-            key: OrderKey::Custom(Arc::new(instance_key)),
+            key: {
+                let limit = options.max_body_bytes;
+                OrderKey::Custom(Arc::new(move |m| instance_key(m, limit)))
+            },
             batch_size: options.batch_size,
             linger: options.linger,
-            max_body_bytes: options.max_body_bytes,
+            // Checked by the handler, so an oversized body counts as malformed.
+            max_body_bytes: usize::MAX,
             dead_letter_queue: Some(dead_letter_queue(&options.queue)),
             role: options.role.clone(),
-            ..BatchOptions::default()
         };
-        let counters = Arc::new(Counters::default());
         let queue = options.queue.clone();
         let handler = ReplicaHandler {
             store,
@@ -308,8 +407,12 @@ impl ReplicaConsumer {
 }
 
 /// The ordering key of a delivery: its instance, `<cqrs_id> <pk>`. A body that does not
-/// say has none (it is dead-lettered by whichever worker gets it).
-fn instance_key(message: &IncomingMessage) -> Option<String> {
+/// say, or is over the size limit (not parsed), has none (it is dead-lettered by
+/// whichever worker gets it).
+fn instance_key(message: &IncomingMessage, max_body_bytes: usize) -> Option<String> {
+    if message.body.len() > max_body_bytes {
+        return None;
+    }
     #[derive(Deserialize)]
     struct Key<'a> {
         #[serde(borrow)]
@@ -345,6 +448,7 @@ impl ReplicaHandler {
         let now = Utc::now();
         let mut out = vec![Disposition::Ack; batch.len()];
         let mut todo: Vec<(usize, CqrsMessage)> = Vec::with_capacity(batch.len());
+        let redelivered: Vec<bool> = batch.iter().map(|d| d.redelivered).collect();
         for (i, delivery) in batch.iter().enumerate() {
             match self.admit(delivery, now) {
                 Ok(message) => todo.push((i, message)),
@@ -356,14 +460,18 @@ impl ReplicaHandler {
         }
         let messages: Vec<&CqrsMessage> = todo.iter().map(|(_, m)| m).collect();
         match self.apply_in_one_transaction(&messages).await {
-            Ok(applied) => self.count(&messages, &applied),
+            Ok(applied) => {
+                for ((i, message), applied) in todo.iter().zip(&applied) {
+                    self.count(message, redelivered[*i], applied);
+                }
+            }
             Err(e) if todo.len() == 1 => out[todo[0].0] = self.failed(&todo[0].1, e),
             Err(e) => {
                 Counters::add(&self.counters.batch_fallbacks);
                 tracing::debug!(error = %e, messages = todo.len(), "batch rolled back; applying its messages one by one");
                 for (i, message) in &todo {
                     match self.apply_in_one_transaction(&[message]).await {
-                        Ok(applied) => self.count(&[message], &applied),
+                        Ok(applied) => self.count(message, redelivered[*i], &applied[0]),
                         Err(e) => out[*i] = self.failed(message, e),
                     }
                 }
@@ -378,6 +486,15 @@ impl ReplicaHandler {
         delivery: &IncomingMessage,
         now: chrono::DateTime<Utc>,
     ) -> Result<CqrsMessage, DeadLetter> {
+        let limit = self.options.max_body_bytes;
+        if delivery.body.len() > limit {
+            Counters::add(&self.counters.malformed);
+            let reason = format!(
+                "body of {} bytes exceeds the limit of {limit} bytes",
+                delivery.body.len()
+            );
+            return Err(self.dead_letter(None, reason, 0));
+        }
         let message = CqrsMessage::from_body(&delivery.body).map_err(|e| {
             Counters::add(&self.counters.malformed);
             self.dead_letter(None, format!("malformed message: {e}"), 0)
@@ -438,33 +555,37 @@ impl ReplicaHandler {
     }
 
     /// Counts and logs what a committed transaction applied, with django-cqrs's texts.
-    fn count(&self, messages: &[&CqrsMessage], applied: &[Applied]) {
+    fn count(&self, message: &CqrsMessage, redelivered: bool, applied: &Applied) {
         let c = &self.counters;
-        for (message, applied) in messages.iter().zip(applied) {
-            let (pk, id) = (message.pk_text(), &message.cqrs_id);
-            match *applied {
-                Applied::Created { .. } => Counters::add(&c.created),
-                Applied::Updated { .. } => Counters::add(&c.updated),
-                Applied::Deleted => Counters::add(&c.deleted),
-                Applied::Stale { stored, received } => {
-                    Counters::add(&c.stale);
-                    tracing::error!("Wrong CQRS sync order: pk = {pk}, cqrs_revision = new {received} / existing {stored} ({id}).");
-                }
-                Applied::Duplicate { revision } => {
-                    Counters::add(&c.duplicates);
-                    tracing::error!("Received duplicate CQRS data: pk = {pk}, cqrs_revision = {revision} ({id}).");
-                }
+        let (pk, id) = (message.pk_text(), &message.cqrs_id);
+        match *applied {
+            Applied::Created { .. } => Counters::add(&c.created),
+            Applied::Updated { .. } => Counters::add(&c.updated),
+            Applied::Deleted => Counters::add(&c.deleted),
+            Applied::Stale { .. } | Applied::Duplicate { .. } if redelivered => {
+                Counters::add(&c.redelivered_skipped);
+                tracing::info!(pk = %pk, cqrs_id = %id, ?applied, "redelivered CQRS message already applied");
             }
-            let lost = applied.lost();
-            if lost > 0 {
-                Counters::add(&c.lost_gaps);
-                let revision = message.revision().unwrap_or_default();
-                tracing::warn!("Lost or filtered out {lost} CQRS packages: pk = {pk}, cqrs_revision = {revision} ({id})");
+            Applied::Stale { stored, received } => {
+                Counters::add(&c.stale);
+                tracing::error!("Wrong CQRS sync order: pk = {pk}, cqrs_revision = new {received} / existing {stored} ({id}).");
             }
-            if applied.is_sync_downgrade() {
-                Counters::add(&c.sync_downgrades);
-                tracing::warn!(pk = %pk, cqrs_id = %id, "CQRS revision downgrade on sync");
+            Applied::Duplicate { revision } => {
+                Counters::add(&c.duplicates);
+                tracing::error!(
+                    "Received duplicate CQRS data: pk = {pk}, cqrs_revision = {revision} ({id})."
+                );
             }
+        }
+        let lost = applied.lost();
+        if lost > 0 {
+            Counters::add(&c.lost_gaps);
+            let revision = message.revision().unwrap_or_default();
+            tracing::warn!("Lost or filtered out {lost} CQRS packages: pk = {pk}, cqrs_revision = {revision} ({id})");
+        }
+        if applied.is_sync_downgrade() {
+            Counters::add(&c.sync_downgrades);
+            tracing::warn!(pk = %pk, cqrs_id = %id, "CQRS revision downgrade on sync");
         }
     }
 
