@@ -59,7 +59,8 @@ pub struct CqrsArgs {
 #[derive(Debug, Subcommand)]
 enum CqrsCommand {
     /// Replicate into plain tables: consume the queue (declared with django-cqrs's
-    /// topology) and apply each message by the revision rules, until SIGTERM or Ctrl-C.
+    /// topology) and apply each message by the revision rules, until SIGTERM or Ctrl-C
+    /// (a lost broker connection is waited out).
     Consume(ConsumeArgs),
     /// Re-publish master rows as SYNC messages, to every replica or to one queue, in
     /// confirmed batches (cqrs_sync).
@@ -436,21 +437,31 @@ async fn consume(store: &StoreArgs, args: &ConsumeArgs) -> anyhow::Result<()> {
     options.max_retries = args.max_retries;
     options.retry_delay = Duration::from_secs_f64(args.retry_delay);
     options.failover = args.failover;
-    let consumer = ReplicaConsumer::start(amqp, log, models, options).await?;
     outln!(
         "consuming {} ({}) from {endpoint}, {} workers",
         args.queue,
         ids.join(", "),
         args.workers
     )?;
-    let stopped = tokio::select! {
-        signal = signals.recv() => {
-            let _ = outln!("{signal}: finishing the batches in hand");
-            None
-        }
-        error = consumer.stopped() => Some(error),
+    let mut bar = Bar::new(&format!("{} applied", args.queue));
+    bar.start(0);
+    let shown = bar.0.clone();
+    let shutdown = async {
+        let signal = signals.recv().await;
+        let _ = outln!("{signal}: finishing the batches in hand");
     };
-    let stats = consumer.shutdown().await?;
+    // A lost connection is waited out (run_until starts again); a refused one ends it.
+    let stats = ReplicaConsumer::run_until(
+        amqp,
+        log,
+        models,
+        options,
+        shutdown,
+        Duration::from_millis(500),
+        move |stats| shown.set_position(stats.applied),
+    )
+    .await?;
+    drop(bar);
     outln!(
         "stopped: {} applied ({} created, {} updated, {} deleted), {} stale, {} duplicates, \
          {} retries, {} dead letters",
@@ -463,11 +474,7 @@ async fn consume(store: &StoreArgs, args: &ConsumeArgs) -> anyhow::Result<()> {
         stats.retries,
         stats.dead_letters
     )?;
-    match stopped {
-        Some(Some(error)) => Err(error.into()),
-        Some(None) => anyhow::bail!("the queue {} was deleted", args.queue),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 async fn sync(store: &StoreArgs, args: &SyncArgs) -> anyhow::Result<()> {
