@@ -79,6 +79,15 @@ enum CqrsCommand {
     /// Read diff-replica's output on stdin and sync those pks to its queue
     /// (cqrs_diff_sync).
     DiffSync(DiffSyncArgs),
+    /// Print the pks of a replica table, for deleted-diff-master
+    /// (cqrs_deleted_diff_replica).
+    DeletedDiffReplica(DiffMasterArgs),
+    /// Read deleted-diff-replica's output on stdin and print the pks the master no longer
+    /// has, for deleted-sync-replica (cqrs_deleted_diff_master).
+    DeletedDiffMaster(TablesOnly),
+    /// Read deleted-diff-master's output on stdin and delete those rows of the replica
+    /// (cqrs_deleted_sync_replica).
+    DeletedSyncReplica(TablesOnly),
     /// Show, retry or purge the dead letters of a replica queue (cqrs_dead_letters).
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
@@ -224,10 +233,17 @@ struct BulkLoadArgs {
     tables: TablesArgs,
 }
 
-/// Options of `eventfold cqrs diff-master`.
+/// Options of the commands that only read the tables file and stdin.
+#[derive(Debug, clap::Args)]
+struct TablesOnly {
+    #[command(flatten)]
+    tables: TablesArgs,
+}
+
+/// Options of `eventfold cqrs diff-master` and `deleted-diff-replica`.
 #[derive(Debug, clap::Args)]
 struct DiffMasterArgs {
-    /// The master table's cqrs_id.
+    /// The table's cqrs_id (master for diff-master, replica for deleted-diff-replica).
     #[arg(long = "cqrs-id", short = 'c', value_name = "CQRS_ID")]
     cqrs_id: String,
     /// Only the rows of this JSON filter. Default: every row.
@@ -298,6 +314,9 @@ pub async fn run(store: &StoreArgs, args: &CqrsArgs) -> anyhow::Result<()> {
         CqrsCommand::DiffMaster(a) => diff_master(store, a).await,
         CqrsCommand::DiffReplica(a) => diff_replica(store, a).await,
         CqrsCommand::DiffSync(a) => diff_sync(store, a).await,
+        CqrsCommand::DeletedDiffReplica(a) => deleted_diff_replica(store, a).await,
+        CqrsCommand::DeletedDiffMaster(a) => deleted_diff_master(store, a).await,
+        CqrsCommand::DeletedSyncReplica(a) => deleted_sync_replica(store, a).await,
         CqrsCommand::DeadLetters(c) => dead_letters(c).await,
     };
     // A closed pipe is an io::Error the caller recognises, not a tool error.
@@ -654,6 +673,38 @@ async fn diff_sync(store: &StoreArgs, args: &DiffSyncArgs) -> anyhow::Result<()>
     let _ = publisher.close().await;
     check_sync(&report, "the diff's queue")?;
     outln!("{} of {} rows synced", report.confirmed, report.processed)?;
+    Ok(())
+}
+
+async fn deleted_diff_replica(store: &StoreArgs, args: &DiffMasterArgs) -> anyhow::Result<()> {
+    let config = args.tables.load()?;
+    let log = open(store).await?;
+    let table = tooling::open_table(&*log, &config, Role::Replica, &args.cqrs_id).await?;
+    let filter = parse_filter(&table, args.filter.as_deref())?;
+    let mut out = std::io::stdout().lock();
+    let rows = tooling::deleted_diff_replica(&*log, &table, &filter, &mut out, args.batch).await?;
+    if rows == 0 {
+        eprintln!("No objects found for filter!");
+    }
+    Ok(())
+}
+
+async fn deleted_diff_master(store: &StoreArgs, args: &TablesOnly) -> anyhow::Result<()> {
+    let config = args.tables.load()?;
+    let log = open(store).await?;
+    let mut input = std::io::stdin().lock();
+    let mut out = std::io::stdout().lock();
+    let mut notes = std::io::stderr();
+    tooling::deleted_diff_master(&*log, &config, &mut input, &mut out, &mut notes).await?;
+    Ok(())
+}
+
+async fn deleted_sync_replica(store: &StoreArgs, args: &TablesOnly) -> anyhow::Result<()> {
+    let config = args.tables.load()?;
+    let log = open(store).await?;
+    let mut input = std::io::stdin().lock();
+    let deleted = tooling::deleted_sync_replica(&*log, &config, &mut input).await?;
+    outln!("{deleted} rows deleted")?;
     Ok(())
 }
 

@@ -136,6 +136,9 @@ async fn every_command_has_help() {
         "diff-master",
         "diff-replica",
         "diff-sync",
+        "deleted-diff-replica",
+        "deleted-diff-master",
+        "deleted-sync-replica",
         "dead-letters",
     ] {
         assert!(top.contains(command), "{command} in {top}");
@@ -152,6 +155,9 @@ async fn every_command_has_help() {
         (&["diff-master", "--help"], "--cqrs-id"),
         (&["diff-replica", "--help"], "--queue"),
         (&["diff-sync", "--help"], "--batch"),
+        (&["deleted-diff-replica", "--help"], "--filter"),
+        (&["deleted-diff-master", "--help"], "--config"),
+        (&["deleted-sync-replica", "--help"], "--config"),
         (&["dead-letters", "--help"], "retry"),
         (&["dead-letters", "retry", "--help"], "--cqrs-id"),
         (&["dead-letters", "dump", "--help"], "--queue"),
@@ -286,6 +292,15 @@ async fn dumps_and_diffs_go_through_pipes() {
     );
     let again = ok(&replica.pipe(&["diff-replica"], diff.as_bytes()));
     assert_eq!(again, format!("{},None\n[3]\n", lines[0]));
+
+    // A row the master deleted goes from the replica through the deleted trio.
+    replica.insert(&[(9, "gone", 0)]).await;
+    let listed = ok(&replica.run(&["deleted-diff-replica", "-c", "item"]));
+    let gone = ok(&master.pipe(&["deleted-diff-master"], listed.as_bytes()));
+    assert!(gone.ends_with("\n[9]\n"), "{gone}");
+    let deleted = ok(&replica.pipe(&["deleted-sync-replica"], gone.as_bytes()));
+    assert_eq!(deleted, "1 rows deleted\n");
+    assert_eq!(replica.rows().await.len(), 3);
 }
 
 /// SIGTERM, then the output (within a minute).

@@ -10,6 +10,9 @@
 //! | [`diff_master`] | `cqrs_diff_master` | `<cqrs_id>,<now>` then one `[[pk, revision], ...]` line per batch |
 //! | [`diff_replica`] | `cqrs_diff_replica` | `<first line>,<queue or None>` then `[pk, ...]` lines that differ |
 //! | [`diff_sync`] | `cqrs_diff_sync` | a SYNC of each line's pks, to the queue of the first line |
+//! | [`deleted_diff_replica`] | `cqrs_deleted_diff_replica` | `<cqrs_id>,<now>` then one `[pk, ...]` line per batch of replica rows |
+//! | [`deleted_diff_master`] | `cqrs_deleted_diff_master` | the first line, then `[pk, ...]` lines the master no longer has |
+//! | [`deleted_sync_replica`] | `cqrs_deleted_sync_replica` | deletes each line's pks on the replica |
 //! | [`dead_letters_dump`], [`dead_letters_retry`], [`dead_letters_purge`] | `cqrs_dead_letters` | bodies one per line |
 //!
 //! JSON is written as `ujson.dumps` writes it ([`crate::wire::ujson`]), timestamps as
@@ -447,6 +450,32 @@ pub async fn diff_master(
     out: &mut dyn Write,
     batch: usize,
 ) -> Result<u64, ToolError> {
+    pk_pages(store, table, filter, out, batch, true).await
+}
+
+/// Writes `cqrs_deleted_diff_replica`'s stream for the replica `table`:
+/// `<cqrs_id>,<now>`, then one JSON list of pks per `batch` rows, for
+/// [`deleted_diff_master`] to tell which the master no longer has. Returns the number of
+/// rows (0: nothing was written).
+pub async fn deleted_diff_replica(
+    store: &dyn Store,
+    table: &Table,
+    filter: &Filter,
+    out: &mut dyn Write,
+    batch: usize,
+) -> Result<u64, ToolError> {
+    pk_pages(store, table, filter, out, batch, false).await
+}
+
+/// The first line and the pages of the two streams that list a table's rows.
+async fn pk_pages(
+    store: &dyn Store,
+    table: &Table,
+    filter: &Filter,
+    out: &mut dyn Write,
+    batch: usize,
+    with_revisions: bool,
+) -> Result<u64, ToolError> {
     let batch = batch.max(1);
     let mut rows = 0;
     let mut after: Option<Value> = None;
@@ -464,13 +493,138 @@ pub async fn diff_master(
         }
         after = Some(last.clone());
         rows += page.len() as u64;
-        out.write_all(&json_line(&page))?;
+        if with_revisions {
+            out.write_all(&json_line(&page))?;
+        } else {
+            let pks: Vec<&Value> = page.iter().map(|(pk, _)| pk).collect();
+            out.write_all(&json_line(&pks))?;
+        }
         if page.len() < batch {
             break;
         }
     }
     out.flush()?;
     Ok(rows)
+}
+
+/// Reads a stream of pk lists after its `<cqrs_id>,...` first line: the first line, the
+/// table of its `cqrs_id` on the `role` side, and the lists. A line that is not a JSON
+/// list of pks is an error naming it, before anything is done.
+async fn pk_lists(
+    store: &dyn Store,
+    config: &TablesConfig,
+    role: Role,
+    stream: &mut dyn BufRead,
+    what: &'static str,
+) -> Result<(String, Table, Vec<Vec<Value>>), ToolError> {
+    let first = first_line(stream, what)?;
+    let cqrs_id = first.split(',').next().unwrap_or_default();
+    let table = open_table(store, config, role, cqrs_id).await?;
+    let mut lists = Vec::new();
+    for (i, line) in stream.lines().enumerate() {
+        let line = line?;
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Array(pks)) if pks.iter().all(|p| !p.is_array() && !p.is_object()) => {
+                lists.push(pks)
+            }
+            _ => {
+                return Err(input(
+                    what,
+                    format!("line {}: not a JSON list of pks: {text}", i + 2),
+                ))
+            }
+        }
+    }
+    Ok((first, table, lists))
+}
+
+/// Reads [`deleted_diff_replica`]'s stream on the master and writes
+/// `cqrs_deleted_diff_master`'s: the first line as it is, then, for each input line, the
+/// JSON list of its pks that the master no longer has (lines with none are left out).
+/// Returns how many pks are gone; each line is also noted to `notes`.
+pub async fn deleted_diff_master(
+    store: &dyn Store,
+    config: &TablesConfig,
+    diff: &mut dyn BufRead,
+    out: &mut dyn Write,
+    notes: &mut dyn Write,
+) -> Result<u64, ToolError> {
+    let (first, table, lists) = pk_lists(
+        store,
+        config,
+        Role::Master,
+        diff,
+        "the deleted-diff-replica stream",
+    )
+    .await?;
+    writeln!(out, "{first}")?;
+    let mut gone = 0;
+    for pks in lists {
+        let missing = |_: usize, stored: Option<i64>| stored.is_none();
+        gone += write_picked(store, &table, &pks, missing, out, notes, "PK to delete: ").await?;
+    }
+    out.flush()?;
+    Ok(gone)
+}
+
+/// Looks `pks` up in `table` and writes the JSON list of those `pick` keeps (given each
+/// one's index and stored revision), if any, to `out`, and after `note` to `notes`.
+/// Returns how many it kept.
+async fn write_picked(
+    store: &dyn Store,
+    table: &Table,
+    pks: &[Value],
+    pick: impl Fn(usize, Option<i64>) -> bool,
+    out: &mut dyn Write,
+    notes: &mut dyn Write,
+    note: &str,
+) -> Result<u64, ToolError> {
+    let mut tx = store.begin().await?;
+    let stored = table.stored_revisions(&mut tx, pks).await?;
+    tx.rollback().await?;
+    let picked: Vec<&Value> = pks
+        .iter()
+        .enumerate()
+        .filter(|(i, pk)| pick(*i, stored.get(&pk_key(pk)).copied()))
+        .map(|(_, pk)| pk)
+        .collect();
+    if !picked.is_empty() {
+        let listed = json_line(&picked);
+        out.write_all(&listed)?;
+        notes.write_all(note.as_bytes())?;
+        notes.write_all(&listed)?;
+    }
+    Ok(picked.len() as u64)
+}
+
+/// Reads [`deleted_diff_master`]'s stream on the replica and deletes the rows of its pks
+/// (`cqrs_deleted_sync_replica`), one transaction per line. Returns how many rows went.
+pub async fn deleted_sync_replica(
+    store: &dyn Store,
+    config: &TablesConfig,
+    diff: &mut dyn BufRead,
+) -> Result<u64, ToolError> {
+    let (_, table, lists) = pk_lists(
+        store,
+        config,
+        Role::Replica,
+        diff,
+        "the deleted-diff-master stream",
+    )
+    .await?;
+    let mut deleted = 0;
+    for pks in lists {
+        let mut tx = store.begin().await?;
+        for pk in &pks {
+            deleted += table.delete(&mut tx, pk).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(deleted)
 }
 
 /// Reads `cqrs_diff_master`'s stream and writes `cqrs_diff_replica`'s: the first line
@@ -507,21 +661,8 @@ pub async fn diff_replica(
             )
         })?;
         let pks: Vec<Value> = pairs.iter().map(|(pk, _)| pk.clone()).collect();
-        let mut tx = store.begin().await?;
-        let stored = table.stored_revisions(&mut tx, &pks).await?;
-        tx.rollback().await?;
-        let diff_pks: Vec<&Value> = pairs
-            .iter()
-            .filter(|(pk, revision)| stored.get(&pk_key(pk)) != Some(revision))
-            .map(|(pk, _)| pk)
-            .collect();
-        if !diff_pks.is_empty() {
-            differing += diff_pks.len() as u64;
-            let listed = json_line(&diff_pks);
-            out.write_all(&listed)?;
-            notes.write_all(b"PK to resync: ")?;
-            notes.write_all(&listed)?;
-        }
+        let stale = |i: usize, stored: Option<i64>| stored != Some(pairs[i].1);
+        differing += write_picked(store, &table, &pks, stale, out, notes, "PK to resync: ").await?;
     }
     out.flush()?;
     Ok(differing)
@@ -558,7 +699,7 @@ pub async fn diff_sync(
     progress: &mut dyn Progress,
 ) -> Result<SyncReport, ToolError> {
     const WHAT: &str = "the diff-replica stream";
-    let first = first_line(diff, WHAT)?;
+    let (first, table, lists) = pk_lists(store, config, Role::Master, diff, WHAT).await?;
     let parts: Vec<&str> = first.split(',').collect();
     if parts.len() < 3 {
         return Err(input(
@@ -566,28 +707,13 @@ pub async fn diff_sync(
             format!("its first line {first:?} is not <cqrs_id>,<time>,<queue>"),
         ));
     }
-    let table = open_table(store, config, Role::Master, parts[0]).await?;
     let queue = parts[parts.len() - 1];
     let target = SyncTarget {
         exchange,
         queue: (queue != NO_QUEUE).then_some(queue),
     };
     let mut report = SyncReport::default();
-    for (i, line) in diff.lines().enumerate() {
-        let line = line?;
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
-        }
-        let pks = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Array(pks)) if pks.iter().all(|p| !p.is_array() && !p.is_object()) => pks,
-            _ => {
-                return Err(input(
-                    WHAT,
-                    format!("line {}: not a JSON list of pks: {text}", i + 2),
-                ))
-            }
-        };
+    for pks in lists {
         for chunk in pks.chunks(crate::table::PK_CHUNK) {
             let filter = Filter::pk_in(&table, chunk.to_vec());
             report.add(sync(store, &table, &filter, publisher, target, batch, progress).await?);

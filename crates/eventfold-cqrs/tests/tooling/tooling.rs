@@ -321,6 +321,67 @@ async fn the_diff_pipeline_finds_and_syncs_missing_and_stale_rows() {
         format!("{},None\n", lines[0])
     );
 
+    // The deleted trio: rows the replica holds that the master no longer has.
+    seed(
+        &replica,
+        &replica_config,
+        &[row(6, 1, "gone"), row(7, 1, "gone")],
+    )
+    .await;
+    let replica_table =
+        tooling::open_table(&*replica.store, &replica_config, Role::Replica, "item")
+            .await
+            .unwrap();
+    let mut listed = Vec::new();
+    let n = tooling::deleted_diff_replica(
+        &*replica.store,
+        &replica_table,
+        &Filter::all(),
+        &mut listed,
+        3,
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 7);
+    let listed = String::from_utf8(listed).unwrap();
+    let listed_lines: Vec<&str> = listed.lines().collect();
+    assert!(listed_lines[0].starts_with("item,20"), "{listed}");
+    assert_eq!(&listed_lines[1..], ["[1,2,3]", "[4,5,6]", "[7]"]);
+    let mut gone = Vec::new();
+    let mut notes = Vec::new();
+    let n = tooling::deleted_diff_master(
+        &*master.store,
+        &master_config,
+        &mut listed.as_bytes(),
+        &mut gone,
+        &mut notes,
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 2);
+    let gone = String::from_utf8(gone).unwrap();
+    assert_eq!(gone, format!("{}\n[6]\n[7]\n", listed_lines[0]));
+    assert_eq!(
+        String::from_utf8(notes).unwrap(),
+        "PK to delete: [6]\nPK to delete: [7]\n"
+    );
+    let deleted =
+        tooling::deleted_sync_replica(&*replica.store, &replica_config, &mut gone.as_bytes())
+            .await
+            .unwrap();
+    assert_eq!(deleted, 2);
+    let mut tx = replica.begin().await;
+    let left = replica_table
+        .revisions(&mut tx, &Filter::all(), None, 100)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let left: Vec<(i64, i64)> = left
+        .iter()
+        .map(|(pk, r)| (pk.as_i64().unwrap(), *r))
+        .collect();
+    assert_eq!(left, [(1, 10), (2, 20), (3, 30), (4, 40), (5, 50)]);
+
     // Streams that are not the other side's output are errors.
     for (stream, says) in [
         ("", "it is empty"),
