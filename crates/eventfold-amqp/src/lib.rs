@@ -18,6 +18,15 @@
 //!   dead-lettered to `<queue>.dead` with its reason; a body that is not JSON or too large
 //!   is dead-lettered at once, and so is one that does not decode into the type of a
 //!   [`json_handler`]. Nothing is acked before it was handled or dead-lettered.
+//! * [`Consumer::start_batches`]: the same consume loop for handlers that settle many
+//!   messages at once ([`BatchHandler`], one database transaction per batch, say). It
+//!   declares a [`Topology`] first (queues with arguments, several bindings), and each
+//!   message's [`Disposition`] says what happens: ack, dead-letter to a route of its own
+//!   with a TTL, re-publish a retry after a delay (acked once the copy is confirmed, the
+//!   worker not waiting), requeue, or leave. Acks leave as multiple-acks over every run of
+//!   settled deliveries that no unsettled one precedes.
+//! * [`QueueBrowser`]: a queue looked into from outside a consumer (count, take without
+//!   acking, ack one by one, give all back, purge), for tooling such as dead-letter commands.
 //! * [`AmqpConfig`]: the broker URL, a connection name, the heartbeat. Its `Debug` and
 //!   `Display`, and every [`AmqpError`], show the URL with the password as `***`.
 //!
@@ -85,8 +94,12 @@ mod error;
 mod message;
 pub mod nameko;
 mod publisher;
+mod queue;
 
 pub use config::{connections_opened, AmqpConfig};
+pub use consumer::{
+    BatchHandler, BatchOptions, DeadLetter, Disposition, QueueDeclaration, Topology,
+};
 pub use consumer::{
     json_handler, Consumer, ConsumerOptions, ConsumerStats, Handler, HandlerError, JsonHandler,
     KeyFn, OrderKey, RetryPolicy, Subscription, HEADER_ATTEMPTS, HEADER_ERROR,
@@ -96,3 +109,4 @@ pub use error::{AmqpError, Result};
 pub use lapin::ExchangeKind;
 pub use message::{HeaderValue, Headers, IncomingMessage, OutgoingMessage};
 pub use publisher::{ConfirmedPublisher, ExclusiveQueue, Outcome, PublisherOptions};
+pub use queue::{Browsed, QueueBrowser};
