@@ -1234,12 +1234,32 @@ impl Acks {
             multiple: false,
             requeue: true,
         };
-        match acker.nack(requeue).await {
-            Ok(_) => true,
-            Err(e) => {
+        match tokio::time::timeout(ACK_TIMEOUT, acker.nack(requeue)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %config.error(&e), "nack failed");
                 false
             }
+            Err(_) => false,
+        }
+    }
+}
+
+/// How long an ack may take to reach lapin's I/O loop. A connection that died under an
+/// ack can leave its promise unresolved; the delivery is then redelivered by the broker,
+/// and the worker must not wait for ever.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn ack_within(acker: &Acker, options: BasicAckOptions, config: &AmqpConfig) -> bool {
+    match tokio::time::timeout(ACK_TIMEOUT, acker.ack(options)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %config.error(&e), "ack failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("ack not sent within {ACK_TIMEOUT:?}; the connection is gone");
+            false
         }
     }
 }
@@ -1247,17 +1267,10 @@ impl Acks {
 async fn send_acks(run: AckRun, counters: &Counters, config: &AmqpConfig) {
     let mut ok = true;
     if let Some(acker) = run.multiple {
-        let multiple = BasicAckOptions { multiple: true };
-        if let Err(e) = acker.ack(multiple).await {
-            tracing::warn!(error = %config.error(&e), "ack failed");
-            ok = false;
-        }
+        ok &= ack_within(&acker, BasicAckOptions { multiple: true }, config).await;
     }
     for acker in run.singles {
-        if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-            tracing::warn!(error = %config.error(&e), "ack failed");
-            ok = false;
-        }
+        ok &= ack_within(&acker, BasicAckOptions::default(), config).await;
     }
     if ok {
         counters.handled.fetch_add(run.handled, Ordering::Relaxed);
@@ -1287,6 +1300,10 @@ struct BatchShared<H> {
     counters: Counters,
     config: AmqpConfig,
     stop: watch::Receiver<bool>,
+    /// Set when the deliveries ended without a shutdown (the connection is lost): the
+    /// broker is giving the messages still queued here to another consumer, so they are
+    /// left, not applied a second time out of turn.
+    abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl Consumer {
@@ -1356,6 +1373,7 @@ impl Consumer {
             counters: Counters::default(),
             config: config.clone(),
             stop: stop_rx,
+            abandoned: Default::default(),
         });
         let stats = {
             let shared = Arc::clone(&shared);
@@ -1414,6 +1432,9 @@ async fn dispatch_batches<H: BatchHandler>(
         },
     )
     .await;
+    if !*shared.stop.borrow() {
+        shared.abandoned.store(true, Ordering::Relaxed);
+    }
     for h in handles {
         let _ = h.await;
     }
@@ -1431,7 +1452,7 @@ async fn work_batches<H: BatchHandler>(
     let mut waiting = tokio::task::JoinSet::new();
     let size = shared.options.batch_size;
     while let Some(first) = rx.recv().await {
-        if *shared.stop.borrow() {
+        if *shared.stop.borrow() || shared.abandoned.load(Ordering::Relaxed) {
             // Held, not open: the batches other workers finish may still be acked.
             shared.acks.hold(&[first.tag]);
             shared.counters.left_unacked.fetch_add(1, Ordering::Relaxed);

@@ -54,6 +54,30 @@ impl TypedReplicaModel for Items {
             .await?;
         Ok(rows.first().and_then(|r| r[0].as_i64()))
     }
+    async fn stored_revisions(
+        &self,
+        tx: &mut Transaction,
+        pks: &[&Value],
+    ) -> Result<Option<Vec<Option<i64>>>, BoxError> {
+        let placeholders: Vec<String> = (1..=pks.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, cqrs_revision FROM items WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let params: Vec<eventfold_core::SqlValue> =
+            pks.iter().map(|pk| pk.as_i64().into()).collect();
+        let found: std::collections::HashMap<i64, i64> = tx
+            .query(&sql, &params)
+            .await?
+            .iter()
+            .filter_map(|r| Some((r[0].as_i64()?, r[1].as_i64()?)))
+            .collect();
+        Ok(Some(
+            pks.iter()
+                .map(|pk| pk.as_i64().and_then(|id| found.get(&id).copied()))
+                .collect(),
+        ))
+    }
     async fn create(&self, tx: &mut Transaction, i: Item, _: &Change<'_>) -> Result<(), BoxError> {
         tx.execute(
             "INSERT INTO items (id, name, qty, cqrs_revision, cqrs_updated) VALUES ($1, $2, $3, $4, $5)",

@@ -119,6 +119,30 @@ pub async fn apply_message(
     let model = models
         .get(&message.cqrs_id)
         .ok_or_else(|| ApplyError::UnknownCqrsId(message.cqrs_id.clone()))?;
+    let stored = match message.signal_type {
+        SignalType::Delete => None,
+        _ => {
+            message.revision().ok_or(ApplyError::NoRevision)?;
+            model
+                .stored_revision(tx, &message.instance_pk)
+                .await
+                .map_err(ApplyError::from_hook)?
+        }
+    };
+    apply_known(models, tx, message, stored).await
+}
+
+/// [`apply_message`] with the stored revision already known (read for a whole batch;
+/// ignored for a DELETE).
+pub(crate) async fn apply_known(
+    models: &ReplicaModels,
+    tx: &mut Transaction,
+    message: &CqrsMessage,
+    stored: Option<i64>,
+) -> Result<Applied, ApplyError> {
+    let model = models
+        .get(&message.cqrs_id)
+        .ok_or_else(|| ApplyError::UnknownCqrsId(message.cqrs_id.clone()))?;
     if message.signal_type == SignalType::Delete {
         let change = Change::new(message, &message.instance_data, None);
         model
@@ -129,10 +153,6 @@ pub async fn apply_message(
     }
     let received = message.revision().ok_or(ApplyError::NoRevision)?;
     let sync = message.signal_type == SignalType::Sync;
-    let stored = model
-        .stored_revision(tx, &message.instance_pk)
-        .await
-        .map_err(ApplyError::from_hook)?;
     let data = model.map_fields(&message.instance_data);
     let change = Change::new(message, &data, stored);
     let Some(stored) = stored else {

