@@ -4,10 +4,12 @@
 //! - [`TestVhost`]: a fresh virtual host per test, made and deleted with `rabbitmqctl`;
 //! - [`Raw`]: a plain lapin channel on it, to declare, count, drain and wait for queues;
 //! - [`Proxy`]: a TCP proxy to the broker whose connections a test can cut at once;
-//! - [`message_id`]: the message id of a message taken from a queue.
+//! - [`message_id`]: the message id of a message taken from a queue;
+//! - [`interop_python`]: the Python of the interop tests (nameko, django-cqrs).
 //!
 //! Everything here panics on failure: it is for tests only.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -268,6 +270,29 @@ impl Raw {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// The Python of the interop tests, with nameko 2.14.1 and django-cqrs 3.1.0:
+/// `EVENTFOLD_INTEROP_PYTHON`, else the workspace's `target/interop-venv/bin/python` (both
+/// made by `scripts/interop-venv.sh`, which `scripts/test.sh` runs). Without either it
+/// panics: the interop tests fail, they do not skip.
+pub fn interop_python() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workspace = crate_dir.parent().and_then(Path::parent).unwrap();
+    let venv = workspace.join("target/interop-venv/bin/python");
+    let from_env = std::env::var_os("EVENTFOLD_INTEROP_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    if let Some(p) = from_env.as_ref().filter(|p| p.exists()) {
+        return p.clone();
+    }
+    assert!(
+        venv.exists(),
+        "no interop Python: EVENTFOLD_INTEROP_PYTHON is {from_env:?} and {} does not \
+         exist; run scripts/interop-venv.sh (scripts/test.sh does)",
+        venv.display()
+    );
+    venv
 }
 
 /// The message id of `m`, empty when it has none.

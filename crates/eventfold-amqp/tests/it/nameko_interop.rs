@@ -25,25 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::support::TestVhost;
 
-/// The Python with nameko: `EVENTFOLD_INTEROP_PYTHON`, else the workspace's
-/// `target/interop-venv/bin/python`; a failure (not a skip) when neither exists.
+/// The Python with nameko ([`eventfold_testkit::interop_python`]): a failure, not a
+/// skip, without it.
 fn python() -> PathBuf {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workspace = crate_dir.parent().and_then(Path::parent).unwrap();
-    let venv = workspace.join("target/interop-venv/bin/python");
-    let from_env = std::env::var_os("EVENTFOLD_INTEROP_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from);
-    if let Some(p) = from_env.as_ref().filter(|p| p.exists()) {
-        return p.clone();
-    }
-    assert!(
-        venv.exists(),
-        "no Python with nameko: EVENTFOLD_INTEROP_PYTHON is {from_env:?} and {} does not \
-         exist; run scripts/interop-venv.sh (scripts/test.sh does)",
-        venv.display()
-    );
-    venv
+    eventfold_testkit::interop_python()
 }
 
 fn python_dir() -> PathBuf {
