@@ -1,37 +1,37 @@
-//! Interop with the real django-cqrs 3.1.0, not with captures of it: a `manage.py
-//! cqrs_consume` replica applies the bodies eventfold writes, the bodies a django-cqrs
-//! master publishes (saves, deletes, `cqrs_sync`) read and write back byte for byte, and
-//! `manage.py cqrs_dead_letters` handles dead letters as eventfold's replica writes them.
+//! The wire format against the real django-cqrs 3.1.0, not against captures of it: a
+//! `manage.py cqrs_consume` replica applies bodies eventfold's wire module writes (saves,
+//! deletes, syncs, stale and skipped revisions), and the bodies a django-cqrs master
+//! publishes (saves, deletes, `cqrs_sync`) read and write back byte for byte.
+//! (`replication` runs eventfold's master, relay and replica against it.)
 //! The projects are in `tests/django/`; the interpreter is
 //! [`eventfold_testkit::interop_python`]: without it the tests fail, they do not skip.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use eventfold_amqp::{
-    AmqpConfig, ConfirmedPublisher, ExchangeKind, HeaderValue, Outcome, OutgoingMessage,
-    PublisherOptions, HEADER_ERROR,
+    AmqpConfig, ConfirmedPublisher, ExchangeKind, Outcome, OutgoingMessage, PublisherOptions,
 };
 use eventfold_cqrs::wire::{
     dead_letter_queue, parse_datetime, python_datetime, queue_routing_key, routing_key,
-    CqrsMessage, SignalType, DEFAULT_DEAD_MESSAGE_TTL, DEFAULT_EXCHANGE,
+    CqrsMessage, SignalType, DEFAULT_EXCHANGE,
 };
 use eventfold_testkit::TestVhost;
 use lapin::message::BasicGetMessage;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::django::{declare_replica_topology, wait_for, DjangoProject, Side, CQRS_ID, QUEUE};
+use crate::items::{rows, stored_updated, Item, ReplicaRow};
 
-fn vhost() -> TestVhost {
+pub fn vhost() -> TestVhost {
     // Fails now, before a vhost is made, without the venv.
     eventfold_testkit::interop_python();
     TestVhost::with_prefix("ef-cqrs-test")
 }
 
 /// Publishes `messages` through eventfold's publisher: every one confirmed (routed).
-async fn publish_confirmed(vhost: &TestVhost, messages: &[OutgoingMessage]) {
+pub async fn publish_confirmed(vhost: &TestVhost, messages: &[OutgoingMessage]) {
     let config = AmqpConfig::from_url(&vhost.url())
         .unwrap()
         .with_connection_name("eventfold-cqrs-tests");
@@ -52,132 +52,6 @@ async fn publish_confirmed(vhost: &TestVhost, messages: &[OutgoingMessage]) {
         assert_eq!(outcome, Ok(Outcome::Confirmed), "message {i}");
     }
     publisher.close().await.unwrap();
-}
-
-/// One master row as the master's `to_cqrs_dict` writes it (the replica model's fields).
-#[derive(Clone, Debug, PartialEq)]
-struct Item {
-    id: i64,
-    revision: i64,
-    updated: DateTime<Utc>,
-    name: String,
-    qty: i64,
-    /// A DecimalField(decimal_places=2): a string on the wire.
-    price: String,
-    description: String,
-    created: DateTime<Utc>,
-}
-
-impl Item {
-    fn new(id: i64, name: &str, at: DateTime<Utc>) -> Self {
-        Item {
-            id,
-            revision: 0,
-            updated: at,
-            name: name.to_owned(),
-            qty: id,
-            price: format!("{id}.99"),
-            description: format!("item {id}"),
-            created: at,
-        }
-    }
-
-    fn data(&self) -> Map<String, Value> {
-        let Value::Object(data) = json!({
-            "id": self.id,
-            "cqrs_revision": self.revision,
-            "cqrs_updated": python_datetime(&self.updated),
-            "name": self.name,
-            "qty": self.qty,
-            "price": self.price,
-            "description": self.description,
-            "created": python_datetime(&self.created),
-        }) else {
-            unreachable!()
-        };
-        data
-    }
-
-    fn message(&self, signal: SignalType) -> CqrsMessage {
-        CqrsMessage::new(signal, CQRS_ID, Value::from(self.id), self.data())
-    }
-
-    /// A DELETE as the master sends it: `{id, cqrs_revision + 1, cqrs_updated}`.
-    fn delete(&self, at: DateTime<Utc>) -> CqrsMessage {
-        let Value::Object(data) = json!({
-            "id": self.id,
-            "cqrs_revision": self.revision + 1,
-            "cqrs_updated": python_datetime(&at),
-        }) else {
-            unreachable!()
-        };
-        CqrsMessage::new(SignalType::Delete, CQRS_ID, Value::from(self.id), data)
-    }
-
-    /// The row the replica stores for it: Django keeps an aware datetime in SQLite as naive
-    /// UTC text, and a DecimalField as a number.
-    fn replica_row(&self) -> ReplicaRow {
-        ReplicaRow {
-            id: self.id,
-            revision: self.revision,
-            updated: sqlite_datetime(&self.updated),
-            name: self.name.clone(),
-            qty: self.qty,
-            price: self.price.parse().unwrap(),
-            description: self.description.clone(),
-            created: sqlite_datetime(&self.created),
-        }
-    }
-}
-
-/// Python's `str()` of the naive UTC datetime, as Django's SQLite backend stores it.
-fn sqlite_datetime(t: &DateTime<Utc>) -> String {
-    python_datetime(t).trim_end_matches("+00:00").to_owned()
-}
-
-#[derive(Clone, Debug, PartialEq)]
-struct ReplicaRow {
-    id: i64,
-    revision: i64,
-    updated: String,
-    name: String,
-    qty: i64,
-    price: f64,
-    description: String,
-    created: String,
-}
-
-/// The rows of `replica_item`, by id.
-fn replica_rows(database: &Path) -> BTreeMap<i64, ReplicaRow> {
-    let db =
-        rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    db.busy_timeout(Duration::from_secs(5)).unwrap();
-    let mut select = db
-        .prepare(
-            "SELECT id, cqrs_revision, cqrs_updated, name, qty, price, description, created \
-             FROM replica_item ORDER BY id",
-        )
-        .unwrap();
-    select
-        .query_map([], |r| {
-            Ok(ReplicaRow {
-                id: r.get(0)?,
-                revision: r.get(1)?,
-                updated: r.get(2)?,
-                name: r.get(3)?,
-                qty: r.get(4)?,
-                price: r.get(5)?,
-                description: r.get(6)?,
-                created: r.get(7)?,
-            })
-        })
-        .unwrap()
-        .map(|row| {
-            let row = row.unwrap();
-            (row.id, row)
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,10 +129,16 @@ async fn django_replica_applies_our_saves_deletes_and_syncs() {
         "the sentinel row",
         Duration::from_secs(30),
         || {
-            let rows = replica_rows(&database);
+            let rows = rows(&database, "replica_item");
             rows.contains_key(&sentinel.id).then_some(rows)
         },
-        || format!("{:?}\n{}", replica_rows(&database), consumer.output()),
+        || {
+            format!(
+                "{:?}\n{}",
+                rows(&database, "replica_item"),
+                consumer.output()
+            )
+        },
     )
     .await;
     let expected: BTreeMap<i64, ReplicaRow> = items
@@ -268,7 +148,11 @@ async fn django_replica_applies_our_saves_deletes_and_syncs() {
         .map(|i| (i.id, i.replica_row()))
         .collect();
     assert_eq!(rows, expected, "{}", consumer.output());
-    assert_eq!(rows[&1].updated, "2026-12-01 09:00:05");
+    // Python's str() of a whole second has no fraction.
+    assert_eq!(
+        stored_updated(&database, "replica_item", 1),
+        "2026-12-01 09:00:05"
+    );
     consumer.assert_running();
     drop(consumer);
     // Nothing was retried or dead-lettered.
@@ -277,7 +161,7 @@ async fn django_replica_applies_our_saves_deletes_and_syncs() {
 }
 
 /// One `manage.py interop_writes` run: the pks it created.
-async fn writes(master: &DjangoProject, operations: Value) -> Vec<i64> {
+pub async fn writes(master: &DjangoProject, operations: Value) -> Vec<i64> {
     let out = master
         .manage(&["interop_writes", &operations.to_string()])
         .await;
@@ -496,108 +380,12 @@ async fn django_master_bodies_read_and_write_back_byte_for_byte() {
         first.instance_data["description"],
         json!("first\n\"quoted\" \\ </tag>")
     );
+    // A DecimalField travels as the caller set it (a string) on the create, and as a JSON
+    // number once the row was read back from the database (the update of a fetched row).
+    assert_eq!(first.instance_data["price"], json!("9.99"));
+    let update = CqrsMessage::from_body(&received[3].delivery.data).unwrap();
+    assert_eq!(update.instance_data["price"], json!(9.99));
     let raw_first = String::from_utf8(received[0].delivery.data.clone()).unwrap();
     assert!(raw_first.is_ascii(), "{raw_first}");
     assert!(raw_first.contains(r"<\/tag>"), "{raw_first}");
-}
-
-/// A dead letter as eventfold's replica writes one: the body as received, to
-/// `cqrs.dead_letter_<queue>.<cqrs_id>`, with the dead-letter TTL and the reason.
-fn dead_letter(body: Vec<u8>, reason: &str) -> OutgoingMessage {
-    let dead = dead_letter_queue(QUEUE);
-    let mut m = OutgoingMessage::new(DEFAULT_EXCHANGE, queue_routing_key(&dead, CQRS_ID), body);
-    m.content_type = Some("text/plain".into());
-    m.expiration_ms = Some(DEFAULT_DEAD_MESSAGE_TTL.as_millis() as u64);
-    m.headers
-        .insert(HEADER_ERROR.into(), HeaderValue::Str(reason.into()));
-    m
-}
-
-/// Dead letters of saves that failed 30 times, in `dead_letter_<queue>`.
-async fn put_dead_letters(vhost: &TestVhost, bodies: &[Vec<u8>]) {
-    let messages: Vec<_> = bodies
-        .iter()
-        .map(|b| dead_letter(b.clone(), "hook failed 31 times: database is locked"))
-        .collect();
-    publish_confirmed(vhost, &messages).await;
-}
-
-fn failed_save(id: i64) -> CqrsMessage {
-    let t: DateTime<Utc> = "2026-12-01T10:00:00.123456Z".parse().unwrap();
-    let mut m = Item::new(id, &format!("d\u{e9}j\u{e0} vu {id}"), t).message(SignalType::Save);
-    m.retries = 30;
-    m
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn django_dead_letters_dump_and_purge_read_our_dead_letters() {
-    let vhost = vhost();
-    let raw = vhost.raw().await;
-    declare_replica_topology(&raw).await;
-    let replica = DjangoProject::migrated(Side::Replica, &vhost).await;
-    let dead = dead_letter_queue(QUEUE);
-    // Two failed saves, and a body that was not JSON (dead-lettered as it came).
-    let bodies = vec![
-        failed_save(1).to_body(),
-        failed_save(2).to_body(),
-        b"{\"signal_type\": \"SAVE\", oops".to_vec(),
-    ];
-    put_dead_letters(&vhost, &bodies).await;
-    raw.wait_count(&dead, 3, Duration::from_secs(10)).await;
-
-    let out = replica.manage(&["cqrs_dead_letters", "dump"]).await;
-    let want: Vec<String> = bodies
-        .iter()
-        .map(|b| String::from_utf8(b.clone()).unwrap())
-        .collect();
-    assert_eq!(out.lines().collect::<Vec<_>>(), want);
-    // A dump leaves them where they are.
-    assert_eq!(raw.settled_count(&dead).await, 3);
-
-    let out = replica.manage(&["cqrs_dead_letters", "purge"]).await;
-    assert_eq!(
-        out.lines().collect::<Vec<_>>(),
-        ["Total dead letters: 3", "Purged"]
-    );
-    assert_eq!(raw.settled_count(&dead).await, 0);
-    assert_eq!(raw.settled_count(QUEUE).await, 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn django_dead_letters_retry_republishes_our_dead_letters() {
-    let vhost = vhost();
-    let raw = vhost.raw().await;
-    declare_replica_topology(&raw).await;
-    let replica = DjangoProject::migrated(Side::Replica, &vhost).await;
-    let dead = dead_letter_queue(QUEUE);
-    let letters = [failed_save(1), failed_save(2)];
-    let bodies: Vec<Vec<u8>> = letters.iter().map(CqrsMessage::to_body).collect();
-    put_dead_letters(&vhost, &bodies).await;
-    raw.wait_count(&dead, 2, Duration::from_secs(10)).await;
-
-    let out = replica.manage(&["cqrs_dead_letters", "retry"]).await;
-    assert!(out.starts_with("Total dead letters: 2\n"), "{out}");
-    let now = Utc::now();
-    raw.wait_count(QUEUE, 2, Duration::from_secs(10)).await;
-    let retried = raw.drain(QUEUE).await;
-    assert_eq!(raw.settled_count(&dead).await, 0);
-    for (m, letter) in retried.iter().zip(&letters) {
-        let body = &m.delivery.data;
-        let message = CqrsMessage::from_body(body).unwrap();
-        assert_eq!(message.to_body(), *body, "written back byte for byte");
-        assert_eq!(
-            m.delivery.routing_key.as_str(),
-            queue_routing_key(QUEUE, CQRS_ID)
-        );
-        // What `retry` does: retries back to 0, `expires` re-stamped a day from now.
-        let ttl = message.expires.unwrap() - now;
-        assert!(
-            (ttl - chrono::Duration::days(1)).num_seconds().abs() < 300,
-            "{ttl}"
-        );
-        let mut want = letter.clone();
-        want.retries = 0;
-        want.expires = message.expires;
-        assert_eq!(message, want);
-    }
 }
