@@ -988,18 +988,28 @@ enum Mark {
 }
 
 /// Acks to send now, taken from the book.
-#[derive(Default)]
-struct AckRun {
+struct AckRun<A = Acker> {
     /// The top of the done prefix, to multiple-ack.
-    multiple: Option<Acker>,
+    multiple: Option<A>,
     /// Done deliveries behind a held one, to ack one by one.
-    singles: Vec<Acker>,
+    singles: Vec<A>,
     /// What the run covers, for the figures.
     handled: u64,
     dead_lettered: u64,
 }
 
-impl AckRun {
+impl<A> Default for AckRun<A> {
+    fn default() -> Self {
+        AckRun {
+            multiple: None,
+            singles: Vec::new(),
+            handled: 0,
+            dead_lettered: 0,
+        }
+    }
+}
+
+impl<A> AckRun<A> {
     fn count(&mut self, settled: Settled) {
         match settled {
             Settled::Handled => self.handled += 1,
@@ -1012,13 +1022,20 @@ impl AckRun {
 /// up to its own, so one is sent only over a prefix that is all done; done tags behind a
 /// held one are acked one by one (a held tag must never be covered). Done tags behind an
 /// open one wait for it (its worker is on it), or for [`AckBook::rest`] at the end.
-#[derive(Default)]
-struct AckBook {
-    entries: std::collections::BTreeMap<u64, (Mark, Acker)>,
+struct AckBook<A = Acker> {
+    entries: std::collections::BTreeMap<u64, (Mark, A)>,
 }
 
-impl AckBook {
-    fn settle(&mut self, tags: &[u64], settled: Settled) -> AckRun {
+impl<A> Default for AckBook<A> {
+    fn default() -> Self {
+        AckBook {
+            entries: Default::default(),
+        }
+    }
+}
+
+impl<A> AckBook<A> {
+    fn settle(&mut self, tags: &[u64], settled: Settled) -> AckRun<A> {
         for tag in tags {
             if let Some(entry) = self.entries.get_mut(tag) {
                 entry.0 = Mark::Done(settled);
@@ -1051,7 +1068,7 @@ impl AckBook {
 
     /// Every done delivery left, one by one (the workers are gone: no open one will be
     /// settled any more).
-    fn rest(&mut self) -> AckRun {
+    fn rest(&mut self) -> AckRun<A> {
         let mut run = AckRun::default();
         let done: Vec<u64> = self
             .entries
@@ -1063,7 +1080,7 @@ impl AckBook {
         run
     }
 
-    fn take(&mut self, tags: &[u64], run: &mut AckRun) -> Vec<Acker> {
+    fn take(&mut self, tags: &[u64], run: &mut AckRun<A>) -> Vec<A> {
         let mut ackers = Vec::with_capacity(tags.len());
         for tag in tags {
             if let Some((Mark::Done(settled), acker)) = self.entries.remove(tag) {
@@ -1543,5 +1560,79 @@ async fn republish_later<H>(
                 shared.counters.left_unacked.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod ack_book_tests {
+    use super::{AckBook, Mark, Settled};
+
+    /// A book of tags `1..=n`, all open; the "acker" of a tag is the tag itself.
+    fn book(n: u64) -> AckBook<u64> {
+        let mut book = AckBook::default();
+        for tag in 1..=n {
+            book.entries.insert(tag, (Mark::Open, tag));
+        }
+        book
+    }
+
+    fn hold(book: &mut AckBook<u64>, tag: u64) {
+        book.entries.get_mut(&tag).unwrap().0 = Mark::Held;
+    }
+
+    #[test]
+    fn a_done_prefix_is_one_multiple_ack_at_its_top() {
+        let mut b = book(5);
+        let run = b.settle(&[1, 2, 3], Settled::Handled);
+        assert_eq!(
+            (run.multiple, run.singles, run.handled),
+            (Some(3), vec![], 3)
+        );
+        assert_eq!(b.entries.keys().copied().collect::<Vec<_>>(), [4, 5]);
+    }
+
+    #[test]
+    fn done_tags_behind_an_open_one_wait_for_it() {
+        let mut b = book(4);
+        let run = b.settle(&[2, 4], Settled::Handled);
+        assert_eq!((run.multiple, run.singles.len()), (None, 0));
+        let run = b.settle(&[1], Settled::DeadLettered);
+        assert_eq!(
+            (run.multiple, run.handled, run.dead_lettered),
+            (Some(2), 1, 1)
+        );
+        let run = b.settle(&[3], Settled::Handled);
+        assert_eq!((run.multiple, run.handled), (Some(4), 2));
+        assert!(b.entries.is_empty());
+    }
+
+    #[test]
+    fn a_held_tag_is_never_covered_and_what_follows_goes_one_by_one() {
+        let mut b = book(6);
+        hold(&mut b, 2);
+        let run = b.settle(&[1, 3, 4, 6], Settled::Handled);
+        // 1 by a multiple-ack; 3 and 4 singly (behind held 2, before open 5); 6 waits for 5.
+        assert_eq!(
+            (run.multiple, run.singles, run.handled),
+            (Some(1), vec![3, 4], 3)
+        );
+        assert_eq!(b.entries.keys().copied().collect::<Vec<_>>(), [2, 5, 6]);
+        let run = b.settle(&[5], Settled::Handled);
+        assert_eq!((run.multiple, run.singles), (None, vec![5, 6]));
+        // The held one settles at last: it is the prefix now.
+        let run = b.settle(&[2], Settled::Handled);
+        assert_eq!((run.multiple, run.singles), (Some(2), vec![]));
+    }
+
+    #[test]
+    fn the_rest_is_every_done_tag_one_by_one() {
+        let mut b = book(4);
+        b.settle(&[2, 4], Settled::Handled);
+        let run = b.rest();
+        assert_eq!(
+            (run.multiple, run.singles, run.handled),
+            (None, vec![2, 4], 2)
+        );
+        assert_eq!(b.entries.keys().copied().collect::<Vec<_>>(), [1, 3]);
     }
 }

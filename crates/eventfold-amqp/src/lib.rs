@@ -15,6 +15,13 @@
 //!   keys run in parallel. A failing handler is retried in process, then the message is
 //!   dead-lettered to `<queue>.dead` with its reason; a body that is not JSON or too large
 //!   is dead-lettered at once. Nothing is acked before it was handled or dead-lettered.
+//! * [`Consumer::start_batches`]: the same consume loop for handlers that settle many
+//!   messages at once ([`BatchHandler`], one database transaction per batch, say). It
+//!   declares a [`Topology`] first (queues with arguments, several bindings), and each
+//!   message's [`Disposition`] says what happens: ack, dead-letter to a route of its own
+//!   with a TTL, re-publish a retry after a delay (acked once the copy is confirmed, the
+//!   worker not waiting), requeue, or leave. Acks leave as multiple-acks over every run of
+//!   settled deliveries that no unsettled one precedes.
 //! * [`AmqpConfig`]: the broker URL, a connection name, the heartbeat. Its `Debug` and
 //!   `Display`, and every [`AmqpError`], show the URL with the password as `***`.
 //!

@@ -7,28 +7,30 @@
 //! See the crate docs for the call order, what is recorded and how a cold start is
 //! covered.
 
+mod model;
 mod python;
+mod record;
 mod route;
 mod sql;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use eventfold_core::{Metadata, Notification, Recording, StoredEvent, Timestamp, Transaction};
-use serde::Serialize;
+use eventfold_core::{Metadata, Recording, StoredEvent, Timestamp, Transaction};
 use serde_json::{Map, Value};
 
 use crate::wire::{self, CqrsMessage, SignalType};
 
+pub use model::{Change, Fields, MasterModel, MetaContext, ModelOptions, Pk};
 pub use python::{date, datetime, optional_datetime};
+pub use record::{record_stream, CqrsRecord, CQRS_KEY};
 pub use route::CqrsRoute;
 
-/// The metadata key under which a recorded message keeps its routing facts
-/// ([`CqrsRecord`]).
-pub const CQRS_KEY: &str = "eventfold.cqrs";
+use model::{downcast, serde_map, DeleteDataFn, ModelMetaFn, SerializeFn};
 
 /// What can go wrong saving, deleting or syncing a master model.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +47,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// An update or delete of a row that is not in the table (or a create or update called
-    /// after the caller deleted it): nothing was recorded.
-    #[error("master model {cqrs_id}: no row with pk {pk} in {table} (update and delete need the row: call them before deleting it)")]
+    /// An update or delete of a row that is not in the table (never inserted, or already
+    /// deleted by the caller): nothing was recorded, and the transaction can go on.
+    #[error("master model {cqrs_id}: no row with pk {pk} in {table} (an update or delete needs the row: call `deleted` before the caller's DELETE)")]
     RowNotFound {
         /// The model's `CQRS_ID`.
         cqrs_id: String,
@@ -76,272 +78,12 @@ pub enum Error {
     Store(#[from] eventfold_core::Error),
 }
 
-/// A primary key: an integer or text (a UUID as its hyphenated text).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Pk {
-    /// An integer key (`AutoField`, `BigAutoField`).
-    Int(i64),
-    /// A text key (`CharField`, `UUIDField`).
-    Text(String),
-}
-
-impl Pk {
-    /// As JSON, the form of `instance_pk` and of the `id` of a DELETE.
-    pub fn to_json(&self) -> Value {
-        match self {
-            Pk::Int(i) => Value::from(*i),
-            Pk::Text(s) => Value::from(s.as_str()),
-        }
-    }
-
-    fn to_sql(&self) -> eventfold_core::SqlValue {
-        match self {
-            Pk::Int(i) => eventfold_core::SqlValue::Integer(*i),
-            Pk::Text(s) => eventfold_core::SqlValue::Text(s.clone()),
-        }
-    }
-}
-
-impl std::fmt::Display for Pk {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Pk::Int(i) => write!(f, "{i}"),
-            Pk::Text(s) => f.write_str(s),
-        }
-    }
-}
-
-impl From<i64> for Pk {
-    fn from(value: i64) -> Self {
-        Pk::Int(value)
-    }
-}
-
-impl From<i32> for Pk {
-    fn from(value: i32) -> Self {
-        Pk::Int(value.into())
-    }
-}
-
-impl From<String> for Pk {
-    fn from(value: String) -> Self {
-        Pk::Text(value)
-    }
-}
-
-impl From<&str> for Pk {
-    fn from(value: &str) -> Self {
-        Pk::Text(value.to_owned())
-    }
-}
-
-/// A master model (django-cqrs's `MasterMixin`): a serde struct whose serde form is what
-/// it publishes by default, saved by the caller's own SQL into a row that holds its
-/// `cqrs_revision` and `cqrs_updated`.
-pub trait MasterModel: Serialize + Send + Sync + 'static {
-    /// The id master and replicas share (`CQRS_ID`): the routing key of its messages.
-    const CQRS_ID: &'static str;
-
-    /// The instance's primary key.
-    fn pk(&self) -> Pk;
-
-    /// Its revision: 0 when created, one more on every update (set by eventfold).
-    fn cqrs_revision(&self) -> i64;
-
-    /// When it was last saved (set by eventfold).
-    fn cqrs_updated(&self) -> DateTime<Utc>;
-
-    /// Sets the revision and the save time; eventfold calls it on every save and delete,
-    /// before the caller writes the row.
-    fn set_cqrs(&mut self, revision: i64, updated: DateTime<Utc>);
-}
-
-/// What happened to an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// A new row: revision 0.
-    Created,
-    /// A changed row: the row's revision + 1.
-    Updated,
-    /// A removed row: the message carries the row's revision + 1.
-    Deleted,
-}
-
-/// Which fields a model publishes (`CQRS_FIELDS`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Fields {
-    /// Every field of its serde form (`'__all__'`, the default).
-    #[default]
-    All,
-    /// These fields, in the serde form's order; `cqrs_revision` and `cqrs_updated` are
-    /// always published.
-    Only(Vec<String>),
-}
-
-/// What the meta function sees (django-cqrs's `get_cqrs_meta` keyword arguments).
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct MetaContext<'a> {
-    /// The model's `CQRS_ID`.
-    pub cqrs_id: &'a str,
-    /// SAVE, DELETE or SYNC.
-    pub signal_type: SignalType,
-    /// The primary key, as it travels.
-    pub instance_pk: &'a Value,
-    /// The message's `instance_data`.
-    pub instance_data: &'a Map<String, Value>,
-    /// The message's `previous_data`.
-    pub previous_data: Option<&'a Map<String, Value>>,
-}
-
 /// A master-wide meta function (`CQRS['master']['meta_function']`).
 type MetaFn = dyn Fn(&MetaContext<'_>) -> Value + Send + Sync;
 /// A master-wide correlation function (`CQRS['master']['correlation_function']`): signal
 /// type, cqrs id, pk, queue (for a sync to one queue).
 type CorrelationFn = dyn Fn(SignalType, &str, &Value, Option<&str>) -> Option<Value> + Send + Sync;
 type ClockFn = dyn Fn() -> DateTime<Utc> + Send + Sync;
-
-type SerializeFn = dyn Fn(&dyn Any) -> Result<Map<String, Value>, String> + Send + Sync;
-type ModelMetaFn = dyn Fn(&dyn Any, &MetaContext<'_>) -> Value + Send + Sync;
-type DeleteDataFn = dyn Fn(&dyn Any) -> Option<Value> + Send + Sync;
-
-/// Options of one master model.
-pub struct ModelOptions<M: MasterModel> {
-    table: String,
-    pk_column: String,
-    revision_column: String,
-    updated_column: String,
-    pk_type: Option<String>,
-    fields: Fields,
-    serializer: Option<Box<dyn Fn(&M) -> Value + Send + Sync>>,
-    tracked: Option<Fields>,
-    meta: Option<Box<dyn Fn(&M, &MetaContext<'_>) -> Value + Send + Sync>>,
-    delete_data: Option<Box<dyn Fn(&M) -> Option<Value> + Send + Sync>>,
-    produce: bool,
-}
-
-impl<M: MasterModel> Default for ModelOptions<M> {
-    fn default() -> Self {
-        ModelOptions {
-            table: M::CQRS_ID.to_owned(),
-            pk_column: "id".to_owned(),
-            revision_column: "cqrs_revision".to_owned(),
-            updated_column: "cqrs_updated".to_owned(),
-            pk_type: None,
-            fields: Fields::All,
-            serializer: None,
-            tracked: None,
-            meta: None,
-            delete_data: None,
-            produce: true,
-        }
-    }
-}
-
-impl<M: MasterModel> std::fmt::Debug for ModelOptions<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelOptions")
-            .field("cqrs_id", &M::CQRS_ID)
-            .field("table", &self.table)
-            .field("fields", &self.fields)
-            .field("tracked", &self.tracked)
-            .field("produce", &self.produce)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<M: MasterModel> ModelOptions<M> {
-    /// The defaults: table named as the `CQRS_ID`, columns `id`, `cqrs_revision`,
-    /// `cqrs_updated`, every field published, none tracked, meta `{}`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The table holding the rows (`app_item`, or `schema.table`), as Django named it.
-    pub fn table(mut self, table: impl Into<String>) -> Self {
-        self.table = table.into();
-        self
-    }
-
-    /// The primary key column (default `id`).
-    pub fn pk_column(mut self, column: impl Into<String>) -> Self {
-        self.pk_column = column.into();
-        self
-    }
-
-    /// The SQL type the key is cast to on PostgreSQL (`uuid` for a `UUIDField`; default
-    /// none: integers and text bind as they are).
-    pub fn pk_type(mut self, sql_type: impl Into<String>) -> Self {
-        self.pk_type = Some(sql_type.into());
-        self
-    }
-
-    /// The revision column (default `cqrs_revision`).
-    pub fn revision_column(mut self, column: impl Into<String>) -> Self {
-        self.revision_column = column.into();
-        self
-    }
-
-    /// The save-time column (default `cqrs_updated`).
-    pub fn updated_column(mut self, column: impl Into<String>) -> Self {
-        self.updated_column = column.into();
-        self
-    }
-
-    /// Publishes only these fields of the serde form (`CQRS_FIELDS`).
-    pub fn fields(mut self, fields: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.fields = Fields::Only(fields.into_iter().map(Into::into).collect());
-        self
-    }
-
-    /// Publishes what `serializer` returns (a JSON object) instead of the serde form
-    /// (`CQRS_SERIALIZER`); `cqrs_revision` and `cqrs_updated` are set on it.
-    pub fn serializer(mut self, serializer: impl Fn(&M) -> Value + Send + Sync + 'static) -> Self {
-        self.serializer = Some(Box::new(serializer));
-        self
-    }
-
-    /// Tracks these fields of the serde form (`CQRS_TRACKED_FIELDS`): a save sends the old
-    /// values of those that changed as `previous_data` (`null` for each set field on a
-    /// create), so an update needs the previous instance ([`Save::previous`]).
-    pub fn tracked_fields(mut self, fields: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.tracked = Some(Fields::Only(fields.into_iter().map(Into::into).collect()));
-        self
-    }
-
-    /// Tracks every field of the serde form (`CQRS_TRACKED_FIELDS = '__all__'`).
-    pub fn track_all_fields(mut self) -> Self {
-        self.tracked = Some(Fields::All);
-        self
-    }
-
-    /// The model's own meta function (an override of `get_cqrs_meta`); its result travels
-    /// as `meta`. It takes precedence over [`Master::meta_function`].
-    pub fn meta(
-        mut self,
-        meta: impl Fn(&M, &MetaContext<'_>) -> Value + Send + Sync + 'static,
-    ) -> Self {
-        self.meta = Some(Box::new(meta));
-        self
-    }
-
-    /// Extra data of a DELETE, sent as `instance_data.custom` when it is `Some`
-    /// (`get_custom_cqrs_delete_data`).
-    pub fn delete_data(
-        mut self,
-        data: impl Fn(&M) -> Option<Value> + Send + Sync + 'static,
-    ) -> Self {
-        self.delete_data = Some(Box::new(data));
-        self
-    }
-
-    /// Whether the model produces messages at all (`CQRS_PRODUCE`, default true). Its
-    /// revisions are bumped either way.
-    pub fn produce(mut self, produce: bool) -> Self {
-        self.produce = produce;
-        self
-    }
-}
 
 struct Registered {
     cqrs_id: &'static str,
@@ -414,6 +156,7 @@ pub struct Save<'a, M> {
     correlation_id: Option<Value>,
     produce: bool,
     metadata: Metadata,
+    bumped: Option<(i64, DateTime<Utc>)>,
 }
 
 impl<'a, M: MasterModel> Save<'a, M> {
@@ -440,7 +183,18 @@ impl<'a, M: MasterModel> Save<'a, M> {
             correlation_id: None,
             produce: true,
             metadata: Metadata::default(),
+            bumped: None,
         }
+    }
+
+    /// The caller's own statement already bumped the row and stamped it at `updated`
+    /// (`SET ..., cqrs_revision = cqrs_revision + 1, cqrs_updated = $n ... RETURNING
+    /// cqrs_revision`, with `updated` from [`Master::now`]), and returned `revision`:
+    /// eventfold records with these instead of running its own bump, which saves a
+    /// statement per save. Then call [`Master::save`] after the caller's write.
+    pub fn bumped(mut self, revision: i64, updated: DateTime<Utc>) -> Self {
+        self.bumped = Some((revision, updated));
+        self
     }
 
     /// The instance as it was before this update, for tracked fields' `previous_data`.
@@ -482,18 +236,6 @@ impl SyncTarget {
     /// One replica queue.
     pub fn queue(queue: impl Into<String>) -> Self {
         SyncTarget::Queue(queue.into())
-    }
-}
-
-fn downcast<M: 'static>(any: &dyn Any) -> &M {
-    any.downcast_ref::<M>()
-        .expect("registered under its own type id")
-}
-
-fn serde_map<M: Serialize>(instance: &M) -> Result<Map<String, Value>, String> {
-    match serde_json::to_value(instance).map_err(|e| e.to_string())? {
-        Value::Object(map) => Ok(map),
-        other => Err(format!("its serde form is not an object but {other}")),
     }
 }
 
@@ -578,6 +320,7 @@ impl Master {
             meta,
             delete_data,
             produce,
+            model: PhantomData,
         } = options;
         let bump = sql::Bump::new(
             &table,
@@ -587,32 +330,26 @@ impl Master {
             pk_type.as_deref(),
         );
         let to_map: Arc<SerializeFn> = Arc::new(|any: &dyn Any| serde_map(downcast::<M>(any)));
-        let serialize: Arc<SerializeFn> = match serializer {
-            Some(serializer) => Arc::new(move |any: &dyn Any| match serializer(downcast(any)) {
-                Value::Object(map) => Ok(map),
-                other => Err(format!("the serializer returned {other}, not an object")),
-            }),
-            None => to_map.clone(),
-        };
         let registered = Registered {
             cqrs_id: M::CQRS_ID,
             table,
             bump,
             fields,
             tracked,
-            serialize,
+            serialize: serializer.unwrap_or_else(|| to_map.clone()),
             to_map,
-            meta: meta.map(|meta| {
-                Arc::new(move |any: &dyn Any, cx: &MetaContext<'_>| meta(downcast(any), cx))
-                    as Arc<ModelMetaFn>
-            }),
-            delete_data: delete_data.map(|data| {
-                Arc::new(move |any: &dyn Any| data(downcast(any))) as Arc<DeleteDataFn>
-            }),
+            meta,
+            delete_data,
             produce,
         };
         Arc::make_mut(&mut self.models).insert(TypeId::of::<M>(), Arc::new(registered));
         self
+    }
+
+    /// The master's clock now, to the microsecond: the save time of a save whose row the
+    /// caller bumps itself ([`Save::bumped`]).
+    pub fn now(&self) -> DateTime<Utc> {
+        micros((self.clock)())
     }
 
     /// The exchange messages are published to.
@@ -697,22 +434,26 @@ impl Master {
             correlation_id,
             produce,
             metadata,
+            bumped,
         } = save;
         if change == Change::Updated && model.tracked.is_some() && previous.is_none() {
             return Err(Error::PreviousRequired(M::CQRS_ID.to_owned()));
         }
-        let now = micros((self.clock)());
         let pk = instance.pk();
-        let revision = match change {
-            Change::Created => 0,
-            Change::Updated | Change::Deleted => {
-                bump.run(tx, &pk, now)
+        let (revision, now) = match (bumped, change) {
+            (Some((revision, updated)), _) => (revision, micros(updated)),
+            (None, Change::Created) => (0, self.now()),
+            (None, Change::Updated | Change::Deleted) => {
+                let now = self.now();
+                let revision = bump
+                    .run(tx, &pk, now)
                     .await?
                     .ok_or_else(|| Error::RowNotFound {
                         cqrs_id: M::CQRS_ID.to_owned(),
                         pk: pk.to_string(),
                         table: model.table.clone(),
-                    })?
+                    })?;
+                (revision, now)
             }
         };
         instance.set_cqrs(revision, now);
@@ -753,17 +494,10 @@ impl Master {
                 (SignalType::Save, data, previous_data)
             }
         };
-        let message = self.message(
-            model,
-            instance,
-            signal_type,
-            pk.to_json(),
-            instance_data,
-            previous_data,
-            correlation_id,
-            None,
-            now,
-        );
+        let mut message = CqrsMessage::new(signal_type, M::CQRS_ID, pk.to_json(), instance_data);
+        message.previous_data = previous_data;
+        message.correlation_id = correlation_id;
+        self.stamp(model, instance, &mut message, None, now);
         let id = self
             .record_message(tx, &message, &wire::routing_key(M::CQRS_ID), metadata, now)
             .await?;
@@ -786,23 +520,15 @@ impl Master {
         if !(model.produce && self.producing(M::CQRS_ID)) {
             return Ok(None);
         }
-        let now = micros((self.clock)());
+        let now = self.now();
         let data = self.instance_data(model, instance)?;
         let (queue, routing_key) = match &target {
             SyncTarget::All => (None, wire::routing_key(M::CQRS_ID)),
             SyncTarget::Queue(q) => (Some(q.as_str()), wire::queue_routing_key(q, M::CQRS_ID)),
         };
-        let message = self.message(
-            model,
-            instance,
-            SignalType::Sync,
-            instance.pk().to_json(),
-            data,
-            None,
-            None,
-            queue,
-            now,
-        );
+        let mut message =
+            CqrsMessage::new(SignalType::Sync, M::CQRS_ID, instance.pk().to_json(), data);
+        self.stamp(model, instance, &mut message, queue, now);
         let id = self
             .record_message(tx, &message, &routing_key, Metadata::default(), now)
             .await?;
@@ -819,7 +545,7 @@ impl Master {
         routing_key: &str,
         metadata: Metadata,
     ) -> Result<u64, Error> {
-        self.record_message(tx, message, routing_key, metadata, micros((self.clock)()))
+        self.record_message(tx, message, routing_key, metadata, self.now())
             .await
     }
 
@@ -925,42 +651,37 @@ impl Master {
             .collect())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn message<M: MasterModel>(
+    /// Fills in what the master adds to every message: `meta` (the model's meta function,
+    /// else the master's, else `{}`), the correlation function's id when the save gave
+    /// none, and `expires`.
+    fn stamp<M: MasterModel>(
         &self,
         model: &Registered,
         instance: &M,
-        signal_type: SignalType,
-        instance_pk: Value,
-        instance_data: Map<String, Value>,
-        previous_data: Option<Map<String, Value>>,
-        correlation_id: Option<Value>,
+        message: &mut CqrsMessage,
         queue: Option<&str>,
         now: DateTime<Utc>,
-    ) -> CqrsMessage {
+    ) {
         let cx = MetaContext {
             cqrs_id: M::CQRS_ID,
-            signal_type,
-            instance_pk: &instance_pk,
-            instance_data: &instance_data,
-            previous_data: previous_data.as_ref(),
+            signal_type: message.signal_type,
+            instance_pk: &message.instance_pk,
+            instance_data: &message.instance_data,
+            previous_data: message.previous_data.as_ref(),
         };
         let meta = match (&model.meta, &self.meta) {
             (Some(own), _) => own(instance, &cx),
             (None, Some(all)) => all(&cx),
             (None, None) => Value::Object(Map::new()),
         };
-        let correlation_id = correlation_id.or_else(|| {
-            self.correlation
+        if message.correlation_id.is_none() {
+            message.correlation_id = self
+                .correlation
                 .as_ref()
-                .and_then(|f| f(signal_type, M::CQRS_ID, &instance_pk, queue))
-        });
-        let mut message = CqrsMessage::new(signal_type, M::CQRS_ID, instance_pk, instance_data);
-        message.previous_data = previous_data;
-        message.correlation_id = correlation_id;
-        message.expires = wire::expires_after(now, self.message_ttl);
+                .and_then(|f| f(message.signal_type, M::CQRS_ID, &message.instance_pk, queue));
+        }
         message.meta = Some(meta);
-        message
+        message.expires = wire::expires_after(now, self.message_ttl);
     }
 
     /// Switches production off for every model while the guard lives (revisions are still
@@ -989,12 +710,6 @@ impl Master {
     }
 }
 
-/// The log stream of an instance's messages: `cqrs.<cqrs_id>:<pk>`, so they keep their
-/// order from the log to the replica.
-pub fn record_stream(cqrs_id: &str, pk: &str) -> String {
-    format!("cqrs.{cqrs_id}:{pk}")
-}
-
 /// Production stays off while this lives ([`Master::disable`], [`Master::disable_models`]).
 #[must_use = "production is back on as soon as the guard drops"]
 pub struct ProductionOff {
@@ -1015,39 +730,5 @@ impl Drop for ProductionOff {
                 }
             }
         }
-    }
-}
-
-/// A recorded django-cqrs message in the log, as the relay reads it back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CqrsRecord<'a> {
-    /// The exchange to publish to.
-    pub exchange: &'a str,
-    /// The routing key (`<cqrs_id>` or `cqrs.<queue>.<cqrs_id>`).
-    pub routing_key: &'a str,
-    /// The model's `CQRS_ID`.
-    pub cqrs_id: &'a str,
-    /// `SAVE`, `DELETE` or `SYNC`.
-    pub signal_type: &'a str,
-    /// The primary key, as text.
-    pub pk: &'a str,
-    /// The body to publish, byte for byte.
-    pub body: &'a [u8],
-}
-
-impl<'a> CqrsRecord<'a> {
-    /// The message in `notification`, or `None` if it is not one.
-    pub fn of(notification: &'a Notification) -> Option<Self> {
-        let facts = notification.event.metadata.get(CQRS_KEY)?;
-        let field = |name: &str| facts.get(name).and_then(Value::as_str);
-        Some(CqrsRecord {
-            exchange: field("exchange")?,
-            routing_key: field("routing_key")?,
-            cqrs_id: field("cqrs_id")?,
-            signal_type: field("signal_type")?,
-            pk: field("pk")?,
-            body: &notification.event.state,
-        })
     }
 }

@@ -20,6 +20,12 @@ use crate::wire;
 /// With [`CqrsRoute::replica_queue`], the relay declares the replica's queues itself, as
 /// django-cqrs's consumer would, before its first publish to the exchange: messages
 /// written before the replica ever started wait in its queue (a cold start loses nothing).
+///
+/// A hold stops the whole log, so a model that no replica consumes (yet) must not be held:
+/// give its `CQRS_ID`s a route of their own that parks, added before this one (routes are
+/// asked in order), e.g. `CqrsRoute::new().cqrs_ids(["audit"]).unroutable(Unroutable::Park)`.
+/// Do not just leave them out with [`CqrsRoute::cqrs_ids`]: a record no route claims is
+/// skipped for good.
 #[derive(Debug, Clone)]
 pub struct CqrsRoute {
     exchange: String,

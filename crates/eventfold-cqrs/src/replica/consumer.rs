@@ -286,7 +286,6 @@ impl ReplicaConsumer {
             max_body_bytes: usize::MAX,
             dead_letter_queue: Some(dead_letter_queue(&options.queue)),
             role: options.role.clone(),
-            ..BatchOptions::default()
         };
         let counters = Arc::new(Counters::default());
         let queue = options.queue.clone();

@@ -12,7 +12,7 @@ use eventfold_sqlite::{SqliteConfig, SqliteStore};
 use eventfold_testkit::TestVhost;
 use tokio::task::JoinHandle;
 
-use crate::support::{body, log, sample, Clock, Item, Table};
+use crate::support::{body, create, log, sample, update, Clock, Item, Table};
 
 struct Running {
     relay: Arc<Relay>,
@@ -44,6 +44,18 @@ impl Running {
     }
 }
 
+/// Waits until `queue` exists (the relay declares it) and holds `n` messages.
+async fn wait_declared(raw: &eventfold_testkit::Raw, queue: &str, n: u32) {
+    let start = Instant::now();
+    while raw.consumers(queue).await.is_none() || raw.count(queue).await < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{queue} never held {n} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// An SQLite file store (the relay reads it from other connections) with the item table.
 async fn file_store(dir: &tempfile::TempDir) -> (Arc<dyn Store>, Table) {
     let store: Arc<dyn Store> =
@@ -60,15 +72,9 @@ async fn fifty_saves(store: &dyn Store, table: &Table, master: &Master) {
     for id in 1..=20 {
         let mut item = sample();
         item.id = id;
-        let mut tx = store.begin().await.unwrap();
-        master.created(&mut tx, &mut item).await.unwrap();
-        table.insert(&mut tx, &item).await;
-        tx.commit().await.unwrap();
+        create(store, table, master, &mut item).await;
         item.qty = id * 10;
-        let mut tx = store.begin().await.unwrap();
-        master.updated(&mut tx, &mut item).await.unwrap();
-        table.update(&mut tx, &item).await;
-        tx.commit().await.unwrap();
+        update(store, table, master, &mut item).await;
         let mut tx = store.begin().await.unwrap();
         if id % 4 == 0 {
             master.deleted(&mut tx, &mut item).await.unwrap();
@@ -143,18 +149,12 @@ async fn a_cold_start_loses_nothing() {
         .build();
     let running = Running::start(relay);
     let raw = vhost.raw().await;
-    let start = Instant::now();
-    while raw.consumers("replica").await.is_none() || raw.count("replica").await < 50 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "not all 50 arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_declared(&raw, "replica", 50).await;
     assert_eq!(raw.settled_count("replica").await, 50);
     assert_eq!(raw.count("dead_letter_replica").await, 0);
-    let metrics = running.relay.metrics();
+    let relay = running.relay.clone();
     running.stop().await;
+    let metrics = relay.metrics();
     assert_eq!((metrics.returned, metrics.parked), (0, 0));
 
     let delivered = raw.drain("replica").await;
@@ -221,17 +221,9 @@ async fn without_declared_queues_the_relay_holds_until_a_replica_binds() {
         .master()
         .register_with(ModelOptions::<Item>::new().table(&table.name));
     let mut item = sample();
-    for _ in 0..3 {
-        let mut tx = store.begin().await.unwrap();
-        if item.cqrs_revision < 0 {
-            master.created(&mut tx, &mut item).await.unwrap();
-            table.insert(&mut tx, &item).await;
-        } else {
-            master.updated(&mut tx, &mut item).await.unwrap();
-            table.update(&mut tx, &item).await;
-        }
-        tx.commit().await.unwrap();
-    }
+    create(&*store, &table, &master, &mut item).await;
+    update(&*store, &table, &master, &mut item).await;
+    update(&*store, &table, &master, &mut item).await;
 
     let vhost = TestVhost::with_prefix("ef-cqrs-test");
     let relay = Relay::builder(store.clone(), &vhost.url(), "cqrs-master")
@@ -269,4 +261,141 @@ async fn without_declared_queues_the_relay_holds_until_a_replica_binds() {
         })
         .collect();
     assert_eq!(revisions, [Some(0), Some(1), Some(2)]);
+}
+
+#[tokio::test]
+async fn a_replica_queue_declared_with_arguments_is_kept_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, table) = file_store(&dir).await;
+    let clock = Clock::new("2026-11-23 00:41:49+00:00");
+    let master = clock
+        .master()
+        .register_with(ModelOptions::<Item>::new().table(&table.name));
+    let mut item = sample();
+    create(&*store, &table, &master, &mut item).await;
+
+    // A replica that declared its queue for failover (single active consumer): the
+    // master's plain declaration would be refused (406), so it must leave the queue be.
+    let vhost = TestVhost::with_prefix("ef-cqrs-test");
+    let raw = vhost.raw().await;
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-single-active-consumer".into(),
+        lapin::types::AMQPValue::Boolean(true),
+    );
+    raw.channel
+        .queue_declare(
+            "replica".into(),
+            lapin::options::QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await
+        .unwrap();
+
+    let relay = Relay::builder(store.clone(), &vhost.url(), "cqrs-master")
+        .unwrap()
+        .route(master.route().replica_queue("replica", ["item"]))
+        .poll_interval(Duration::from_millis(50))
+        .build();
+    let running = Running::start(relay);
+    raw.wait_count("replica", 1, Duration::from_secs(20)).await;
+    assert_eq!(running.relay.current_error(), None);
+    running.stop().await;
+    let queues = rabbitmqctl(&[
+        "list_queues",
+        "-p",
+        &vhost.name,
+        "--no-table-headers",
+        "name",
+        "arguments",
+    ]);
+    assert!(
+        queues
+            .lines()
+            .any(|l| l.starts_with("replica\t") && l.contains("x-single-active-consumer")),
+        "{queues}"
+    );
+    assert_eq!(raw.count("dead_letter_replica").await, 0);
+}
+
+/// A model no replica consumes, as its own record in the log.
+#[derive(serde::Serialize)]
+struct Audit {
+    id: i64,
+    cqrs_revision: i64,
+    #[serde(with = "eventfold_cqrs::master::datetime")]
+    cqrs_updated: chrono::DateTime<chrono::Utc>,
+}
+
+impl eventfold_cqrs::master::MasterModel for Audit {
+    const CQRS_ID: &'static str = "audit";
+    fn pk(&self) -> eventfold_cqrs::master::Pk {
+        self.id.into()
+    }
+    fn cqrs_revision(&self) -> i64 {
+        self.cqrs_revision
+    }
+    fn cqrs_updated(&self) -> chrono::DateTime<chrono::Utc> {
+        self.cqrs_updated
+    }
+    fn set_cqrs(&mut self, revision: i64, updated: chrono::DateTime<chrono::Utc>) {
+        self.cqrs_revision = revision;
+        self.cqrs_updated = updated;
+    }
+}
+
+#[tokio::test]
+async fn a_model_no_replica_consumes_is_parked_and_holds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, table) = file_store(&dir).await;
+    let clock = Clock::new("2026-11-23 00:41:49+00:00");
+    let master = clock
+        .master()
+        .register_with(ModelOptions::<Item>::new().table(&table.name))
+        .register::<Audit>();
+    let mut item = sample();
+    create(&*store, &table, &master, &mut item).await;
+    let mut audit = Audit {
+        id: 1,
+        cqrs_revision: 0,
+        cqrs_updated: clock.now(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    master.created(&mut tx, &mut audit).await.unwrap();
+    tx.commit().await.unwrap();
+    update(&*store, &table, &master, &mut item).await;
+
+    let vhost = TestVhost::with_prefix("ef-cqrs-test");
+    let relay = Relay::builder(store.clone(), &vhost.url(), "cqrs-master")
+        .unwrap()
+        .route(
+            master
+                .route()
+                .cqrs_ids(["audit"])
+                .unroutable(eventfold_relay::Unroutable::Park),
+        )
+        .route(master.route().replica_queue("replica", ["item"]))
+        .poll_interval(Duration::from_millis(50))
+        .build();
+    let running = Running::start(relay);
+    let raw = vhost.raw().await;
+    wait_declared(&raw, "replica", 2).await;
+    // Stopping finishes the batch in flight: its parked record is written by then.
+    let relay = running.relay.clone();
+    running.stop().await;
+    assert_eq!(relay.metrics().parked, 1);
+    assert_eq!(
+        Relay::status(&*store, "cqrs-master").await.unwrap().parked,
+        1
+    );
+    let keys: Vec<String> = raw
+        .drain("replica")
+        .await
+        .iter()
+        .map(|m| {
+            let message = eventfold_cqrs::wire::CqrsMessage::from_body(&m.delivery.data).unwrap();
+            format!("{}:{:?}", message.cqrs_id, message.revision())
+        })
+        .collect();
+    assert_eq!(keys, ["item:Some(0)", "item:Some(1)"]);
 }

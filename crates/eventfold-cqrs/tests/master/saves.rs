@@ -12,7 +12,7 @@ use eventfold_cqrs::wire::CqrsMessage;
 use eventfold_relay::Route;
 use serde_json::{json, Value};
 
-use crate::support::{body, captured, log, postgres, sample, sqlite, Clock, Item, Table};
+use crate::support::{body, captured, create, log, postgres, sample, sqlite, Clock, Item, Table};
 
 fn item_master(clock: &Clock, table: &Table) -> Master {
     clock
@@ -155,10 +155,7 @@ async fn rollback_records_nothing(store: Arc<dyn Store>, table: Table) {
     assert!(log(&*store).await.is_empty());
     assert_eq!(table.revision(&*store, 2).await, None);
 
-    let mut tx = store.begin().await.unwrap();
-    master.created(&mut tx, &mut item).await.unwrap();
-    table.insert(&mut tx, &item).await;
-    tx.commit().await.unwrap();
+    create(&*store, &table, &master, &mut item).await;
     let mut tx = store.begin().await.unwrap();
     master.updated(&mut tx, &mut item).await.unwrap();
     drop(tx);
@@ -187,10 +184,7 @@ async fn postgres_concurrent_updates_get_distinct_consecutive_revisions() {
     let clock = Clock::new("2026-11-23 00:41:49+00:00");
     let master = item_master(&clock, &table);
     let mut item = sample();
-    let mut tx = store.begin().await.unwrap();
-    master.created(&mut tx, &mut item).await.unwrap();
-    table.insert(&mut tx, &item).await;
-    tx.commit().await.unwrap();
+    create(&*store, &table, &master, &mut item).await;
 
     // Every writer opens its transaction first; then all bump at once.
     let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS));
@@ -244,10 +238,7 @@ async fn tracked_fields_travel_as_previous_data() {
             .tracked_fields(["name", "qty", "price"]),
     );
     let mut item = sample();
-    let mut tx = store.begin().await.unwrap();
-    master.created(&mut tx, &mut item).await.unwrap();
-    table.insert(&mut tx, &item).await;
-    tx.commit().await.unwrap();
+    create(&*store, &table, &master, &mut item).await;
 
     let before = item.clone();
     item.qty = 5;
@@ -425,10 +416,7 @@ async fn syncs_go_to_every_replica_or_to_one_queue() {
     let clock = Clock::new("2026-11-23 00:41:49.191666+00:00");
     let master = item_master(&clock, &table);
     let mut item = sample();
-    let mut tx = store.begin().await.unwrap();
-    master.created(&mut tx, &mut item).await.unwrap();
-    table.insert(&mut tx, &item).await;
-    tx.commit().await.unwrap();
+    create(&*store, &table, &master, &mut item).await;
 
     clock.set("2026-11-23 05:00:00+00:00");
     let mut tx = store.begin().await.unwrap();
@@ -575,5 +563,154 @@ async fn a_message_built_by_the_caller_is_recorded_as_it_is() {
     assert_eq!(
         (record.exchange, record.routing_key, record.pk),
         ("cqrs_other", "cqrs.replica.item", "2")
+    );
+}
+
+/// The caller's own UPDATE bumps the row (one statement less per save); eventfold records
+/// with the revision it returned.
+async fn a_caller_may_bump_the_row_itself(store: Arc<dyn Store>, table: Table, postgres: bool) {
+    let clock = Clock::new("2026-11-23 00:41:49.191666+00:00");
+    let master = item_master(&clock, &table);
+    let mut item = sample();
+    create(&*store, &table, &master, &mut item).await;
+
+    clock.set("2026-11-23 00:41:49.193683+00:00");
+    item.qty = 2;
+    let now = master.now();
+    let updated = if postgres {
+        "CAST($2 AS TIMESTAMPTZ)"
+    } else {
+        "$2"
+    };
+    let mut tx = store.begin().await.unwrap();
+    let rows = tx
+        .query(
+            &format!(
+                "UPDATE {} SET qty = $1, cqrs_revision = cqrs_revision + 1, cqrs_updated = {updated} \
+                 WHERE id = $3 RETURNING cqrs_revision",
+                table.name
+            ),
+            &[item.qty.into(), now.to_rfc3339().into(), item.id.into()],
+        )
+        .await
+        .unwrap();
+    let revision = rows[0][0].as_i64().unwrap();
+    let saved = master
+        .save(&mut tx, Save::update(&mut item).bumped(revision, now))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((saved.revision, item.cqrs_revision), (1, 1));
+    assert_eq!(table.revision(&*store, 2).await, Some(1));
+    // Byte for byte the captured update.
+    assert_eq!(
+        body(&log(&*store).await[1]),
+        captured()[1]["body_raw"].as_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_a_caller_may_bump_the_row_itself() {
+    let (store, table) = sqlite().await;
+    a_caller_may_bump_the_row_itself(store, table, false).await;
+}
+
+#[tokio::test]
+async fn postgres_a_caller_may_bump_the_row_itself() {
+    let (store, table, _guard) = postgres("bumped").await;
+    a_caller_may_bump_the_row_itself(store, table, true).await;
+}
+
+/// A model keyed by UUID, in a table and columns named otherwise (quoted as given).
+#[derive(Debug, Clone, serde::Serialize)]
+struct Gadget {
+    key: String,
+    rev: i64,
+    #[serde(with = "eventfold_cqrs::master::datetime")]
+    changed: chrono::DateTime<chrono::Utc>,
+    label: String,
+}
+
+impl eventfold_cqrs::master::MasterModel for Gadget {
+    const CQRS_ID: &'static str = "gadget";
+    fn pk(&self) -> eventfold_cqrs::master::Pk {
+        self.key.as_str().into()
+    }
+    fn cqrs_revision(&self) -> i64 {
+        self.rev
+    }
+    fn cqrs_updated(&self) -> chrono::DateTime<chrono::Utc> {
+        self.changed
+    }
+    fn set_cqrs(&mut self, revision: i64, updated: chrono::DateTime<chrono::Utc>) {
+        self.rev = revision;
+        self.changed = updated;
+    }
+}
+
+#[tokio::test]
+async fn postgres_uuid_keys_and_own_column_names() {
+    let (store, table, _guard) = postgres("gadget").await;
+    let schema = table.name.split('.').next().unwrap().to_owned();
+    let mut tx = store.begin().await.unwrap();
+    tx.execute(
+        &format!(
+            "CREATE TABLE \"{schema}\".\"Gadget Stock\" (\"Key\" UUID PRIMARY KEY, \
+             rev BIGINT NOT NULL, changed TIMESTAMPTZ NOT NULL, label TEXT NOT NULL)"
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let clock = Clock::new("2026-11-23 00:41:49.5+00:00");
+    let master = clock.master().register_with(
+        ModelOptions::<Gadget>::new()
+            .table(format!("{schema}.Gadget Stock"))
+            .pk_column("Key")
+            .pk_type("uuid")
+            .revision_column("rev")
+            .updated_column("changed"),
+    );
+    let mut gadget = Gadget {
+        key: uuid::Uuid::new_v4().to_string(),
+        rev: 7,
+        changed: clock.now(),
+        label: "g".into(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.execute(
+        &format!(
+            "INSERT INTO \"{schema}\".\"Gadget Stock\" VALUES (CAST($1 AS UUID), $2, now(), $3)"
+        ),
+        &[gadget.key.as_str().into(), gadget.rev.into(), "g".into()],
+    )
+    .await
+    .unwrap();
+    let saved = master.updated(&mut tx, &mut gadget).await.unwrap();
+    let changed = tx
+        .query(
+            &format!(
+                "SELECT rev, CAST(changed AS TEXT) = CAST(CAST($2 AS TIMESTAMPTZ) AS TEXT) \
+                 FROM \"{schema}\".\"Gadget Stock\" WHERE \"Key\" = CAST($1 AS UUID)"
+            ),
+            &[
+                gadget.key.as_str().into(),
+                "2026-11-23T00:41:49.5+00:00".into(),
+            ],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(saved.revision, 8);
+    assert_eq!(changed[0], vec![8i64.into(), true.into()]);
+    let message = CqrsMessage::from_body(&log(&*store).await[0].event.state).unwrap();
+    assert_eq!(message.instance_pk, json!(gadget.key));
+    assert_eq!(
+        serde_json::to_string(&message.instance_data).unwrap(),
+        format!(
+            r#"{{"key":"{}","rev":8,"changed":"2026-11-23 00:41:49.500000+00:00","label":"g","cqrs_revision":8,"cqrs_updated":"2026-11-23 00:41:49.500000+00:00"}}"#,
+            gadget.key
+        )
     );
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use eventfold_core::{Notification, NotificationQuery, SqlValue, Store, Transaction};
-use eventfold_cqrs::master::{MasterModel, Pk};
+use eventfold_cqrs::master::{Master, MasterModel, Pk};
 use eventfold_postgres::{PostgresConfig, PostgresStore};
 use eventfold_sqlite::SqliteStore;
 use serde::Serialize;
@@ -258,6 +258,22 @@ pub async fn postgres(tag: &str) -> (Arc<dyn Store>, Table, SchemaGuard) {
     table.create(&mut tx).await;
     tx.commit().await.unwrap();
     (store, table, guard)
+}
+
+/// Creates `item` in a transaction of its own: eventfold's `created`, then the INSERT.
+pub async fn create(store: &dyn Store, table: &Table, master: &Master, item: &mut Item) {
+    let mut tx = store.begin().await.unwrap();
+    master.created(&mut tx, item).await.unwrap();
+    table.insert(&mut tx, item).await;
+    tx.commit().await.unwrap();
+}
+
+/// Updates `item` in a transaction of its own: eventfold's `updated`, then the UPDATE.
+pub async fn update(store: &dyn Store, table: &Table, master: &Master, item: &mut Item) {
+    let mut tx = store.begin().await.unwrap();
+    master.updated(&mut tx, item).await.unwrap();
+    table.update(&mut tx, item).await;
+    tx.commit().await.unwrap();
 }
 
 /// Every notification in the log.
