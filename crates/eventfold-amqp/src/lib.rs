@@ -22,6 +22,8 @@
 //!   with a TTL, re-publish a retry after a delay (acked once the copy is confirmed, the
 //!   worker not waiting), requeue, or leave. Acks leave as multiple-acks over every run of
 //!   settled deliveries that no unsettled one precedes.
+//! * [`QueueBrowser`]: a queue looked into from outside a consumer (count, take without
+//!   acking, ack one by one, give all back, purge), for tooling such as dead-letter commands.
 //! * [`AmqpConfig`]: the broker URL, a connection name, the heartbeat. Its `Debug` and
 //!   `Display`, and every [`AmqpError`], show the URL with the password as `***`.
 //!
@@ -89,6 +91,7 @@ mod error;
 mod message;
 pub mod nameko;
 mod publisher;
+mod queue;
 
 pub use config::{connections_opened, AmqpConfig};
 pub use consumer::{
@@ -103,3 +106,4 @@ pub use error::{AmqpError, Result};
 pub use lapin::ExchangeKind;
 pub use message::{HeaderValue, Headers, IncomingMessage, OutgoingMessage};
 pub use publisher::{ConfirmedPublisher, Outcome, PublisherOptions};
+pub use queue::{Browsed, QueueBrowser};

@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod cqrs;
 mod demo;
 mod log;
 mod relay;
@@ -86,6 +87,9 @@ enum Command {
     /// log order, position moved over confirmed messages only); `relay status`, `relay
     /// parked`, `relay republish` show and fix what it did.
     Relay(relay::RelayArgs),
+    /// django-cqrs replication without Rust code: consume into plain tables, sync, bulk
+    /// dump and load, diffs, dead letters (wire-compatible with django-cqrs 3.1).
+    Cqrs(cqrs::CqrsArgs),
     /// Benchmarks that print figures and end with one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -111,6 +115,7 @@ async fn main() -> std::process::ExitCode {
         Command::Log(args) => log::run(&cli.store, args).await,
         Command::Followers => log::followers(&cli.store).await,
         Command::Relay(args) => relay::run(&cli.store, args).await,
+        Command::Cqrs(args) => cqrs::run(&cli.store, args).await,
         Command::Bench(command) => bench::run(&cli.store, command).await,
     };
     match outcome {

@@ -73,7 +73,7 @@ pub struct StatusArgs {
 pub struct AmqpArgs {
     /// The broker, amqp://user:password@host:port/vhost (the password is never printed).
     #[arg(long, env = "EVENTFOLD_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
-    amqp_url: String,
+    pub(crate) amqp_url: String,
 }
 
 /// Options of `eventfold relay republish`.
@@ -124,8 +124,8 @@ pub async fn run(store: &StoreArgs, args: &RelayArgs) -> anyhow::Result<()> {
 
 /// The broker's configuration, and a first connection to it: a wrong URL, password or
 /// port is an error at once rather than a relay that waits forever.
-async fn connect_check(url: &str, name: &str) -> anyhow::Result<AmqpConfig> {
-    let amqp = AmqpConfig::from_url(url)?.with_connection_name(format!("eventfold-relay-{name}"));
+pub(crate) async fn connect_check(url: &str, connection_name: &str) -> anyhow::Result<AmqpConfig> {
+    let amqp = AmqpConfig::from_url(url)?.with_connection_name(connection_name);
     let probe = ConfirmedPublisher::connect(
         amqp.clone(),
         PublisherOptions {
@@ -180,7 +180,7 @@ async fn run_relay(store: &StoreArgs, args: &RunArgs) -> anyhow::Result<()> {
         builder = builder.route(route);
     }
     let relay = builder.build();
-    let amqp = connect_check(&args.amqp.amqp_url, name).await?;
+    let amqp = connect_check(&args.amqp.amqp_url, &format!("eventfold-relay-{name}")).await?;
     let endpoint = amqp.redacted_url();
     outln!("relay {name}: connecting to {endpoint}")?;
 
@@ -256,7 +256,7 @@ fn domain_decoder(
 }
 
 /// Ctrl-C and (unix) SIGTERM, listened to from creation on.
-struct Signals {
+pub(crate) struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -264,7 +264,7 @@ struct Signals {
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -278,7 +278,7 @@ impl Signals {
     }
 
     /// Resolves on the first of them, saying which.
-    async fn recv(mut self) -> &'static str {
+    pub(crate) async fn recv(mut self) -> &'static str {
         #[cfg(unix)]
         {
             tokio::select! {
@@ -362,7 +362,7 @@ async fn parked(store: &StoreArgs, args: &NameArgs) -> anyhow::Result<()> {
 
 async fn republish(store: &StoreArgs, args: &RepublishArgs) -> anyhow::Result<()> {
     let name = &args.name.name;
-    let amqp = connect_check(&args.amqp.amqp_url, name).await?;
+    let amqp = connect_check(&args.amqp.amqp_url, &format!("eventfold-relay-{name}")).await?;
     let log = open_existing(store, "republish").await?;
     let report = Relay::republish_parked(&*log, amqp, name).await?;
     outln!("republished:  {}", report.republished)?;

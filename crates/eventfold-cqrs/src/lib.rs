@@ -12,6 +12,10 @@
 //!   [`replica::TypedReplicaModel`]) writes through the replica store's own transaction;
 //!   [`replica::ReplicaConsumer`] applies batches of messages in one transaction each and
 //!   acks them after the commit (the module docs say how, and why).
+//! - [`table`]: plain tables as master and replica models with no Rust code, described
+//!   by a TOML tables file, read and written with the same SQL on SQLite and PostgreSQL.
+//! - [`tooling`]: what `eventfold cqrs` runs besides the consumer (sync, bulk dump and
+//!   load, the diff trio, dead letters), in django-cqrs's formats.
 //!
 //! ```
 //! use eventfold_cqrs::wire::{CqrsMessage, SignalType};
@@ -187,4 +191,6 @@
 
 pub mod master;
 pub mod replica;
+pub mod table;
+pub mod tooling;
 pub mod wire;

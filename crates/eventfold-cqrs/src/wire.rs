@@ -124,11 +124,7 @@ impl CqrsMessage {
 
     /// The body, byte for byte as django-cqrs writes it.
     pub fn to_body(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
-        let mut ser = serde_json::Serializer::with_formatter(&mut out, UjsonFormatter);
-        self.serialize(&mut ser)
-            .expect("a CqrsMessage holds only JSON values, which always serialize");
-        out
+        ujson(self).expect("a CqrsMessage holds only JSON values, which always serialize")
     }
 
     /// Reads a body as django-cqrs's consumer does, but strictly: `signal_type`,
@@ -318,6 +314,15 @@ fn serialize_expires<S: serde::Serializer>(
         Some(t) => serializer.serialize_str(&iso_seconds(t)),
         None => serializer.serialize_none(),
     }
+}
+
+/// `value` as `ujson.dumps` writes it by default (compact, non-ASCII as `\uXXXX`, `/` as
+/// `\/`): message bodies, and the lines of django-cqrs's dump and diff formats.
+pub fn ujson<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(256);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, UjsonFormatter);
+    value.serialize(&mut ser)?;
+    Ok(out)
 }
 
 /// JSON as `ujson.dumps` writes it by default: compact, `ensure_ascii`, `/` escaped.

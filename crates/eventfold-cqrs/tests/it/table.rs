@@ -1,0 +1,285 @@
+//! Plain tables: the tables file, the replica model, master reads and filters, on SQLite
+//! and PostgreSQL alike.
+
+use eventfold_cqrs::replica::{Change, Rejected, ReplicaModel};
+use eventfold_cqrs::table::{
+    Filter, Role, Table, TableError, TableReplica, TableSpec, TablesConfig,
+};
+use eventfold_cqrs::wire::{CqrsMessage, SignalType};
+use serde_json::{json, Map, Value};
+
+use crate::on_both;
+use crate::support::Db;
+
+fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(o) => o,
+        _ => panic!("not an object"),
+    }
+}
+
+fn spec(db: &Db, table: &str) -> TableSpec {
+    let spec = TableSpec::new(table);
+    match &db.schema {
+        Some(s) => spec.in_schema(s.clone()),
+        None => spec,
+    }
+}
+
+#[test]
+fn a_bad_tables_file_says_what_and_where() {
+    let err = |text: &str| TablesConfig::from_toml(text).unwrap_err().to_string();
+    let syntax = err("[replica.item]\ntable = \"items\"\npk = \n");
+    assert!(
+        syntax.starts_with("bad tables file:") && syntax.contains("line 3"),
+        "{syntax}"
+    );
+    let unknown = err("[replica.item]\ntable = \"items\"\nprimary = \"id\"\n");
+    assert!(unknown.contains("unknown field `primary`"), "{unknown}");
+    let no_table = err("[replica.item]\npk = \"id\"\n");
+    assert!(no_table.contains("missing field `table`"), "{no_table}");
+    let fields = err("[replica.item]\ntable = \"items\"\nfields = [\"id\"]\n");
+    assert!(
+        fields.contains("[replica.item]: `fields` is for master tables"),
+        "{fields}"
+    );
+    let collide = err("[master.item]\ntable = \"t\"\nrename = { a = \"c\", b = \"c\" }\n");
+    assert!(collide.contains("both go to the column \"c\""), "{collide}");
+    let revision = err("[master.item]\ntable = \"t\"\nignore = [\"cqrs_revision\"]\n");
+    assert!(revision.contains("cannot be ignored"), "{revision}");
+    let unreadable = TablesConfig::load(std::path::Path::new("/nonexistent/t.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unreadable.contains("cannot read /nonexistent/t.toml"),
+        "{unreadable}"
+    );
+
+    let config = TablesConfig::from_toml("[replica.item]\ntable = \"items\"\n").unwrap();
+    let unknown_id = config.replica("itme").unwrap_err().to_string();
+    assert_eq!(
+        unknown_id,
+        "unknown cqrs_id \"itme\": the tables file has no [replica.itme] (it has item)"
+    );
+    let no_master = config.master("item").unwrap_err().to_string();
+    assert!(
+        no_master.contains("(it has no [master.*] table)"),
+        "{no_master}"
+    );
+}
+
+async fn schema_errors_name_the_missing_part(db: Db) {
+    db.create_items("items").await;
+    let mut tx = db.begin().await;
+    let err = Table::open(&mut tx, "item", &spec(&db, "nope"), Role::Replica)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TableError::Schema { .. }), "{err}");
+    assert!(err.to_string().contains("no table"), "{err}");
+    let mut bad_pk = spec(&db, "items");
+    bad_pk.pk = "uid".into();
+    let err = Table::open(&mut tx, "item", &bad_pk, Role::Replica)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the pk column \"uid\" is not a column") && err.contains("title"),
+        "{err}"
+    );
+    let mut bad_field = spec(&db, "items");
+    bad_field.fields = Some(vec!["id".into(), "colour".into()]);
+    let err = Table::open(&mut tx, "item", &bad_field, Role::Master)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("field \"colour\""), "{err}");
+}
+on_both!(schema_errors, schema_errors_name_the_missing_part);
+
+fn save(pk: i64, data: Value) -> CqrsMessage {
+    CqrsMessage::new(SignalType::Save, "item", Value::from(pk), object(data))
+}
+
+async fn the_replica_model_upserts_and_deletes_by_pk(db: Db) {
+    db.create_items("items").await;
+    let mut spec = spec(&db, "items");
+    spec.rename.insert("name".into(), "title".into());
+    spec.ignore.push("secret".into());
+    let mut tx = db.begin().await;
+    let table = Table::open(&mut tx, "item", &spec, Role::Replica)
+        .await
+        .unwrap();
+    let model = TableReplica::new(table);
+    assert_eq!(model.cqrs_id(), "item");
+
+    let created = save(
+        1,
+        json!({"id": 1, "name": "Café", "secret": "x", "unknown": 5, "active": true,
+               "price": "9.99", "born": "2020-01-31", "tags": {"a": [1, 2]},
+               "seen": "2026-11-23 00:41:49", "ratio": 0.5, "cqrs_revision": 0,
+               "cqrs_updated": "2026-11-23 00:41:49.191666+00:00"}),
+    );
+    let pk = Value::from(1);
+    assert_eq!(model.stored_revision(&mut tx, &pk).await.unwrap(), None);
+    let mapped = model.map_fields(&created.instance_data);
+    assert!(mapped.contains_key("title") && !mapped.contains_key("secret"));
+    model
+        .create(&mut tx, &Change::new(&created, &mapped, None))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = db.begin().await;
+    assert_eq!(model.stored_revision(&mut tx, &pk).await.unwrap(), Some(0));
+    let updated = save(
+        1,
+        json!({"id": 1, "name": "Tea", "cqrs_revision": 1,
+               "cqrs_updated": "2026-11-23 00:41:50+00:00"}),
+    );
+    let mapped = model.map_fields(&updated.instance_data);
+    model
+        .update(&mut tx, &Change::new(&updated, &mapped, Some(0)))
+        .await
+        .unwrap();
+    assert_eq!(model.stored_revision(&mut tx, &pk).await.unwrap(), Some(1));
+
+    // What a master reading the same table would publish: every column, in table order,
+    // typed as django-cqrs sends them; the update kept the columns it did not name.
+    let master = Table::open(&mut tx, "item", &spec, Role::Master)
+        .await
+        .unwrap();
+    let rows = master
+        .rows(&mut tx, &Filter::all(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].pk.clone(), rows[0].revision), (pk.clone(), 1));
+    assert_eq!(
+        serde_json::to_string(&rows[0].data).unwrap(),
+        r#"{"id":1,"name":"Tea","active":true,"price":"9.99","born":"2020-01-31","tags":{"a":[1,2]},"seen":"2026-11-23 00:41:49","ratio":0.5,"cqrs_revision":1,"cqrs_updated":"2026-11-23 00:41:50+00:00"}"#
+    );
+
+    // Data that cannot fit is rejected (dead-lettered at once), not retried.
+    for bad in [
+        json!({"name": "no pk", "cqrs_revision": 0, "cqrs_updated": "2026-11-23 00:41:49+00:00"}),
+        json!({"id": 2, "name": "no revision", "cqrs_updated": "2026-11-23 00:41:49+00:00"}),
+        json!({"id": 2, "name": ["a list"], "cqrs_revision": 0, "cqrs_updated": "2026-11-23 00:41:49+00:00"}),
+    ] {
+        let message = save(2, bad);
+        let mapped = model.map_fields(&message.instance_data);
+        let err = model
+            .create(&mut tx, &Change::new(&message, &mapped, None))
+            .await
+            .unwrap_err();
+        assert!(err.downcast_ref::<Rejected>().is_some(), "{err}");
+    }
+
+    let delete = CqrsMessage::new(
+        SignalType::Delete,
+        "item",
+        pk.clone(),
+        object(json!({"id": 1, "cqrs_revision": 2, "cqrs_updated": "2026-11-23 00:41:51+00:00"})),
+    );
+    model
+        .delete(
+            &mut tx,
+            &Change::new(&delete, &delete.instance_data, Some(1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(model.stored_revision(&mut tx, &pk).await.unwrap(), None);
+    // Deleting a row that is not there is not an error.
+    model
+        .delete(&mut tx, &Change::new(&delete, &delete.instance_data, None))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+on_both!(replica_model, the_replica_model_upserts_and_deletes_by_pk);
+
+async fn master_rows_are_filtered_and_paged_in_pk_order(db: Db) {
+    db.create_items("items").await;
+    let spec = spec(&db, "items");
+    let mut tx = db.begin().await;
+    let replica = Table::open(&mut tx, "item", &spec, Role::Replica)
+        .await
+        .unwrap();
+    for id in [5, 3, 1, 4, 2] {
+        let data = object(json!({
+            "id": id, "title": format!("t{id}"), "price": format!("{id}.50"),
+            "active": id % 2 == 0, "cqrs_revision": id * 10,
+            "cqrs_updated": format!("2026-11-23 00:00:0{id}+00:00"),
+        }));
+        replica.upsert(&mut tx, &data).await.unwrap();
+    }
+    let master = Table::open(&mut tx, "item", &spec, Role::Master)
+        .await
+        .unwrap();
+    let cases: &[(&str, &[i64])] = &[
+        ("{}", &[1, 2, 3, 4, 5]),
+        (r#"{"id__in": [4, 2, 9]}"#, &[2, 4]),
+        (r#"{"pk__in": []}"#, &[]),
+        (r#"{"id__gt": 3}"#, &[4, 5]),
+        (r#"{"id__gte": 3, "id__lt": 5}"#, &[3, 4]),
+        (r#"{"title": "t3"}"#, &[3]),
+        (r#"{"active": true}"#, &[2, 4]),
+        (r#"{"price__lte": "2.50"}"#, &[1, 2]),
+        (r#"{"cqrs_revision__gt": 30}"#, &[4, 5]),
+        (
+            r#"{"cqrs_updated__gte": "2026-11-23 00:00:04+00:00"}"#,
+            &[4, 5],
+        ),
+        (r#"{"born__isnull": true, "id__lte": 2}"#, &[1, 2]),
+        (r#"{"born": null}"#, &[1, 2, 3, 4, 5]),
+    ];
+    for (text, want) in cases {
+        let filter = Filter::parse(&master, text).unwrap();
+        let got: Vec<i64> = master
+            .revisions(&mut tx, &filter, None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(pk, revision)| {
+                assert_eq!(revision, pk.as_i64().unwrap() * 10);
+                pk.as_i64().unwrap()
+            })
+            .collect();
+        assert_eq!(&got, want, "{text}");
+        assert_eq!(
+            master.count(&mut tx, &filter).await.unwrap(),
+            want.len() as u64
+        );
+    }
+    // Keyset pages: after the last pk of the page before.
+    let page = master
+        .rows(&mut tx, &Filter::all(), Some(&Value::from(2)), 2)
+        .await
+        .unwrap();
+    let pks: Vec<_> = page.iter().map(|r| r.pk.clone()).collect();
+    assert_eq!(pks, [json!(3), json!(4)]);
+    let sync = page[0].sync_message("item");
+    assert_eq!(sync.signal_type, SignalType::Sync);
+    assert_eq!(sync.instance_pk, json!(3));
+    assert_eq!(
+        sync.instance_data["cqrs_updated"],
+        json!("2026-11-23 00:00:03+00:00")
+    );
+
+    for (text, says) in [
+        ("[1]", "must be a JSON object"),
+        ("{not json", "not JSON"),
+        (r#"{"colour": 1}"#, "\"colour\" is not a field of item"),
+        (r#"{"id__regex": "1"}"#, "\"id__regex\" is not a field"),
+        (r#"{"id__in": 3}"#, "takes an array"),
+        (r#"{"id__gt": [3]}"#, "takes a single value"),
+        (r#"{"id__isnull": 1}"#, "takes true or false"),
+    ] {
+        let err = Filter::parse(&master, text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("bad filter:") && err.contains(says),
+            "{text}: {err}"
+        );
+    }
+    tx.commit().await.unwrap();
+}
+on_both!(master_rows, master_rows_are_filtered_and_paged_in_pk_order);
