@@ -5,9 +5,12 @@
 //! - [`Raw`]: a plain lapin channel on it, to declare, count, drain and wait for queues;
 //! - [`Proxy`]: a TCP proxy to the broker whose connections a test can cut at once;
 //! - [`message_id`]: the message id of a message taken from a queue;
-//! - [`interop_python`]: the Python of the interop tests (nameko, django-cqrs).
+//! - [`interop_python`]: the Python of the interop tests (nameko, django-cqrs);
+//! - [`django`]: the real django-cqrs 3.1.0 as a peer (a master and a replica project).
 //!
 //! Everything here panics on failure: it is for tests only.
+
+pub mod django;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -176,12 +176,14 @@ impl Table {
         let dialect = match tx.backend() {
             "sqlite" => Dialect::Sqlite,
             "postgres" => Dialect::Postgres,
-            other => return Err(TableError::Schema {
-                cqrs_id: cqrs_id.to_owned(),
-                message: format!(
+            other => {
+                return Err(TableError::Schema {
+                    cqrs_id: cqrs_id.to_owned(),
+                    message: format!(
                     "plain tables need SQL: the {other} store has none (use SQLite or PostgreSQL)"
                 ),
-            }),
+                })
+            }
         };
         let qualified = match &spec.schema {
             Some(schema) => format!("{}.{}", quote(schema), quote(&spec.table)),

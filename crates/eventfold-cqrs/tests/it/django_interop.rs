@@ -160,20 +160,6 @@ async fn django_replica_applies_our_saves_deletes_and_syncs() {
     assert_eq!(raw.settled_count(&dead_letter_queue(QUEUE)).await, 0);
 }
 
-/// One `manage.py interop_writes` run: the pks it created.
-pub async fn writes(master: &DjangoProject, operations: Value) -> Vec<i64> {
-    let out = master
-        .manage(&["interop_writes", &operations.to_string()])
-        .await;
-    let out: Value = serde_json::from_str(out.trim()).unwrap();
-    out["created"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect()
-}
-
 fn header_names(m: &BasicGetMessage) -> Vec<String> {
     m.delivery
         .properties
@@ -204,29 +190,25 @@ async fn django_master_bodies_read_and_write_back_byte_for_byte() {
     declare_replica_topology(&raw).await;
     let master = DjangoProject::migrated(Side::Master, &vhost).await;
 
-    let created = writes(
-        &master,
-        json!([
+    let created = master
+        .interop_writes(json!([
             {"create": {"name": "caf\u{e9}/cr\u{e8}me \u{2615} \u{1F980}", "qty": 1,
                         "price": "9.99", "description": "first\n\"quoted\" \\ </tag>"}},
             {"create": {"name": "second", "qty": 2, "price": "20.00"}},
             {"create": {"name": "third", "qty": 3}},
-        ]),
-    )
-    .await;
+        ]))
+        .await;
     let [a, b, c] = created[..] else {
         panic!("{created:?}")
     };
-    writes(
-        &master,
-        json!([
+    master
+        .interop_writes(json!([
             {"update": a, "set": {"qty": 11}},
             {"update": a, "set": {"qty": 12, "description": "twice"}},
             {"update": b, "set": {"name": "second, renamed"}},
             {"delete": c},
-        ]),
-    )
-    .await;
+        ]))
+        .await;
     let filter = json!({"id__in": [a, b]}).to_string();
     let out = master
         .manage(&["cqrs_sync", "--cqrs-id", CQRS_ID, "--filter", &filter])

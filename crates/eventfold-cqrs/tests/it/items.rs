@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use eventfold_cqrs::master::{MasterModel, Pk};
 use eventfold_cqrs::wire::{parse_datetime, python_datetime, CqrsMessage, SignalType};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+
+use eventfold_testkit::django::query;
 
 use crate::django::CQRS_ID;
 
@@ -124,35 +125,27 @@ pub struct ReplicaRow {
 /// replica store's), by id: columns `id, cqrs_revision, cqrs_updated, name, qty, price,
 /// description, created`, datetimes as text in either of Python's forms.
 pub fn rows(database: &Path, table: &str) -> BTreeMap<i64, ReplicaRow> {
-    let db =
-        rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    db.busy_timeout(Duration::from_secs(5)).unwrap();
-    let mut select = db
-        .prepare(&format!(
-            "SELECT id, cqrs_revision, cqrs_updated, name, qty, CAST(price AS REAL), description, \
-             created FROM {table} ORDER BY id"
-        ))
-        .unwrap();
-    let datetime = |text: String| {
-        parse_datetime(&text).unwrap_or_else(|| panic!("{table}: {text:?} is not a datetime"))
+    let sql = format!(
+        "SELECT id, cqrs_revision, cqrs_updated, name, qty, CAST(price AS REAL), description, \
+         created FROM {table} ORDER BY id"
+    );
+    let datetime = |v: &Value| {
+        let text = v.as_str().unwrap();
+        parse_datetime(text).unwrap_or_else(|| panic!("{table}: {text:?} is not a datetime"))
     };
-    select
-        .query_map([], |r| {
-            Ok(ReplicaRow {
-                id: r.get(0)?,
-                revision: r.get(1)?,
-                updated: datetime(r.get(2)?),
-                name: r.get(3)?,
-                qty: r.get(4)?,
-                price: r.get(5)?,
-                description: r.get(6)?,
-                created: datetime(r.get(7)?),
-            })
-        })
-        .unwrap()
-        .map(|row| {
-            let row = row.unwrap();
+    query(database, &sql)
+        .iter()
+        .map(|r| {
+            let row = ReplicaRow {
+                id: r[0].as_i64().unwrap(),
+                revision: r[1].as_i64().unwrap(),
+                updated: datetime(&r[2]),
+                name: r[3].as_str().unwrap().to_owned(),
+                qty: r[4].as_i64().unwrap(),
+                price: r[5].as_f64().unwrap(),
+                description: r[6].as_str().unwrap().to_owned(),
+                created: datetime(&r[7]),
+            };
             (row.id, row)
         })
         .collect()
@@ -160,13 +153,6 @@ pub fn rows(database: &Path, table: &str) -> BTreeMap<i64, ReplicaRow> {
 
 /// The raw `cqrs_updated` text of row `id` in `table` of `database`.
 pub fn stored_updated(database: &Path, table: &str, id: i64) -> String {
-    let db =
-        rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    db.query_row(
-        &format!("SELECT cqrs_updated FROM {table} WHERE id = ?1"),
-        [id],
-        |r| r.get(0),
-    )
-    .unwrap()
+    let sql = format!("SELECT cqrs_updated FROM {table} WHERE id = {id}");
+    query(database, &sql)[0][0].as_str().unwrap().to_owned()
 }

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::django::{wait_for, DjangoProject, Side, CQRS_ID, QUEUE};
-use crate::django_interop::{publish_confirmed, vhost, writes};
+use crate::django_interop::{publish_confirmed, vhost};
 use crate::items::{rows, Item};
 
 /// The columns of `master_item` / `replica_item` in both Django projects.
@@ -433,7 +433,7 @@ async fn a_django_master_feeds_our_replica_consumer() {
                               "price": format!("{i}.25"), "description": "from django"}})
         })
         .collect();
-    let pks = writes(&master, Value::Array(creates)).await;
+    let pks = master.interop_writes(Value::Array(creates)).await;
     assert_eq!(pks.len(), N);
     // Two rounds of updates over every item (so one item's messages are interleaved with
     // the others', over four workers), then deletes.
@@ -445,7 +445,7 @@ async fn a_django_master_feeds_our_replica_consumer() {
     }
     let deleted: Vec<i64> = pks.iter().copied().filter(|pk| pk % 4 == 0).collect();
     changes.extend(deleted.iter().map(|pk| json!({"delete": pk})));
-    writes(&master, Value::Array(changes)).await;
+    master.interop_writes(Value::Array(changes)).await;
     // cqrs_sync of every remaining row to every replica, then of three to this one.
     let all = json!({"id__in": pks}).to_string();
     let out = master

@@ -4,10 +4,10 @@ with `from interop_settings import *`), and the environment they read.
 Every test runs them against a database and a RabbitMQ virtual host of its own, given by
 environment variables (the Rust tests set them):
 
-- EVENTFOLD_CQRS_AMQP_URL: the broker, with the test's vhost (amqp://user:pass@host:port/vhost);
-- EVENTFOLD_CQRS_DB: the SQLite file of the project's database;
-- EVENTFOLD_CQRS_QUEUE: the replica's queue (replica only; default "replica");
-- EVENTFOLD_CQRS_EXCHANGE: the exchange (default "cqrs", django-cqrs's default).
+- INTEROP_AMQP_URL: the broker, with the test's vhost (amqp://user:pass@host:port/vhost);
+- INTEROP_DB: the SQLite file of the project's database;
+- INTEROP_QUEUE: the replica's queue (replica only; default "replica");
+- INTEROP_EXCHANGE: the exchange (default "cqrs", django-cqrs's default).
 
 The transport is django-cqrs's own RabbitMQTransport, through interop_transport.py: it
 connects to the URL's vhost, which django-cqrs 3.1.0 alone does not.
@@ -31,8 +31,8 @@ def env(name, default=None):
 def cqrs_transport():
     return {
         "transport": "interop_transport.RabbitMQTransport",
-        "url": env("EVENTFOLD_CQRS_AMQP_URL"),
-        "exchange": env("EVENTFOLD_CQRS_EXCHANGE", "cqrs"),
+        "url": env("INTEROP_AMQP_URL"),
+        "exchange": env("INTEROP_EXCHANGE", "cqrs"),
     }
 
 
@@ -41,7 +41,7 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 ROOT_URLCONF = None
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": env("EVENTFOLD_CQRS_DB")}}
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": env("INTEROP_DB")}}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
