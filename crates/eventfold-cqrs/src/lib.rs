@@ -39,7 +39,7 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use chrono::{DateTime, Utc};
 //! use eventfold_core::{NotificationQuery, NotificationReader, SqlValue, Store};
-//! use eventfold_cqrs::master::{CqrsRecord, Master, MasterModel, ModelOptions, Pk};
+//! use eventfold_cqrs::master::{datetime_param, CqrsRecord, Master, MasterModel, ModelOptions, Pk};
 //! use serde::Serialize;
 //!
 //! #[derive(Serialize)]
@@ -75,8 +75,8 @@
 //! master.created(&mut tx, &mut item).await?;
 //! tx.execute(
 //!     "INSERT INTO shop_item (id, cqrs_revision, cqrs_updated, name) VALUES ($1, $2, $3, $4)",
-//!     &[item.id.into(), item.cqrs_revision.into(), item.cqrs_updated.to_rfc3339().into(),
-//!       item.name.as_str().into()],
+//!     &[item.id.into(), item.cqrs_revision.into(),
+//!       datetime_param(tx.backend(), &item.cqrs_updated), item.name.as_str().into()],
 //! ).await?;
 //! tx.commit().await?;
 //!
@@ -129,7 +129,8 @@
 //! second waits for the first to commit, then bumps the revision the first committed, so
 //! two saves never share a revision, and their messages are in the log in revision order.
 //! SQLite has one writer. `cqrs_updated` is written as `timestamptz` on PostgreSQL and as
-//! Django's naive-UTC text on SQLite (its `DateTimeField`s); a UUID key needs
+//! Django's naive-UTC text on SQLite (its `DateTimeField`s:
+//! [`master::datetime_param`] gives the caller's writes the same form); a UUID key needs
 //! [`master::ModelOptions::pk_type`]`("uuid")` on PostgreSQL.
 //!
 //! ## What is recorded

@@ -29,6 +29,7 @@ pub use model::{Change, Fields, MasterModel, MetaContext, ModelOptions, Pk};
 pub use python::{date, datetime, optional_datetime};
 pub use record::{record_stream, CqrsRecord, CQRS_KEY};
 pub use route::CqrsRoute;
+pub use sql::datetime_param;
 
 use model::{downcast, serde_map, DeleteDataFn, ModelMetaFn, SerializeFn};
 
@@ -175,7 +176,8 @@ impl<'a, M: MasterModel> Save<'a, M> {
         Self::new(Change::Deleted, instance)
     }
 
-    fn new(change: Change, instance: &'a mut M) -> Self {
+    /// A `change` of `instance` (for code that picks the kind at run time).
+    pub fn new(change: Change, instance: &'a mut M) -> Self {
         Save {
             change,
             instance,

@@ -79,13 +79,12 @@ impl Bump {
         pk: &Pk,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, Error> {
-        let (sql, updated) = match tx.backend() {
-            "postgres" => (&self.postgres, now.to_rfc3339()),
-            // Django on SQLite stores a datetime as naive UTC text, `str(datetime)`.
-            _ => (&self.sqlite, django_sqlite_datetime(&now)),
+        let sql = match tx.backend() {
+            "postgres" => &self.postgres,
+            _ => &self.sqlite,
         };
         let rows = tx
-            .query(sql, &[SqlValue::Text(updated), pk.to_sql()])
+            .query(sql, &[datetime_param(tx.backend(), &now), pk.to_sql()])
             .await?;
         match rows.first().and_then(|row| row.first()) {
             None => Ok(None),
@@ -97,14 +96,20 @@ impl Bump {
     }
 }
 
-/// A datetime as Django writes it into SQLite: naive UTC, microseconds only when there are
-/// any (`2026-11-23 00:41:49.191666`).
-pub(crate) fn django_sqlite_datetime(value: &DateTime<Utc>) -> String {
-    if value.timestamp_subsec_micros() == 0 {
+/// A datetime as eventfold binds it for a `cqrs_updated` column on `backend`
+/// ([`eventfold_core::Transaction::backend`]), for the caller's own writes of the same
+/// column: on PostgreSQL RFC 3339 text (cast it: `CAST($n AS TIMESTAMPTZ)`), elsewhere
+/// what Django writes into SQLite, naive UTC text with microseconds only when there are any
+/// (`2026-11-23 00:41:49.191666`).
+pub fn datetime_param(backend: &str, value: &DateTime<Utc>) -> SqlValue {
+    let text = if backend == "postgres" {
+        value.to_rfc3339()
+    } else if value.timestamp_subsec_micros() == 0 {
         value.format("%Y-%m-%d %H:%M:%S").to_string()
     } else {
         value.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
-    }
+    };
+    SqlValue::Text(text)
 }
 
 #[cfg(test)]
@@ -122,6 +127,16 @@ mod tests {
         assert!(quote_identifier("").is_err());
         assert!(quote_identifier("shop.").is_err());
         assert!(quote_identifier("a\0b").is_err());
+    }
+
+    #[test]
+    fn datetimes_bind_as_each_backend_stores_them() {
+        let at = crate::wire::parse_datetime("2026-11-23 00:41:49.191666+00:00").unwrap();
+        let whole = crate::wire::parse_datetime("2026-11-23 00:41:49+00:00").unwrap();
+        let text = |backend, t| datetime_param(backend, t).as_str().unwrap().to_owned();
+        assert_eq!(text("sqlite", &at), "2026-11-23 00:41:49.191666");
+        assert_eq!(text("sqlite", &whole), "2026-11-23 00:41:49");
+        assert_eq!(text("postgres", &at), "2026-11-23T00:41:49.191666+00:00");
     }
 
     #[test]

@@ -590,7 +590,11 @@ async fn a_caller_may_bump_the_row_itself(store: Arc<dyn Store>, table: Table, p
                  WHERE id = $3 RETURNING cqrs_revision",
                 table.name
             ),
-            &[item.qty.into(), now.to_rfc3339().into(), item.id.into()],
+            &[
+                item.qty.into(),
+                eventfold_cqrs::master::datetime_param(tx.backend(), &now),
+                item.id.into(),
+            ],
         )
         .await
         .unwrap();

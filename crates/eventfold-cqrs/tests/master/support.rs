@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use eventfold_core::{Notification, NotificationQuery, SqlValue, Store, Transaction};
-use eventfold_cqrs::master::{Master, MasterModel, Pk};
+use eventfold_cqrs::master::{datetime_param, Master, MasterModel, Pk};
 use eventfold_postgres::{PostgresConfig, PostgresStore};
 use eventfold_sqlite::SqliteStore;
 use serde::Serialize;
@@ -137,7 +137,7 @@ impl Table {
             self.cast("$6", "NUMERIC"),
             self.cast("$8", "TIMESTAMPTZ"),
         );
-        tx.execute(&sql, &row(item)).await.unwrap();
+        tx.execute(&sql, &row(tx.backend(), item)).await.unwrap();
     }
 
     /// The caller's UPDATE of every column.
@@ -150,7 +150,7 @@ impl Table {
             self.cast("$6", "NUMERIC"),
             self.cast("$8", "TIMESTAMPTZ"),
         );
-        assert_eq!(tx.execute(&sql, &row(item)).await.unwrap(), 1);
+        assert_eq!(tx.execute(&sql, &row(tx.backend(), item)).await.unwrap(), 1);
     }
 
     pub async fn delete(&self, tx: &mut Transaction, id: i64) {
@@ -177,16 +177,16 @@ impl Table {
     }
 }
 
-fn row(item: &Item) -> Vec<SqlValue> {
+fn row(backend: &str, item: &Item) -> Vec<SqlValue> {
     vec![
         item.id.into(),
         item.cqrs_revision.into(),
-        item.cqrs_updated.to_rfc3339().into(),
+        datetime_param(backend, &item.cqrs_updated),
         item.name.as_str().into(),
         item.qty.into(),
         item.price.as_str().into(),
         item.description.as_str().into(),
-        item.created.to_rfc3339().into(),
+        datetime_param(backend, &item.created),
     ]
 }
 
