@@ -139,8 +139,9 @@ struct ConsumeArgs {
     /// The replica's queue (CQRS['queue']); dead letters go to dead_letter_<queue>.
     #[arg(long, short)]
     queue: String,
-    /// Replicate these cqrs_ids only (repeatable). Default: every [replica.*] table.
-    #[arg(long = "cqrs-id", short = 'c', value_name = "CQRS_ID")]
+    /// Replicate these cqrs_ids only (`-c a b` or `-c a -c b`). Default: every
+    /// [replica.*] table.
+    #[arg(long = "cqrs-id", short = 'c', value_name = "CQRS_ID", num_args = 1..)]
     cqrs_ids: Vec<String>,
     /// Worker tasks; one instance's messages always go to the same worker, in order.
     #[arg(long, short, default_value_t = 4)]

@@ -29,8 +29,9 @@
 //!   nobody, and the CLI exits non-zero saying so (django-cqrs publishes without
 //!   confirms).
 //! - **Bulk loads apply the revision rules** ([`apply_message`], as `cqrs_save` does),
-//!   one savepoint per line so that a line the database refuses is reported and the rest
-//!   of its batch still commits, on PostgreSQL too.
+//!   a batch of lines per transaction. When the database refuses a line (which aborts a
+//!   PostgreSQL transaction), the batch is rolled back and applied again with a savepoint
+//!   per line, so that line alone is reported and the rest of its batch still commits.
 //! - **Dead letters are browsed, not consumed**: taken without an ack, then given back in
 //!   their order ([`QueueBrowser`]). A retry acks each dead letter only after the broker
 //!   confirmed its re-published copy, so a failure part way loses nothing (at worst a
@@ -286,13 +287,12 @@ pub struct LoadReport {
     pub cleared: u64,
 }
 
-const LOAD_SAVEPOINT: &str = "eventfold_cqrs_load_line";
-
 /// Loads a django-cqrs dump into the replica table of its `cqrs_id` (line 1): optionally
 /// deletes every row first, then applies each line as a SAVE by the revision rules
 /// ([`apply_message`]: a row the replica holds at the same or a newer revision is
 /// skipped), `batch` lines per transaction. A line that cannot be loaded is reported to
-/// `notes` with its line number and the others go on, as `cqrs_bulk_load` does.
+/// `notes` with its line number and the others go on, as `cqrs_bulk_load` does (see the
+/// module docs for how a line the database refuses is kept apart).
 pub async fn bulk_load(
     store: &dyn Store,
     config: &TablesConfig,
@@ -317,9 +317,8 @@ pub async fn bulk_load(
     let mut line = String::new();
     let mut eof = false;
     while !eof {
-        let mut tx = store.begin().await?;
-        let mut lines = 0;
-        while lines < batch {
+        let mut lines: Vec<(usize, String)> = Vec::with_capacity(batch.min(1024));
+        while lines.len() < batch {
             line.clear();
             if dump.read_line(&mut line)? == 0 {
                 eof = true;
@@ -327,59 +326,113 @@ pub async fn bulk_load(
             }
             line_number += 1;
             let text = line.trim();
-            if text.is_empty() {
-                continue;
+            if !text.is_empty() {
+                lines.push((line_number, text.to_owned()));
             }
-            lines += 1;
-            match load_line(&models, &table, &mut tx, &cqrs_id, text).await? {
+        }
+        if lines.is_empty() {
+            break;
+        }
+        let load = LoadBatch {
+            models: &models,
+            table: &table,
+            cqrs_id: &cqrs_id,
+            lines: &lines,
+        };
+        let mut tx = store.begin().await?;
+        let outcomes = match load.run(&mut tx, false).await? {
+            Some(outcomes) => outcomes,
+            None => {
+                // The database refused a line, which aborts a PostgreSQL transaction:
+                // the batch again, each line in a savepoint, so only that line fails.
+                tx.rollback().await?;
+                tx = store.begin().await?;
+                load.run(&mut tx, true)
+                    .await?
+                    .expect("with savepoints every line has an outcome")
+            }
+        };
+        tx.commit().await?;
+        for ((number, _), outcome) in lines.iter().zip(outcomes) {
+            match outcome {
                 Ok(true) => report.loaded += 1,
                 Ok(false) => report.skipped += 1,
                 Err(reason) => {
                     report.failed += 1;
-                    writeln!(notes, "line {line_number}: {reason}")?;
+                    writeln!(notes, "line {number}: {reason}")?;
                 }
             }
         }
-        tx.commit().await?;
-        progress.advance(lines as u64);
+        progress.advance(lines.len() as u64);
     }
     Ok(report)
 }
 
-/// Applies one dump line; `Ok(Err(reason))` for a line that cannot be loaded, `Err` when
-/// the transaction itself failed.
-async fn load_line(
-    models: &ReplicaModels,
-    table: &Table,
-    tx: &mut Transaction,
-    cqrs_id: &str,
-    text: &str,
-) -> Result<Result<bool, String>, ToolError> {
-    let data = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(data)) => data,
-        Ok(_) => return Ok(Err("not a JSON object".to_owned())),
-        Err(e) => return Ok(Err(format!("not JSON ({e})"))),
-    };
-    let pk = match table.pk_of(&data) {
-        Ok(pk) => pk,
-        Err(e) => return Ok(Err(e.to_string())),
-    };
-    let message = CqrsMessage::new(SignalType::Save, cqrs_id, pk, data);
-    // A failed statement aborts a PostgreSQL transaction: the savepoint keeps the
-    // batch's other lines.
-    tx.execute(&format!("SAVEPOINT {LOAD_SAVEPOINT}"), &[])
-        .await?;
-    let applied = apply_message(models, tx, &message).await;
-    if applied.is_err() {
-        tx.execute(&format!("ROLLBACK TO SAVEPOINT {LOAD_SAVEPOINT}"), &[])
-            .await?;
+/// One transaction's worth of dump lines (line number, text).
+struct LoadBatch<'a> {
+    models: &'a ReplicaModels,
+    table: &'a Table,
+    cqrs_id: &'a str,
+    lines: &'a [(usize, String)],
+}
+
+const LOAD_SAVEPOINT: &str = "eventfold_cqrs_load_line";
+
+impl LoadBatch<'_> {
+    /// Applies each line in `tx`: `Ok(true)` loaded, `Ok(false)` skipped by the revision
+    /// rules, `Err(reason)` not loadable. Without savepoints, `None` as soon as the
+    /// database refuses a line (the transaction may be unusable: roll it back).
+    async fn run(
+        &self,
+        tx: &mut Transaction,
+        savepoints: bool,
+    ) -> Result<Option<Vec<Result<bool, String>>>, ToolError> {
+        let mut outcomes = Vec::with_capacity(self.lines.len());
+        for (_, text) in self.lines {
+            let data = match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(data)) => data,
+                Ok(_) => {
+                    outcomes.push(Err("not a JSON object".to_owned()));
+                    continue;
+                }
+                Err(e) => {
+                    outcomes.push(Err(format!("not JSON ({e})")));
+                    continue;
+                }
+            };
+            let pk = match self.table.pk_of(&data) {
+                Ok(pk) => pk,
+                Err(e) => {
+                    outcomes.push(Err(e.to_string()));
+                    continue;
+                }
+            };
+            let message = CqrsMessage::new(SignalType::Save, self.cqrs_id, pk, data);
+            if savepoints {
+                tx.execute(&format!("SAVEPOINT {LOAD_SAVEPOINT}"), &[])
+                    .await?;
+            }
+            let applied = apply_message(self.models, tx, &message).await;
+            match &applied {
+                Err(e) if !e.is_permanent() && !savepoints => return Ok(None),
+                Err(_) if savepoints => {
+                    tx.execute(&format!("ROLLBACK TO SAVEPOINT {LOAD_SAVEPOINT}"), &[])
+                        .await?;
+                }
+                _ => {}
+            }
+            if savepoints {
+                tx.execute(&format!("RELEASE SAVEPOINT {LOAD_SAVEPOINT}"), &[])
+                    .await?;
+            }
+            outcomes.push(
+                applied
+                    .map(|a| a.is_applied())
+                    .map_err(|e| format!("pk {}: {e}", message.pk_text())),
+            );
+        }
+        Ok(Some(outcomes))
     }
-    tx.execute(&format!("RELEASE SAVEPOINT {LOAD_SAVEPOINT}"), &[])
-        .await?;
-    Ok(match applied {
-        Ok(applied) => Ok(applied.is_applied()),
-        Err(e) => Err(format!("pk {}: {e}", message.pk_text())),
-    })
 }
 
 // ---- diffs ----

@@ -17,7 +17,8 @@ pub(crate) enum Dialect {
 pub(crate) enum Kind {
     Integer,
     Real,
-    /// Exact decimals: JSON strings (as django-cqrs sends a `DecimalField`).
+    /// Decimals: JSON numbers, as `ujson` writes a `Decimal` read from the database
+    /// (a float); strings are taken too, and written exactly.
     Numeric,
     Boolean,
     Text,
@@ -93,11 +94,13 @@ pub(crate) fn quote(name: &str) -> String {
 impl Column {
     /// The expression that binds parameter `$n` to this column: PostgreSQL gets a cast
     /// to the column's type (a `text` parameter does not go into a `timestamptz` column
-    /// by itself), SQLite takes the value as it is.
+    /// by itself), SQLite takes the value as it is. Text columns get no cast: an explicit
+    /// cast to `varchar(n)` would cut a longer value silently, where assigning the text
+    /// refuses it.
     pub(crate) fn param(&self, dialect: Dialect, n: usize) -> String {
-        match dialect {
-            Dialect::Sqlite => format!("${n}"),
-            Dialect::Postgres => format!("CAST(${n} AS {})", self.ty),
+        match (dialect, self.kind) {
+            (Dialect::Sqlite, _) | (Dialect::Postgres, Kind::Text) => format!("${n}"),
+            (Dialect::Postgres, _) => format!("CAST(${n} AS {})", self.ty),
         }
     }
 
@@ -155,8 +158,12 @@ impl Column {
                 Value::String(parse_datetime(&s).map_or(s, |t| python_datetime(&t)))
             }
             (Kind::LocalTimestamp, SqlValue::Text(s)) => Value::String(python_naive(&s)),
-            (Kind::Numeric, SqlValue::Integer(i)) => Value::String(i.to_string()),
-            (Kind::Numeric, SqlValue::Real(f)) => Value::String(f.to_string()),
+            (Kind::Numeric, SqlValue::Integer(i)) => float(i as f64),
+            (Kind::Numeric, SqlValue::Real(f)) => float(f),
+            (Kind::Numeric, SqlValue::Text(s)) => match s.parse::<f64>() {
+                Ok(f) if f.is_finite() => float(f),
+                _ => Value::String(s),
+            },
             (_, SqlValue::Integer(i)) => Value::from(i),
             (_, SqlValue::Real(f)) => Number::from_f64(f).map_or(Value::Null, Value::Number),
             (_, SqlValue::Text(s)) => Value::String(s),
@@ -164,6 +171,10 @@ impl Column {
             (_, other) => Value::String(format!("{other:?}")),
         }
     }
+}
+
+fn float(f: f64) -> Value {
+    Number::from_f64(f).map_or(Value::Null, Value::Number)
 }
 
 fn number(n: &Number) -> SqlValue {
@@ -254,10 +265,14 @@ mod tests {
         assert!(column(Kind::Text)
             .to_sql(Dialect::Sqlite, &serde_json::json!([1]))
             .is_err());
+        // As ujson writes Decimal('9.99') and Decimal('10.00').
+        let numeric = column(Kind::Numeric);
+        assert_eq!(numeric.to_json(SqlValue::Real(9.99)).to_string(), "9.99");
         assert_eq!(
-            column(Kind::Numeric).to_json(SqlValue::Real(9.99)),
-            Value::from("9.99")
+            numeric.to_json(SqlValue::Text("10.00".into())).to_string(),
+            "10.0"
         );
+        assert_eq!(numeric.to_json(SqlValue::Integer(10)).to_string(), "10.0");
         assert_eq!(pk_key(&Value::from(2)), pk_key(&Value::from("2")));
     }
 }

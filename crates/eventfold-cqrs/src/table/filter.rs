@@ -20,7 +20,9 @@ use super::{Table, TableError};
 /// | `isnull` | `true` / `false` | `IS NULL` / `IS NOT NULL` |
 ///
 /// `{}` selects every row. Values are converted to the column's type as messages are
-/// (`{"cqrs_updated__gte": "2026-11-23 00:00:00+00:00"}` works on a timestamp column).
+/// (`{"cqrs_updated__gte": "2026-11-23 00:00:00+00:00"}` works on a timestamp column;
+/// SQLite stores timestamps as text, so there they compare as text: write them in the
+/// form the column holds).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
     conditions: Vec<Condition>,

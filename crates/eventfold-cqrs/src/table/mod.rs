@@ -33,7 +33,9 @@
 //!
 //! The table is looked up when it is opened (`pragma_table_info`, `pg_attribute`), and
 //! each value is converted by its column's type: integers, reals, booleans (JSON `true`),
-//! text, decimals (JSON strings, exact: `"9.99"`), timestamps with time zone (Python's
+//! text, decimals (JSON numbers, as django-cqrs's `ujson` writes a `Decimal` it read
+//! from the database: `9.99`, `10.0`; strings are accepted and stored exactly),
+//! timestamps with time zone (Python's
 //! `str(datetime)` in UTC), naive timestamps, dates, JSON columns (any JSON value) and
 //! anything else by its text form (uuid, time, enums). On PostgreSQL each parameter is
 //! cast to its column's type, and values SQLite and PostgreSQL do not share are read as

@@ -156,7 +156,7 @@ async fn the_replica_model_upserts_and_deletes_by_pk(db: Db) {
     assert_eq!((rows[0].pk.clone(), rows[0].revision), (pk.clone(), 1));
     assert_eq!(
         serde_json::to_string(&rows[0].data).unwrap(),
-        r#"{"id":1,"name":"Tea","active":true,"price":"9.99","born":"2020-01-31","tags":{"a":[1,2]},"seen":"2026-11-23 00:41:49","ratio":0.5,"cqrs_revision":1,"cqrs_updated":"2026-11-23 00:41:50+00:00"}"#
+        r#"{"id":1,"name":"Tea","active":true,"price":9.99,"born":"2020-01-31","tags":{"a":[1,2]},"seen":"2026-11-23 00:41:49","ratio":0.5,"cqrs_revision":1,"cqrs_updated":"2026-11-23 00:41:50+00:00"}"#
     );
 
     // Data that cannot fit is rejected (dead-lettered at once), not retried.
@@ -194,6 +194,23 @@ async fn the_replica_model_upserts_and_deletes_by_pk(db: Db) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+
+    // PostgreSQL refuses a title longer than its varchar(100): never cut silently.
+    if db.is_postgres() {
+        let mut tx = db.begin().await;
+        let long = save(
+            3,
+            json!({"id": 3, "name": "x".repeat(101), "cqrs_revision": 0,
+                   "cqrs_updated": "2026-11-23 00:41:49+00:00"}),
+        );
+        let mapped = model.map_fields(&long.instance_data);
+        let err = model
+            .create(&mut tx, &Change::new(&long, &mapped, None))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
+        tx.rollback().await.unwrap();
+    }
 }
 on_both!(replica_model, the_replica_model_upserts_and_deletes_by_pk);
 
