@@ -164,21 +164,9 @@ impl Running {
     }
 
     /// Waits until `queue` exists and has a consumer (django-cqrs declares, binds, then
-    /// consumes).
+    /// consumes); panics with the process's output if it exits.
     pub async fn wait_consuming(&mut self, raw: &Raw, queue: &str) {
-        let start = Instant::now();
-        loop {
-            self.assert_running();
-            if raw.consumers(queue).await.unwrap_or(0) > 0 {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "nothing consumes {queue} after 30 s:\n{}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        raw.wait_consumer(queue, || self.assert_running()).await;
     }
 
     fn signal_group(&self, signal: &str) {

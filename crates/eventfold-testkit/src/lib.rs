@@ -175,6 +175,24 @@ impl Raw {
         declared.ok().map(|q| q.consumer_count())
     }
 
+    /// Waits until `queue` exists and has a consumer, calling `alive` between polls (it
+    /// panics, with the process's output, when the process meant to consume has exited);
+    /// panics after 30 s.
+    pub async fn wait_consumer(&self, queue: &str, mut alive: impl FnMut()) {
+        let start = Instant::now();
+        loop {
+            alive();
+            if self.consumers(queue).await.unwrap_or(0) > 0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nothing consumes {queue} after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Messages in `queue` now.
     pub async fn count(&self, queue: &str) -> u32 {
         self.channel

@@ -125,20 +125,8 @@ impl Drop for NamekoRun {
 /// Waits until every queue exists and has a consumer (nameko declares, binds, then consumes).
 async fn wait_for_consumers(vhost: &TestVhost, nameko: &mut NamekoRun, queues: &[String]) {
     let raw = vhost.raw().await;
-    let start = Instant::now();
     for queue in queues {
-        loop {
-            nameko.assert_running();
-            if raw.consumers(queue).await.unwrap_or(0) > 0 {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "nameko did not consume {queue} within 30 s:\n{}",
-                nameko.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        raw.wait_consumer(queue, || nameko.assert_running()).await;
     }
 }
 
