@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use eventfold_amqp::AmqpConfig;
 use eventfold_core::{async_trait, BoxError, SqlValue, Store, Transaction};
-use eventfold_cqrs::master::{Master, ModelOptions, Save, SyncTarget};
+use eventfold_cqrs::master::{datetime_param, Master, ModelOptions, Save, SyncTarget};
 use eventfold_cqrs::replica::{
     Change, ReplicaConsumer, ReplicaModels, ReplicaOptions, ReplicaStats, Typed, TypedReplicaModel,
 };
@@ -49,17 +49,18 @@ fn now_micros() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap()
 }
 
-fn item_values(item: &Item) -> Vec<SqlValue> {
-    let Value::Object(data) = serde_json::to_value(item).unwrap() else {
-        unreachable!()
-    };
-    data.into_iter()
-        .map(|(_, v)| match v {
-            Value::Number(n) => SqlValue::Integer(n.as_i64().unwrap()),
-            Value::String(s) => SqlValue::Text(s),
-            other => panic!("{other}"),
-        })
-        .collect()
+/// The row's values in column order, the datetimes as eventfold's master binds them.
+fn item_values(backend: &str, item: &Item) -> Vec<SqlValue> {
+    vec![
+        item.id.into(),
+        item.revision.into(),
+        datetime_param(backend, &item.updated),
+        item.name.as_str().into(),
+        item.qty.into(),
+        item.price.as_str().into(),
+        item.description.as_str().into(),
+        datetime_param(backend, &item.created),
+    ]
 }
 
 /// The caller's own SQL on the master's table.
@@ -67,7 +68,7 @@ async fn insert(tx: &mut Transaction, item: &Item) {
     tx.execute(
         "INSERT INTO master_item (id, cqrs_revision, cqrs_updated, name, qty, price, \
          description, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &item_values(item),
+        &item_values(tx.backend(), item),
     )
     .await
     .unwrap();
@@ -78,7 +79,7 @@ async fn update(tx: &mut Transaction, item: &Item) {
         .execute(
             "UPDATE master_item SET cqrs_revision = $2, cqrs_updated = $3, name = $4, qty = $5, \
              price = $6, description = $7, created = $8 WHERE id = $1",
-            &item_values(item),
+            &item_values(tx.backend(), item),
         )
         .await
         .unwrap();
