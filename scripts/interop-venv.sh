@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The Python environment of eventfold-amqp's nameko interop tests (tests/it/nameko_interop.rs):
-# target/interop-venv with nameko 2.14.1 and exactly what it needs, pinned
-# (scripts/interop-requirements.txt). Does nothing when the venv already imports nameko and
-# its CLI. Safe to run repeatedly; needs root only when python3-venv must be installed.
+# The Python environment of the interop tests: target/interop-venv with nameko 2.14.1
+# (eventfold-amqp's tests/it/nameko_interop.rs) and django-cqrs 3.1.0 (eventfold-cqrs's
+# tests/it/django_interop.rs), and exactly what they need, pinned
+# (scripts/interop-requirements.txt). Does nothing when the venv was built from the current
+# requirements file and imports both; rebuilds it when that file changed. Safe to run
+# repeatedly; needs root only when python3-venv must be installed.
 #   scripts/interop-venv.sh           make sure it is there
 #   scripts/interop-venv.sh --force   rebuild it from scratch
 # The tests find its interpreter through EVENTFOLD_INTEROP_PYTHON (scripts/test.sh sets it),
@@ -14,7 +16,11 @@ log() { echo "[interop-venv] $*"; }
 venv=$(pwd)/target/interop-venv
 requirements=scripts/interop-requirements.txt
 
-ready() { [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import nameko, nameko.cli.main' >/dev/null 2>&1; }
+# The requirements the venv was built from, copied in when the build succeeded.
+built_from=$venv/interop-requirements.txt
+
+imports() { "$venv/bin/python" -c 'import nameko, nameko.cli.main, dj_cqrs, django, pika, ujson' >/dev/null 2>&1; }
+ready() { [ -x "$venv/bin/python" ] && cmp -s "$requirements" "$built_from" && imports; }
 
 if [ "${1:-}" = "--force" ]; then
   rm -rf "$venv"
@@ -44,5 +50,6 @@ if ! python3 -m venv "$venv" >/dev/null 2>&1; then
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir -r "$requirements"
 "$venv/bin/python" -m pip check
-ready || { log "the venv does not import nameko.cli.main"; exit 1; }
-log "built $venv in $(( $(date +%s) - start )) s: $("$venv/bin/python" -c 'import importlib.metadata as m; print("nameko", m.version("nameko"), "kombu", m.version("kombu"), "eventlet", m.version("eventlet"))')"
+imports || { log "the venv does not import nameko.cli.main and dj_cqrs"; exit 1; }
+cp "$requirements" "$built_from"
+log "built $venv in $(( $(date +%s) - start )) s: $("$venv/bin/python" -c 'import importlib.metadata as m; print(", ".join(p + " " + m.version(p) for p in ("nameko", "kombu", "eventlet", "django-cqrs", "Django", "pika", "ujson")))')"

@@ -98,12 +98,12 @@ mod queue;
 
 pub use config::{connections_opened, AmqpConfig};
 pub use consumer::{
-    BatchHandler, BatchOptions, DeadLetter, Disposition, QueueDeclaration, Topology,
-};
-pub use consumer::{
     json_handler, Consumer, ConsumerOptions, ConsumerStats, Handler, HandlerError, JsonHandler,
     KeyFn, OrderKey, RetryPolicy, Subscription, HEADER_ATTEMPTS, HEADER_ERROR,
     HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY,
+};
+pub use consumer::{
+    BatchHandler, BatchOptions, DeadLetter, Disposition, QueueDeclaration, Topology,
 };
 pub use error::{AmqpError, Result};
 pub use lapin::ExchangeKind;

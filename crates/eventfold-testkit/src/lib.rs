@@ -6,11 +6,16 @@
 //! - [`Proxy`]: a TCP proxy to the broker whose connections a test can cut at once, and
 //!   that can refuse new ones for a while;
 //! - [`message_id`]: the message id of a message taken from a queue;
-//! - [`nameko`]: the real nameko 2.14.1 (its Python, a `nameko run` service, scripts) for
-//!   the interop tests.
+//! - [`interop_python`]: the Python of the interop tests (nameko, django-cqrs);
+//! - [`nameko`]: the real nameko 2.14.1 (a `nameko run` service, scripts) for the
+//!   interop tests;
+//! - [`django`]: the real django-cqrs 3.1.0 as a peer (a master and a replica project).
 //!
 //! Everything here panics on failure: it is for tests only.
 
+pub mod django;
+
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -300,6 +305,24 @@ impl Raw {
         declared.ok().map(|q| q.consumer_count())
     }
 
+    /// Waits until `queue` exists and has a consumer, calling `alive` between polls (it
+    /// panics, with the process's output, when the process meant to consume has exited);
+    /// panics after 30 s.
+    pub async fn wait_consumer(&self, queue: &str, mut alive: impl FnMut()) {
+        let start = Instant::now();
+        loop {
+            alive();
+            if self.consumers(queue).await.unwrap_or(0) > 0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nothing consumes {queue} after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Messages in `queue` now.
     pub async fn count(&self, queue: &str) -> u32 {
         self.channel
@@ -398,6 +421,29 @@ impl Raw {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// The Python of the interop tests, with nameko 2.14.1 and django-cqrs 3.1.0:
+/// `EVENTFOLD_INTEROP_PYTHON`, else the workspace's `target/interop-venv/bin/python` (both
+/// made by `scripts/interop-venv.sh`, which `scripts/test.sh` runs). Without either it
+/// panics: the interop tests fail, they do not skip.
+pub fn interop_python() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workspace = crate_dir.parent().and_then(Path::parent).unwrap();
+    let venv = workspace.join("target/interop-venv/bin/python");
+    let from_env = std::env::var_os("EVENTFOLD_INTEROP_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    if let Some(p) = from_env.as_ref().filter(|p| p.exists()) {
+        return p.clone();
+    }
+    assert!(
+        venv.exists(),
+        "no interop Python: EVENTFOLD_INTEROP_PYTHON is {from_env:?} and {} does not \
+         exist; run scripts/interop-venv.sh (scripts/test.sh does)",
+        venv.display()
+    );
+    venv
 }
 
 /// The message id of `m`, empty when it has none.

@@ -14,26 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::TestVhost;
 
-/// The Python with nameko: `EVENTFOLD_INTEROP_PYTHON`, else the workspace's
-/// `target/interop-venv/bin/python`; a failure (not a skip) when neither exists. Call it
-/// first in an interop test, before anything is set up.
+/// The Python with nameko ([`crate::interop_python`]); a failure (not a skip) when
+/// there is none. Call it first in an interop test, before anything is set up.
 pub fn python() -> PathBuf {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workspace = crate_dir.parent().and_then(Path::parent).unwrap();
-    let venv = workspace.join("target/interop-venv/bin/python");
-    let from_env = std::env::var_os("EVENTFOLD_INTEROP_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from);
-    if let Some(p) = from_env.as_ref().filter(|p| p.exists()) {
-        return p.clone();
-    }
-    assert!(
-        venv.exists(),
-        "no Python with nameko: EVENTFOLD_INTEROP_PYTHON is {from_env:?} and {} does not \
-         exist; run scripts/interop-venv.sh (scripts/test.sh does)",
-        venv.display()
-    );
-    venv
+    crate::interop_python()
 }
 
 /// This crate's `python/` directory: the scripts and the nameko services.
