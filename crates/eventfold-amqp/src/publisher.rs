@@ -4,7 +4,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Confirmation, ExchangeKind, PublisherConfirm};
 use tokio::sync::Mutex;
@@ -282,6 +285,56 @@ impl ConfirmedPublisher {
                     durable: true,
                     ..Default::default()
                 },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.config.error(&e))
+    }
+
+    /// Makes sure the queue `name` exists: one that exists is kept as it is (whatever
+    /// arguments its consumer declared it with); a missing one is declared durable, not
+    /// exclusive, not auto-delete, without arguments. The check runs on a channel of its
+    /// own, since the broker closes the channel of a failed passive declare.
+    pub async fn ensure_queue(&self, name: &str) -> Result<()> {
+        let queue = short("queue", name)?;
+        let (channel, conn) = self.channel().await?;
+        let probe = conn
+            .create_channel()
+            .await
+            .map_err(|e| self.config.error(&e))?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match probe
+            .queue_declare(queue.clone(), passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => {
+                let _ = probe.close(200, "checked".into()).await;
+                return Ok(());
+            }
+            Err(e) => match self.config.error(&e) {
+                AmqpError::NotFound { .. } => {}
+                other => return Err(other),
+            },
+        }
+        channel
+            .queue_declare(queue, QueueDeclareOptions::durable(), FieldTable::default())
+            .await
+            .map(drop)
+            .map_err(|e| self.config.error(&e))
+    }
+
+    /// Binds `queue` to `exchange` with `routing_key` (idempotent).
+    pub async fn bind_queue(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<()> {
+        let (channel, _) = self.channel().await?;
+        channel
+            .queue_bind(
+                short("queue", queue)?,
+                short("exchange", exchange)?,
+                short("routing key", routing_key)?,
+                QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await

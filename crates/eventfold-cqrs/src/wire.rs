@@ -226,11 +226,17 @@ impl CqrsMessage {
     /// This message as django-cqrs publishes it: `text/plain`, `delivery_mode` 2, no
     /// headers, to `exchange` with `routing_key`.
     pub fn to_message(&self, exchange: &str, routing_key: &str) -> OutgoingMessage {
-        let mut m = OutgoingMessage::new(exchange, routing_key, self.to_body());
-        m.content_type = Some(CONTENT_TYPE.to_owned());
-        m.delivery_mode = 2;
-        m
+        outgoing_message(exchange, routing_key, self.to_body())
     }
+}
+
+/// `body` (already a django-cqrs body) as django-cqrs publishes it: `text/plain`,
+/// `delivery_mode` 2, no headers.
+pub fn outgoing_message(exchange: &str, routing_key: &str, body: Vec<u8>) -> OutgoingMessage {
+    let mut m = OutgoingMessage::new(exchange, routing_key, body);
+    m.content_type = Some(CONTENT_TYPE.to_owned());
+    m.delivery_mode = 2;
+    m
 }
 
 fn wrong(key: &'static str, expected: &'static str) -> MalformedMessage {

@@ -18,7 +18,9 @@
 //!   of a service), or any [`Route`]. A notification no route claims is skipped. The relay
 //!   never publishes its own records (topics starting with `eventfold.relay.`).
 //! * **Exchanges** are declared (durable) before the first publish to them, so nothing is
-//!   lost because no consumer declared the exchange yet.
+//!   lost because no consumer declared the exchange yet. Right after an exchange, the
+//!   queues a route binds to it ([`Route::topology`]) are declared (unless they exist) and
+//!   bound, so a consumer that starts later finds every message waiting.
 //! * **Unroutable** messages (no queue bound) are **parked** ([`Unroutable::Park`], the
 //!   default): appended to the log, in the same transaction as the position move, as a
 //!   [`PARKED_TOPIC`] record of stream `eventfold.relay.parked:<relay>` holding the
@@ -87,7 +89,8 @@ pub use records::{
 };
 pub use relay::{Relay, RelayBuilder, RelayMetrics};
 pub use route::{
-    decode_plain_json, EncodeError, NamekoChanges, NamekoDomainEvents, Route, Routed, Unroutable,
+    decode_plain_json, EncodeError, NamekoChanges, NamekoDomainEvents, QueueBinding, Route, Routed,
+    Topology, Unroutable,
 };
 
 /// What can stop the relay or its tools.

@@ -570,7 +570,11 @@ impl Relay {
             if let Item::Publish { index, kind, .. } = item {
                 let exchange = &messages[*index].exchange;
                 if !exchange.is_empty() && !declared.contains(exchange) {
-                    if let Err(e) = publisher.declare_exchange(exchange, kind.clone()).await {
+                    let declare = async {
+                        publisher.declare_exchange(exchange, kind.clone()).await?;
+                        self.declare_topology(publisher, exchange).await
+                    };
+                    if let Err(e) = declare.await {
                         let at = batch[items
                             .iter()
                             .position(|i| matches!(i, Item::Publish { index: j, .. } if j == index))
@@ -646,6 +650,29 @@ impl Relay {
         }
         self.settle_prefix(&batch, &items, &messages, &outcomes, prefix, stall)
             .await
+    }
+
+    /// Declares (unless they exist) and binds the queues the routes bind to `exchange`.
+    async fn declare_topology(
+        &self,
+        publisher: &ConfirmedPublisher,
+        exchange: &str,
+    ) -> eventfold_amqp::Result<()> {
+        let mut queues = HashSet::new();
+        for route in &self.routes {
+            for binding in route.topology().bindings {
+                if binding.exchange != exchange {
+                    continue;
+                }
+                if queues.insert(binding.queue.clone()) {
+                    publisher.ensure_queue(&binding.queue).await?;
+                }
+                publisher
+                    .bind_queue(&binding.queue, exchange, &binding.routing_key)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Commits the position at the end of `batch[..prefix]`, with the parked records of

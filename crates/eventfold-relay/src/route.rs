@@ -62,6 +62,50 @@ impl Routed {
 #[error("{0}")]
 pub struct EncodeError(pub String);
 
+/// A queue a route needs bound before its messages are published, so that messages
+/// written before any consumer started wait in it instead of being unroutable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueBinding {
+    /// The queue: kept as it is when it exists (whatever its arguments), else declared
+    /// durable, not exclusive, not auto-delete, without arguments.
+    pub queue: String,
+    /// The exchange it is bound to.
+    pub exchange: String,
+    /// The binding's routing key.
+    pub routing_key: String,
+}
+
+/// The queues and bindings a route needs ([`Route::topology`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Topology {
+    /// The bindings, in the order they are made.
+    pub bindings: Vec<QueueBinding>,
+}
+
+impl Topology {
+    /// No queues.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a binding of `queue` to `exchange` with `routing_key`.
+    pub fn bind(
+        mut self,
+        queue: impl Into<String>,
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+    ) -> Self {
+        self.bindings.push(QueueBinding {
+            queue: queue.into(),
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        });
+        self
+    }
+}
+
 /// A codec for one kind of notification.
 ///
 /// The relay asks its routes in order; the first that returns `Some` owns the notification.
@@ -74,6 +118,12 @@ pub trait Route: Send + Sync + 'static {
     /// The message for `notification`, `None` when it is not this route's, or an
     /// [`EncodeError`] when it is this route's but cannot be encoded (it is parked).
     fn encode(&self, notification: &Notification) -> Option<Result<Routed, EncodeError>>;
+
+    /// The queues to bind before the first publish to their exchange (on every
+    /// connection, right after the exchange is declared). None by default.
+    fn topology(&self) -> Topology {
+        Topology::new()
+    }
 }
 
 /// The properties nameko's `event_dispatcher` sets, on `body` verbatim.
