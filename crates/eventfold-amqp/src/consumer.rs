@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{short, AmqpConfig};
 use crate::error::{AmqpError, Result};
-use crate::message::{HeaderValue, IncomingMessage, OutgoingMessage};
+use crate::message::{HeaderValue, Headers, IncomingMessage, OutgoingMessage};
 use crate::nameko::{self, HandlerType};
 use crate::publisher::{ConfirmedPublisher, Outcome};
 
@@ -507,7 +507,7 @@ fn worker_index(key: Option<&str>, workers: usize, round_robin: &AtomicUsize) ->
 /// (cancelled, connection lost) or shutdown starts; then waits for the workers.
 async fn dispatch<H: Handler>(
     shared: Arc<Shared<H>>,
-    mut stream: lapin::Consumer,
+    stream: lapin::Consumer,
 ) -> Option<AmqpError> {
     let workers = shared.options.workers;
     let mut senders = Vec::with_capacity(workers);
@@ -517,40 +517,19 @@ async fn dispatch<H: Handler>(
         senders.push(tx);
         handles.push(tokio::spawn(work(Arc::clone(&shared), rx)));
     }
-    let round_robin = AtomicUsize::new(0);
-    let mut stop = shared.stop.clone();
-    let mut failure = None;
-    loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        match next {
-            Some(Ok(mut delivery)) => {
-                let message = IncomingMessage::from_delivery(&mut delivery);
-                // An oversized body is dead-lettered unread: do not parse it for its key.
-                let key = if message.body.len() > shared.options.max_body_bytes {
-                    None
-                } else {
-                    shared.options.key.key_of(&message)
-                };
-                let i = worker_index(key.as_deref(), workers, &round_robin);
-                let job = Job {
-                    message: Arc::new(message),
-                    acker: delivery.acker,
-                };
-                if senders[i].send(job).is_err() {
-                    break;
-                }
-            }
-            Some(Err(e)) => {
-                failure = Some(shared.config.error(&e));
-                break;
-            }
-            None => break,
-        }
-    }
-    drop(senders);
+    let failure = route_deliveries(
+        stream,
+        senders,
+        &shared.options.key,
+        shared.options.max_body_bytes,
+        shared.stop.clone(),
+        &shared.config,
+        |message, acker, _| Job {
+            message: Arc::new(message),
+            acker,
+        },
+    )
+    .await;
     for h in handles {
         let _ = h.await;
     }
@@ -558,6 +537,47 @@ async fn dispatch<H: Handler>(
         tracing::warn!(error = %e, "consumer stopped");
     }
     failure
+}
+
+/// The one consume loop of both consumers: reads deliveries and hands each, as the job
+/// `make_job` builds, to the worker its key hashes to; ends when the stream ends
+/// (cancelled, connection lost) or shutdown starts, and drops the senders so the workers
+/// drain and stop.
+async fn route_deliveries<J>(
+    mut stream: lapin::Consumer,
+    senders: Vec<mpsc::UnboundedSender<J>>,
+    key: &OrderKey,
+    max_body_bytes: usize,
+    mut stop: watch::Receiver<bool>,
+    config: &AmqpConfig,
+    mut make_job: impl FnMut(IncomingMessage, Acker, u64) -> J,
+) -> Option<AmqpError> {
+    let workers = senders.len();
+    let round_robin = AtomicUsize::new(0);
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        match next {
+            Some(Ok(mut delivery)) => {
+                let message = IncomingMessage::from_delivery(&mut delivery);
+                // An oversized body is dead-lettered unread: do not parse it for its key.
+                let key = if message.body.len() > max_body_bytes {
+                    None
+                } else {
+                    key.key_of(&message)
+                };
+                let i = worker_index(key.as_deref(), workers, &round_robin);
+                let job = make_job(message, delivery.acker, delivery.delivery_tag);
+                if senders[i].send(job).is_err() {
+                    return None;
+                }
+            }
+            Some(Err(e)) => return Some(config.error(&e)),
+            None => return None,
+        }
+    }
 }
 
 async fn work<H: Handler>(shared: Arc<Shared<H>>, mut rx: mpsc::UnboundedReceiver<Job>) {
@@ -640,33 +660,13 @@ async fn dead_letter<H: Handler>(
     attempts: u32,
 ) {
     let reason: String = reason.chars().take(4000).collect();
-    let mut dl = OutgoingMessage::new(
+    let dl = dead_letter_copy(
+        message,
+        &reason,
+        attempts,
+        &shared.subscription.queue,
         "",
-        shared.subscription.dead_letter_queue(),
-        message.body.clone(),
-    );
-    dl.content_type = message.content_type.clone();
-    dl.content_encoding = message.content_encoding.clone();
-    dl.message_id = message.message_id.clone();
-    dl.correlation_id = message.correlation_id.clone();
-    dl.kind = message.kind.clone();
-    dl.timestamp = message.timestamp;
-    dl.headers = message.headers.clone();
-    dl.headers
-        .insert(HEADER_ERROR.into(), reason.clone().into());
-    dl.headers
-        .insert(HEADER_ATTEMPTS.into(), i64::from(attempts).into());
-    dl.headers.insert(
-        HEADER_ORIGINAL_EXCHANGE.into(),
-        message.exchange.clone().into(),
-    );
-    dl.headers.insert(
-        HEADER_ORIGINAL_ROUTING_KEY.into(),
-        message.routing_key.clone().into(),
-    );
-    dl.headers.insert(
-        HEADER_ORIGINAL_QUEUE.into(),
-        shared.subscription.queue.clone().into(),
+        &shared.subscription.dead_letter_queue(),
     );
     match shared.dead_letters.publish_one(&dl).await {
         Ok(Outcome::Confirmed) => {
@@ -694,6 +694,854 @@ async fn dead_letter<H: Handler>(
                 })
                 .await;
             shared.counters.left_unacked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The dead letter of `message`: its body and properties, the reason and origin in
+/// headers, published to `exchange` with `routing_key`.
+fn dead_letter_copy(
+    message: &IncomingMessage,
+    reason: &str,
+    attempts: u32,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> OutgoingMessage {
+    let mut dl = OutgoingMessage::new(exchange, routing_key, message.body.clone());
+    dl.content_type = message.content_type.clone();
+    dl.content_encoding = message.content_encoding.clone();
+    dl.message_id = message.message_id.clone();
+    dl.correlation_id = message.correlation_id.clone();
+    dl.kind = message.kind.clone();
+    dl.timestamp = message.timestamp;
+    dl.headers = message.headers.clone();
+    dl.headers.insert(HEADER_ERROR.into(), reason.into());
+    dl.headers
+        .insert(HEADER_ATTEMPTS.into(), i64::from(attempts).into());
+    dl.headers.insert(
+        HEADER_ORIGINAL_EXCHANGE.into(),
+        message.exchange.clone().into(),
+    );
+    dl.headers.insert(
+        HEADER_ORIGINAL_ROUTING_KEY.into(),
+        message.routing_key.clone().into(),
+    );
+    dl.headers
+        .insert(HEADER_ORIGINAL_QUEUE.into(), queue.into());
+    dl
+}
+
+// ---------------------------------------------------------------------------------------
+// Batches: a declared topology, a handler that settles many messages at once, and acks
+// that leave as multiple-acks where the channel's order allows.
+// ---------------------------------------------------------------------------------------
+
+/// A queue a batch consumer declares: durable, not exclusive, not auto-delete, bound to
+/// the topology's exchange with each of `bindings`.
+///
+/// A declaration without arguments takes an existing queue as it is, whatever arguments
+/// it was declared with (RabbitMQ refuses a re-declaration that differs: the consumer
+/// then uses the queue passively). A declaration with arguments (`x-single-active-consumer`)
+/// must match the existing queue: a mismatch is [`AmqpError::Channel`] (406), since
+/// consuming a queue without the arguments asked for would silently lose what they give.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDeclaration {
+    /// The queue name.
+    pub name: String,
+    /// Its `x-` arguments (none by default).
+    pub arguments: Headers,
+    /// The routing keys it is bound with.
+    pub bindings: Vec<String>,
+}
+
+impl QueueDeclaration {
+    /// A plain durable queue with no bindings yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        QueueDeclaration {
+            name: name.into(),
+            arguments: Headers::new(),
+            bindings: Vec::new(),
+        }
+    }
+
+    /// Adds a binding.
+    pub fn bind(mut self, routing_key: impl Into<String>) -> Self {
+        self.bindings.push(routing_key.into());
+        self
+    }
+
+    /// Adds an argument (`x-single-active-consumer`, `true`).
+    pub fn argument(mut self, name: impl Into<String>, value: impl Into<HeaderValue>) -> Self {
+        self.arguments.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// What a batch consumer declares before it consumes: a durable exchange and queues bound
+/// to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// The exchange, declared durable.
+    pub exchange: String,
+    /// Its kind.
+    pub exchange_kind: ExchangeKind,
+    /// The queues, declared in this order.
+    pub queues: Vec<QueueDeclaration>,
+}
+
+/// Declares `topology` on `conn`. A declaration the broker refuses closes the channel, so
+/// each fallback runs on a new one.
+async fn declare(config: &AmqpConfig, conn: &lapin::Connection, topology: &Topology) -> Result<()> {
+    let err = |e: lapin::Error| config.error(&e);
+    let mut channel = conn.create_channel().await.map_err(err)?;
+    let exchange = short("exchange", &topology.exchange)?;
+    channel
+        .exchange_declare(
+            exchange.clone(),
+            topology.exchange_kind.clone(),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    for queue in &topology.queues {
+        let name = short("queue", &queue.name)?;
+        let arguments = crate::message::headers_to_table(&queue.arguments)?;
+        let declared = channel
+            .queue_declare(name.clone(), QueueDeclareOptions::durable(), arguments)
+            .await;
+        if let Err(e) = declared {
+            let e = config.error(&e);
+            let mismatch = matches!(e, AmqpError::Channel { code: 406, .. });
+            if !(mismatch && queue.arguments.is_empty()) {
+                return Err(e);
+            }
+            tracing::info!(queue = %queue.name, "queue exists with other arguments; using it as it is");
+            channel = conn.create_channel().await.map_err(err)?;
+            channel
+                .queue_declare(
+                    name.clone(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(err)?;
+        }
+        for key in &queue.bindings {
+            channel
+                .queue_bind(
+                    name.clone(),
+                    exchange.clone(),
+                    short("routing key", key)?,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(err)?;
+        }
+    }
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// A message to dead-letter, as a [`BatchHandler`] asks for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Why (the `x-eventfold-error` header).
+    pub reason: String,
+    /// How many times it was tried (the `x-eventfold-attempts` header; 0: never).
+    pub attempts: u32,
+    /// Where to publish it, `(exchange, routing_key)`; `None`, or a route that turns out
+    /// unroutable: straight to [`BatchOptions::dead_letter_queue`].
+    pub route: Option<(String, String)>,
+    /// A per-message TTL in its dead-letter queue (`expiration`).
+    pub ttl: Option<Duration>,
+}
+
+impl DeadLetter {
+    /// A dead letter to the consumer's dead-letter queue, with `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        DeadLetter {
+            reason: reason.into(),
+            attempts: 0,
+            route: None,
+            ttl: None,
+        }
+    }
+}
+
+/// What to do with one message of a batch. Whatever it is, the message is acked only once
+/// it is done.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Disposition {
+    /// Handled: ack it.
+    Ack,
+    /// Publish a copy to a dead-letter queue (body verbatim, the reason in a header), ack
+    /// the original once the broker confirmed the copy.
+    DeadLetter(DeadLetter),
+    /// Publish `message` (a retry) once `delay` has passed, ack the original once the
+    /// broker confirmed it. The original stays unacked meanwhile, and is left unacked
+    /// (redelivered later) if the consumer shuts down first. The worker does not wait:
+    /// it goes on with its next batch.
+    Republish {
+        /// What to publish.
+        message: OutgoingMessage,
+        /// How long to wait first.
+        delay: Duration,
+    },
+    /// Give it back to the queue now (`nack` with requeue).
+    Requeue,
+    /// Leave it unacked: the broker redelivers it when this consumer's connection closes.
+    Leave,
+}
+
+/// Handles a batch of messages at once (one database transaction for all, say). Returns
+/// one [`Disposition`] per message, in order. Implemented for every
+/// `Fn(Vec<Arc<IncomingMessage>>) -> impl Future<Output = Vec<Disposition>>`.
+///
+/// A batch holds messages of one worker, in queue order: messages of one key are never
+/// split over two batches in flight at once.
+pub trait BatchHandler: Send + Sync + 'static {
+    /// Handles `batch`. A panic requeues the whole batch after a pause.
+    fn handle_batch(
+        &self,
+        batch: Vec<Arc<IncomingMessage>>,
+    ) -> impl Future<Output = Vec<Disposition>> + Send;
+}
+
+impl<F, Fut> BatchHandler for F
+where
+    F: Fn(Vec<Arc<IncomingMessage>>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Disposition>> + Send,
+{
+    fn handle_batch(
+        &self,
+        batch: Vec<Arc<IncomingMessage>>,
+    ) -> impl Future<Output = Vec<Disposition>> + Send {
+        self(batch)
+    }
+}
+
+/// Settings of a batch consumer ([`Consumer::start_batches`]).
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Unacked messages the broker sends ahead (default 1000); at least
+    /// `workers × batch_size` keeps every worker's batches full under a backlog.
+    pub prefetch: u16,
+    /// Worker tasks (default 4).
+    pub workers: usize,
+    /// The ordering key (default: the routing key).
+    pub key: OrderKey,
+    /// At most this many messages per batch (default 200; at least 1).
+    pub batch_size: usize,
+    /// How long a worker waits for more messages once it has one and fewer than
+    /// `batch_size` are queued (default 0: a batch is what is already there, so batches
+    /// grow with the backlog and a lone message is not delayed).
+    pub linger: Duration,
+    /// Bodies larger than this are dead-lettered unread (default 4 MiB).
+    pub max_body_bytes: usize,
+    /// The queue dead letters go to when they have no route of their own (default
+    /// `<queue>.dead`).
+    pub dead_letter_queue: Option<String>,
+    /// The role in the connection name `<name>/<role>` (default `consumer`).
+    pub role: String,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            prefetch: 1000,
+            workers: 4,
+            key: OrderKey::default(),
+            batch_size: 200,
+            linger: Duration::ZERO,
+            max_body_bytes: 4 * 1024 * 1024,
+            dead_letter_queue: None,
+            role: "consumer".to_owned(),
+        }
+    }
+}
+
+/// What a settled delivery was, for the figures once its ack is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Handled,
+    DeadLettered,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Delivered, its worker has it.
+    Open,
+    /// Waiting (a delayed republish) or left unacked for good.
+    Held,
+    /// Done: to be acked.
+    Done(Settled),
+}
+
+/// Acks to send now, taken from the book.
+#[derive(Default)]
+struct AckRun {
+    /// The top of the done prefix, to multiple-ack.
+    multiple: Option<Acker>,
+    /// Done deliveries behind a held one, to ack one by one.
+    singles: Vec<Acker>,
+    /// What the run covers, for the figures.
+    handled: u64,
+    dead_lettered: u64,
+}
+
+impl AckRun {
+    fn count(&mut self, settled: Settled) {
+        match settled {
+            Settled::Handled => self.handled += 1,
+            Settled::DeadLettered => self.dead_lettered += 1,
+        }
+    }
+}
+
+/// The channel's unacked deliveries in tag order. A multiple-ack acks every unacked tag
+/// up to its own, so one is sent only over a prefix that is all done; done tags behind a
+/// held one are acked one by one (a held tag must never be covered). Done tags behind an
+/// open one wait for it (its worker is on it), or for [`AckBook::rest`] at the end.
+#[derive(Default)]
+struct AckBook {
+    entries: std::collections::BTreeMap<u64, (Mark, Acker)>,
+}
+
+impl AckBook {
+    fn settle(&mut self, tags: &[u64], settled: Settled) -> AckRun {
+        for tag in tags {
+            if let Some(entry) = self.entries.get_mut(tag) {
+                entry.0 = Mark::Done(settled);
+            }
+        }
+        let mut run = AckRun::default();
+        while let Some(entry) = self.entries.first_entry() {
+            let Mark::Done(settled) = entry.get().0 else {
+                break;
+            };
+            run.count(settled);
+            run.multiple = Some(entry.remove().1);
+        }
+        if self
+            .entries
+            .first_key_value()
+            .is_some_and(|(_, (m, _))| *m == Mark::Held)
+        {
+            let done: Vec<u64> = self
+                .entries
+                .iter()
+                .take_while(|(_, (m, _))| *m != Mark::Open)
+                .filter(|(_, (m, _))| matches!(m, Mark::Done(_)))
+                .map(|(t, _)| *t)
+                .collect();
+            run.singles = self.take(&done, &mut run);
+        }
+        run
+    }
+
+    /// Every done delivery left, one by one (the workers are gone: no open one will be
+    /// settled any more).
+    fn rest(&mut self) -> AckRun {
+        let mut run = AckRun::default();
+        let done: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, (m, _))| matches!(m, Mark::Done(_)))
+            .map(|(t, _)| *t)
+            .collect();
+        run.singles = self.take(&done, &mut run);
+        run
+    }
+
+    fn take(&mut self, tags: &[u64], run: &mut AckRun) -> Vec<Acker> {
+        let mut ackers = Vec::with_capacity(tags.len());
+        for tag in tags {
+            if let Some((Mark::Done(settled), acker)) = self.entries.remove(tag) {
+                run.count(settled);
+                ackers.push(acker);
+            }
+        }
+        ackers
+    }
+}
+
+struct Acks {
+    book: std::sync::Mutex<AckBook>,
+    /// Held while acks are sent: a multiple-ack must not overtake an earlier one, or it
+    /// would cover that one's tag first (406 unknown delivery tag).
+    sending: Mutex<()>,
+}
+
+impl Acks {
+    fn open(&self, tag: u64, acker: Acker) {
+        let mut book = self.book.lock().expect("ack book lock");
+        book.entries.insert(tag, (Mark::Open, acker));
+    }
+
+    fn hold(&self, tags: &[u64]) {
+        let mut book = self.book.lock().expect("ack book lock");
+        for tag in tags {
+            if let Some(entry) = book.entries.get_mut(tag) {
+                entry.0 = Mark::Held;
+            }
+        }
+    }
+
+    /// Settles `tags` and sends the acks that makes possible (see [`AckBook`]); counts
+    /// what the sent acks covered.
+    async fn ack(&self, tags: &[u64], settled: Settled, counters: &Counters, config: &AmqpConfig) {
+        if tags.is_empty() {
+            return;
+        }
+        let _turn = self.sending.lock().await;
+        let run = self
+            .book
+            .lock()
+            .expect("ack book lock")
+            .settle(tags, settled);
+        send_acks(run, counters, config).await;
+    }
+
+    /// Acks every settled delivery still waiting, once the workers are gone.
+    async fn ack_rest(&self, counters: &Counters, config: &AmqpConfig) {
+        let _turn = self.sending.lock().await;
+        let run = self.book.lock().expect("ack book lock").rest();
+        send_acks(run, counters, config).await;
+    }
+
+    /// Nacks `tag` back to the queue.
+    async fn requeue(&self, tag: u64, config: &AmqpConfig) -> bool {
+        let _turn = self.sending.lock().await;
+        let acker = self
+            .book
+            .lock()
+            .expect("ack book lock")
+            .entries
+            .remove(&tag);
+        let Some((_, acker)) = acker else {
+            return false;
+        };
+        let requeue = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        match acker.nack(requeue).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %config.error(&e), "nack failed");
+                false
+            }
+        }
+    }
+}
+
+async fn send_acks(run: AckRun, counters: &Counters, config: &AmqpConfig) {
+    let mut ok = true;
+    if let Some(acker) = run.multiple {
+        let multiple = BasicAckOptions { multiple: true };
+        if let Err(e) = acker.ack(multiple).await {
+            tracing::warn!(error = %config.error(&e), "ack failed");
+            ok = false;
+        }
+    }
+    for acker in run.singles {
+        if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(error = %config.error(&e), "ack failed");
+            ok = false;
+        }
+    }
+    if ok {
+        counters.handled.fetch_add(run.handled, Ordering::Relaxed);
+        counters
+            .dead_lettered
+            .fetch_add(run.dead_lettered, Ordering::Relaxed);
+    } else {
+        // The channel is gone: the broker redelivers them.
+        counters
+            .left_unacked
+            .fetch_add(run.handled + run.dead_lettered, Ordering::Relaxed);
+    }
+}
+
+struct BatchJob {
+    message: Arc<IncomingMessage>,
+    tag: u64,
+}
+
+struct BatchShared<H> {
+    handler: H,
+    options: BatchOptions,
+    queue: String,
+    dead_letter_queue: String,
+    publisher: ConfirmedPublisher,
+    acks: Acks,
+    counters: Counters,
+    config: AmqpConfig,
+    stop: watch::Receiver<bool>,
+}
+
+impl Consumer {
+    /// Declares `topology`, then consumes `queue` in batches: each worker hands up to
+    /// [`BatchOptions::batch_size`] messages of its keys, in queue order, to `handler` at
+    /// once and settles each as its [`Disposition`] says. A body over
+    /// [`BatchOptions::max_body_bytes`] is dead-lettered without reaching the handler.
+    ///
+    /// Acks leave as one multiple-ack per run of settled deliveries where no unsettled one
+    /// lies before them (the common case), one by one behind a held message. Dead letters
+    /// and republished retries go out on the consumer's connection with publisher
+    /// confirms, and a message is acked only once its copy is confirmed. The
+    /// [`Consumer::shutdown`] of a batch consumer lets every batch in hand finish and be
+    /// settled; messages not started, and retries still waiting, are left unacked.
+    pub async fn start_batches<H: BatchHandler>(
+        config: AmqpConfig,
+        topology: Topology,
+        queue: &str,
+        options: BatchOptions,
+        handler: H,
+    ) -> Result<Consumer> {
+        if options.workers == 0 {
+            return Err(AmqpError::config("a consumer needs at least one worker"));
+        }
+        if options.batch_size == 0 {
+            return Err(AmqpError::config("a batch holds at least one message"));
+        }
+        let err = |e: lapin::Error| config.error(&e);
+        let queue_name = short("queue", queue)?;
+        let dead_letter_queue = options
+            .dead_letter_queue
+            .clone()
+            .unwrap_or_else(|| format!("{queue}.dead"));
+        short("dead-letter queue", &dead_letter_queue)?;
+
+        let conn = Arc::new(config.connect(&options.role).await?);
+        declare(&config, &conn, &topology).await?;
+        let channel = conn.create_channel().await.map_err(err)?;
+        channel
+            .basic_qos(options.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(err)?;
+        let publisher =
+            ConfirmedPublisher::on_connection(config.clone(), Arc::clone(&conn), 256).await?;
+        let tag = format!("{}/{}", config.connection_name(), options.role);
+        let stream = channel
+            .basic_consume(
+                queue_name,
+                short("consumer tag", &tag)?,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(BatchShared {
+            handler,
+            options,
+            queue: queue.to_owned(),
+            dead_letter_queue,
+            publisher,
+            acks: Acks {
+                book: Default::default(),
+                sending: Mutex::new(()),
+            },
+            counters: Counters::default(),
+            config: config.clone(),
+            stop: stop_rx,
+        });
+        let stats = {
+            let shared = Arc::clone(&shared);
+            Arc::new(move || shared.counters.snapshot())
+        };
+        let dispatcher = tokio::spawn(dispatch_batches(shared, stream));
+        Ok(Consumer {
+            channel,
+            conn,
+            tag,
+            stop: stop_tx,
+            dispatcher: Mutex::new(Some(dispatcher)),
+            counters: stats,
+            config,
+        })
+    }
+}
+
+async fn dispatch_batches<H: BatchHandler>(
+    shared: Arc<BatchShared<H>>,
+    stream: lapin::Consumer,
+) -> Option<AmqpError> {
+    let workers = shared.options.workers;
+    let mut senders = Vec::with_capacity(workers);
+    let mut handles = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (tx, rx) = mpsc::unbounded_channel::<BatchJob>();
+        senders.push(tx);
+        handles.push(tokio::spawn(work_batches(Arc::clone(&shared), rx)));
+    }
+    let failure = route_deliveries(
+        stream,
+        senders,
+        &shared.options.key,
+        shared.options.max_body_bytes,
+        shared.stop.clone(),
+        &shared.config,
+        |message, acker, tag| {
+            shared.acks.open(tag, acker);
+            BatchJob {
+                message: Arc::new(message),
+                tag,
+            }
+        },
+    )
+    .await;
+    for h in handles {
+        let _ = h.await;
+    }
+    shared.acks.ack_rest(&shared.counters, &shared.config).await;
+    if let Some(e) = &failure {
+        tracing::warn!(error = %e, "consumer stopped");
+    }
+    failure
+}
+
+async fn work_batches<H: BatchHandler>(
+    shared: Arc<BatchShared<H>>,
+    mut rx: mpsc::UnboundedReceiver<BatchJob>,
+) {
+    let mut waiting = tokio::task::JoinSet::new();
+    let size = shared.options.batch_size;
+    while let Some(first) = rx.recv().await {
+        if *shared.stop.borrow() {
+            // Held, not open: the batches other workers finish may still be acked.
+            shared.acks.hold(&[first.tag]);
+            shared.counters.left_unacked.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let mut batch = vec![first];
+        while batch.len() < size {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if batch.len() < size && !shared.options.linger.is_zero() {
+            let deadline = tokio::time::Instant::now() + shared.options.linger;
+            while batch.len() < size {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(job)) => batch.push(job),
+                    _ => break,
+                }
+            }
+        }
+        run_batch(&shared, batch, &mut waiting).await;
+        while waiting.try_join_next().is_some() {}
+    }
+    while waiting.join_next().await.is_some() {}
+}
+
+async fn run_batch<H: BatchHandler>(
+    shared: &Arc<BatchShared<H>>,
+    batch: Vec<BatchJob>,
+    waiting: &mut tokio::task::JoinSet<()>,
+) {
+    let limit = shared.options.max_body_bytes;
+    let mut settled: Vec<(u64, Arc<IncomingMessage>, Disposition)> = Vec::new();
+    let mut handed = Vec::with_capacity(batch.len());
+    for job in batch {
+        if job.message.body.len() > limit {
+            let reason = format!(
+                "body of {} bytes exceeds the limit of {limit} bytes",
+                job.message.body.len()
+            );
+            settled.push((
+                job.tag,
+                job.message,
+                Disposition::DeadLetter(DeadLetter::new(reason)),
+            ));
+        } else {
+            handed.push(job);
+        }
+    }
+    if !handed.is_empty() {
+        let messages: Vec<_> = handed.iter().map(|j| Arc::clone(&j.message)).collect();
+        let run = AssertUnwindSafe(shared.handler.handle_batch(messages))
+            .catch_unwind()
+            .await;
+        let mut dispositions = match run {
+            Ok(d) => d,
+            Err(_) => {
+                tracing::error!(
+                    messages = handed.len(),
+                    "batch handler panicked; requeueing the batch"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                vec![Disposition::Requeue; handed.len()]
+            }
+        };
+        if dispositions.len() != handed.len() {
+            tracing::error!(
+                messages = handed.len(),
+                dispositions = dispositions.len(),
+                "batch handler settled a different number of messages; the rest stay unacked"
+            );
+        }
+        dispositions.resize(handed.len(), Disposition::Leave);
+        for (job, d) in handed.into_iter().zip(dispositions) {
+            settled.push((job.tag, job.message, d));
+        }
+    }
+    settled.sort_by_key(|(tag, _, _)| *tag);
+
+    let mut acks = Vec::new();
+    let mut dead = Vec::new();
+    for (tag, message, d) in settled {
+        match d {
+            Disposition::Ack => acks.push(tag),
+            Disposition::DeadLetter(dl) => dead.push((tag, message, dl)),
+            Disposition::Republish {
+                message: copy,
+                delay,
+            } => {
+                shared.acks.hold(&[tag]);
+                let shared = Arc::clone(shared);
+                waiting.spawn(async move { republish_later(&shared, tag, copy, delay).await });
+            }
+            Disposition::Requeue => {
+                shared.acks.hold(&[tag]);
+                if !shared.acks.requeue(tag, &shared.config).await {
+                    shared.counters.left_unacked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Disposition::Leave => {
+                shared.acks.hold(&[tag]);
+                shared.counters.left_unacked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    if !dead.is_empty() {
+        let confirmed = publish_dead_letters(shared, &dead).await;
+        let mut dead_lettered = Vec::new();
+        let mut unconfirmed = Vec::new();
+        for ((tag, _, _), ok) in dead.iter().zip(confirmed) {
+            if ok {
+                dead_lettered.push(*tag);
+            } else {
+                unconfirmed.push(*tag);
+            }
+        }
+        shared
+            .acks
+            .ack(
+                &dead_lettered,
+                Settled::DeadLettered,
+                &shared.counters,
+                &shared.config,
+            )
+            .await;
+        if !unconfirmed.is_empty() {
+            tracing::error!(
+                messages = unconfirmed.len(),
+                "dead letters not confirmed; messages go back to the queue"
+            );
+            shared.acks.hold(&unconfirmed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for tag in unconfirmed {
+                if !shared.acks.requeue(tag, &shared.config).await {
+                    shared.counters.left_unacked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    shared
+        .acks
+        .ack(&acks, Settled::Handled, &shared.counters, &shared.config)
+        .await;
+}
+
+/// Publishes the dead letters of a batch (confirmed together); an unroutable one is sent
+/// again straight to the dead-letter queue. Returns which were confirmed.
+async fn publish_dead_letters<H>(
+    shared: &BatchShared<H>,
+    dead: &[(u64, Arc<IncomingMessage>, DeadLetter)],
+) -> Vec<bool> {
+    let copy = |message: &IncomingMessage, dl: &DeadLetter, direct: bool| {
+        let reason: String = dl.reason.chars().take(4000).collect();
+        let (exchange, routing_key) = match (&dl.route, direct) {
+            (Some((e, k)), false) => (e.as_str(), k.as_str()),
+            _ => ("", shared.dead_letter_queue.as_str()),
+        };
+        let mut out = dead_letter_copy(
+            message,
+            &reason,
+            dl.attempts,
+            &shared.queue,
+            exchange,
+            routing_key,
+        );
+        out.expiration_ms = dl.ttl.map(|t| t.as_millis() as u64);
+        out
+    };
+    let messages: Vec<_> = dead.iter().map(|(_, m, dl)| copy(m, dl, false)).collect();
+    let outcomes = shared.publisher.publish_all(&messages).await;
+    let mut confirmed = Vec::with_capacity(dead.len());
+    for ((_, message, dl), outcome) in dead.iter().zip(outcomes) {
+        let ok = match outcome {
+            Ok(Outcome::Confirmed) => true,
+            Ok(Outcome::Returned { .. }) if dl.route.is_some() => matches!(
+                shared.publisher.publish_one(&copy(message, dl, true)).await,
+                Ok(Outcome::Confirmed)
+            ),
+            other => {
+                tracing::warn!(?other, "dead letter not confirmed");
+                false
+            }
+        };
+        if ok {
+            tracing::warn!(reason = %dl.reason, attempts = dl.attempts, routing_key = %message.routing_key, "message dead-lettered");
+        }
+        confirmed.push(ok);
+    }
+    confirmed
+}
+
+/// Waits `delay`, publishes `copy`, and acks `tag` once the broker confirmed it; gives the
+/// message back to the queue if it did not. Shutdown ends the wait and leaves the message
+/// unacked.
+async fn republish_later<H>(
+    shared: &BatchShared<H>,
+    tag: u64,
+    copy: OutgoingMessage,
+    delay: Duration,
+) {
+    let mut stop = shared.stop.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = stop.wait_for(|s| *s) => {
+            shared.counters.left_unacked.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    match shared.publisher.publish_one(&copy).await {
+        Ok(Outcome::Confirmed) => {
+            shared
+                .acks
+                .ack(&[tag], Settled::Handled, &shared.counters, &shared.config)
+                .await;
+        }
+        other => {
+            tracing::warn!(?other, routing_key = %copy.routing_key, "retry not confirmed; the message goes back to the queue");
+            if !shared.acks.requeue(tag, &shared.config).await {
+                shared.counters.left_unacked.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

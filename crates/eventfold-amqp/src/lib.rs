@@ -85,6 +85,9 @@ mod publisher;
 
 pub use config::{connections_opened, AmqpConfig};
 pub use consumer::{
+    BatchHandler, BatchOptions, DeadLetter, Disposition, QueueDeclaration, Topology,
+};
+pub use consumer::{
     Consumer, ConsumerOptions, ConsumerStats, Handler, HandlerError, KeyFn, OrderKey, RetryPolicy,
     Subscription, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_QUEUE,
     HEADER_ORIGINAL_ROUTING_KEY,

@@ -1,1 +1,0 @@
-//! The replica side: consumers that apply django-cqrs messages.
