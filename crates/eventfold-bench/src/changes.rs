@@ -58,7 +58,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Backend::Sqlite { .. } => "sqlite",
             #[cfg(feature = "postgres")]
@@ -783,7 +783,11 @@ pub struct BrokerRate {
 /// The store's bare commit rate: one single-row INSERT per transaction, no eventfold
 /// (SQLite: a plain connection with the store's pragmas, WAL and `synchronous = NORMAL`;
 /// PostgreSQL: [`crate::postgres::bare_insert_commit_rate`]).
-pub(crate) async fn bare_commits(backend: &Backend, run: &str, n: u64) -> anyhow::Result<(f64, f64)> {
+pub(crate) async fn bare_commits(
+    backend: &Backend,
+    run: &str,
+    n: u64,
+) -> anyhow::Result<(f64, f64)> {
     match backend {
         Backend::Sqlite { dir } => {
             use eventfold_sqlite::rusqlite;

@@ -40,8 +40,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::changes::{
-    bare_commits, broker_confirmed_rate, line, percentile, sig4, Admin, Backend, Scratch,
-    TempVhost,
+    bare_commits, broker_confirmed_rate, line, percentile, sig4, Admin, Backend, Scratch, TempVhost,
 };
 
 /// The relay's name.
@@ -234,7 +233,7 @@ async fn run_saves(
         started: Instant::now(),
     };
     let mut pending = Vec::with_capacity(if interleave { 0 } else { items });
-    let mut update = |s: &mut Saves, t0: Instant, id: i64| {
+    let update = |s: &mut Saves, t0: Instant, id: i64| {
         let done = Instant::now();
         let d = (done - t0).as_secs_f64();
         s.latencies.push(d);
@@ -315,7 +314,9 @@ impl ItemReplica {
                 .or_default()
                 .push(Instant::now());
             if is_final {
-                applied.final_revisions.fetch_add(1, AtomicOrdering::Relaxed);
+                applied
+                    .final_revisions
+                    .fetch_add(1, AtomicOrdering::Relaxed);
             }
         });
     }
@@ -818,7 +819,7 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
             let lost = (k as i64 - rows).max(0);
             line(format!(
                 "[{name:11}] {k} saves before the replica existed ({}); replica holds {rows}: lost {lost}; \
-                 relay returned {} and held on",
+                 {} returned as unroutable while no queue was bound",
                 if declare { "the relay declared its queue" } else { "no queue declared: the relay held the messages" },
                 metrics.returned
             ));
@@ -847,11 +848,13 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
         let admin = Admin::connect(&vhost_url).await?;
         let t0 = Instant::now();
         let mut k = 0;
+        let mut last = 0;
         while k < b {
             let mut tx = world.master_scratch.store.begin().await?;
             for _ in 0..bench.backlog_batch.max(1).min(b - k) {
                 let mut item = Item::new(k as i64 + 1, "backlog");
-                world.master.created(&mut tx, &mut item).await?;
+                let saved = world.master.created(&mut tx, &mut item).await?;
+                last = saved.notification.unwrap_or(last);
                 write_row(&mut tx, &world.items, &item, true).await?;
                 k += 1;
             }
@@ -860,18 +863,34 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
         let t_write = t0.elapsed().as_secs_f64();
         let relay = world.start_relay(bench, &vhost_url, true)?;
         let t0 = Instant::now();
-        let deadline = t0 + bench.timeout;
-        let mut queued = 0;
-        while (queued as usize) < b && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            queued = admin.count(QUEUE).await.unwrap_or(0);
-        }
+        let drained = loop {
+            let position = world
+                .master_scratch
+                .store
+                .tracking_position(RELAY)
+                .await?
+                .unwrap_or(0);
+            if position >= last {
+                break true;
+            }
+            if t0.elapsed() > bench.timeout {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
         let t_drain = t0.elapsed().as_secs_f64();
         let metrics = relay.stop().await?;
-        if (queued as usize) < b {
-            bail!("the relay queued {queued} of {b} messages in {:?}", bench.timeout);
+        let queued = admin.count(QUEUE).await?;
+        if !drained || (queued as usize) < b {
+            bail!(
+                "the relay queued {queued} of {b} messages in {:?}",
+                bench.timeout
+            );
         }
-        let sample = admin.channel.basic_get(QUEUE.into(), Default::default()).await?;
+        let sample = admin
+            .channel
+            .basic_get(QUEUE.into(), Default::default())
+            .await?;
         let sample_body = sample
             .as_ref()
             .map(|m| m.delivery.data.clone())
@@ -895,19 +914,27 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
         admin.close().await;
         world.remove().await?;
         if done.is_none() {
-            bail!("the replica applied {rows} of {b} backlog messages in {:?}", bench.timeout);
+            bail!(
+                "the replica applied {rows} of {b} backlog messages in {:?}",
+                bench.timeout
+            );
         }
         let rate = b as f64 / secs;
         backlog_rate = Some(rate);
         let mut message = OutgoingMessage::new("", QUEUE, sample_body);
         message.content_type = Some("text/plain".to_owned());
         message.delivery_mode = 2;
-        let (per_message, multiple) =
-            broker_consume_rate(&vhost_url, &message, b, 1000).await?;
+        let (per_message, multiple) = broker_consume_rate(&vhost_url, &message, b, 1000).await?;
         broker = Some(per_message);
         broker_multiple = Some(multiple);
-        let r = broker_confirmed_rate(&vhost_url, &message, b.min(20_000), bench.window, bench.window)
-            .await?;
+        let r = broker_confirmed_rate(
+            &vhost_url,
+            &message,
+            b.min(20_000),
+            bench.window,
+            bench.window,
+        )
+        .await?;
         confirmed = Some(r.per_second);
         line(format!(
             "[backlog    ] {b} master saves written in {t_write:.2} s ({} per transaction), relayed into the \

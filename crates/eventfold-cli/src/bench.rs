@@ -265,7 +265,13 @@ where
 
 /// Prints the peers' last line: `results.<name>` = the phases (the peer's keys) and the
 /// figures across phases.
-fn print_peer_line(bench: &str, workload: &str, params: Value, name: String, result: Value) -> anyhow::Result<()> {
+fn print_peer_line(
+    bench: &str,
+    workload: &str,
+    params: Value,
+    name: String,
+    result: Value,
+) -> anyhow::Result<()> {
     let mut out = json!({
         "bench": bench,
         "workload": workload,
@@ -307,7 +313,8 @@ async fn replication(store: &StoreArgs, args: &ReplicationArgs) -> anyhow::Resul
         "cold_start": args.cold_start, "backlog": args.backlog, "window": args.window,
         "replica_batch": args.replica_batch, "phases": args.phases,
     });
-    let result = on_two_workers(async move { eventfold_bench::replication::run(&bench).await }).await?;
+    let result =
+        on_two_workers(async move { eventfold_bench::replication::run(&bench).await }).await?;
     print_peer_line(
         "cqrs_bench",
         "replication",
@@ -346,7 +353,6 @@ async fn changes(store: &StoreArgs, args: &ChangesArgs) -> anyhow::Result<()> {
     let result = on_two_workers(async move { eventfold_bench::changes::run(&bench).await }).await?;
     print_peer_line("crud_events_bench", "changes", params, name, result)
 }
-
 
 /// A fresh, empty store for one benchmark phase.
 async fn fresh_config(store: &StoreArgs, args: &WorldsArgs, phase: &str) -> anyhow::Result<Config> {
