@@ -62,7 +62,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Backend::Sqlite { .. } => "sqlite",
             #[cfg(feature = "postgres")]
@@ -138,7 +138,7 @@ impl Order {
 }
 
 /// `rabbitmqctl -q <args>`, stdin given.
-fn rabbitmqctl(args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
+pub(crate) fn rabbitmqctl(args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
     use std::io::Write;
     let mut child = Command::new("rabbitmqctl")
         .arg("-q")
@@ -164,14 +164,14 @@ fn rabbitmqctl(args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
 }
 
 /// A fresh virtual host (guest has every permission), deleted on drop.
-struct TempVhost {
-    name: String,
+pub(crate) struct TempVhost {
+    pub(crate) name: String,
 }
 
 impl TempVhost {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         let name = format!(
-            "ef-bench-changes-{}",
+            "ef-bench-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let definitions = json!({
@@ -193,10 +193,12 @@ impl Drop for TempVhost {
 }
 
 /// One phase's fresh store, removed by [`Scratch::remove`].
-struct Scratch {
-    store: Arc<dyn Store>,
+pub(crate) struct Scratch {
+    pub(crate) store: Arc<dyn Store>,
     /// The caller's `orders` table.
     orders: String,
+    /// What the caller's table names start with (empty on SQLite).
+    prefix: String,
     cleanup: Cleanup,
 }
 
@@ -208,42 +210,7 @@ enum Cleanup {
 
 impl Scratch {
     async fn open(backend: &Backend, run: &str, phase: &str) -> anyhow::Result<Self> {
-        let scratch = match backend {
-            Backend::Sqlite { dir } => {
-                let path = dir.join(format!("eventfold-bench-changes-{run}-{phase}.sqlite3"));
-                let files = ["", "-wal", "-shm"]
-                    .iter()
-                    .map(|s| std::path::PathBuf::from(format!("{}{s}", path.display())))
-                    .collect::<Vec<_>>();
-                for f in &files {
-                    let _ = std::fs::remove_file(f);
-                }
-                let store = eventfold_sqlite::SqliteStore::open(
-                    &eventfold_sqlite::SqliteConfig::new(&path),
-                )?;
-                Scratch {
-                    store: Arc::new(store),
-                    orders: "orders".to_owned(),
-                    cleanup: Cleanup::Files(files),
-                }
-            }
-            #[cfg(feature = "postgres")]
-            Backend::Postgres { url } => {
-                // Schema `public` with a prefix of its own: a store in another schema
-                // fails to connect here (its `search_path` startup option has a space:
-                // `invalid value for parameter "search_path"`).
-                let prefix = format!("efbc_{run}_{phase}_");
-                let mut config = eventfold_postgres::PostgresConfig::new(url.clone());
-                config.table_prefix = prefix.clone();
-                let store = eventfold_postgres::PostgresStore::connect(&config).await?;
-                let pool = store.pool().clone();
-                Scratch {
-                    store: Arc::new(store),
-                    orders: format!("{prefix}orders"),
-                    cleanup: Cleanup::Prefix(pool, prefix),
-                }
-            }
-        };
+        let scratch = Scratch::open_empty(backend, "efbc", run, phase).await?;
         let mut tx = scratch.store.begin().await?;
         tx.execute(
             &format!(
@@ -258,7 +225,60 @@ impl Scratch {
         Ok(scratch)
     }
 
-    async fn remove(self) -> anyhow::Result<()> {
+    /// A fresh store and no table of the caller's: a SQLite file named after `tag`, `run`
+    /// and `phase`, or PostgreSQL tables prefixed `<tag>_<run>_<phase>_`.
+    pub(crate) async fn open_empty(
+        backend: &Backend,
+        tag: &str,
+        run: &str,
+        phase: &str,
+    ) -> anyhow::Result<Self> {
+        Ok(match backend {
+            Backend::Sqlite { dir } => {
+                let path = dir.join(format!("eventfold-bench-{tag}-{run}-{phase}.sqlite3"));
+                let files = ["", "-wal", "-shm"]
+                    .iter()
+                    .map(|s| std::path::PathBuf::from(format!("{}{s}", path.display())))
+                    .collect::<Vec<_>>();
+                for f in &files {
+                    let _ = std::fs::remove_file(f);
+                }
+                let store = eventfold_sqlite::SqliteStore::open(
+                    &eventfold_sqlite::SqliteConfig::new(&path),
+                )?;
+                Scratch {
+                    store: Arc::new(store),
+                    orders: "orders".to_owned(),
+                    prefix: String::new(),
+                    cleanup: Cleanup::Files(files),
+                }
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres { url } => {
+                // Schema `public` with a prefix of its own: a store in another schema
+                // fails to connect here (its `search_path` startup option has a space:
+                // `invalid value for parameter "search_path"`).
+                let prefix = format!("{tag}_{run}_{phase}_");
+                let mut config = eventfold_postgres::PostgresConfig::new(url.clone());
+                config.table_prefix = prefix.clone();
+                let store = eventfold_postgres::PostgresStore::connect(&config).await?;
+                let pool = store.pool().clone();
+                Scratch {
+                    store: Arc::new(store),
+                    orders: format!("{prefix}orders"),
+                    prefix: prefix.clone(),
+                    cleanup: Cleanup::Prefix(pool, prefix),
+                }
+            }
+        })
+    }
+
+    /// The name of the caller's table `name` in this scratch store.
+    pub(crate) fn table(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub(crate) async fn remove(self) -> anyhow::Result<()> {
         let Scratch { store, cleanup, .. } = self;
         drop(store);
         match cleanup {
@@ -677,19 +697,19 @@ async fn start_consumers(
 }
 
 /// A plain lapin connection to the run's virtual host, for declaring and inspecting.
-struct Admin {
-    conn: lapin::Connection,
-    channel: lapin::Channel,
+pub(crate) struct Admin {
+    pub(crate) conn: lapin::Connection,
+    pub(crate) channel: lapin::Channel,
 }
 
 impl Admin {
-    async fn connect(url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(url: &str) -> anyhow::Result<Self> {
         let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
         Ok(Admin { conn, channel })
     }
 
-    async fn exchange_exists(&self, name: &str) -> anyhow::Result<bool> {
+    pub(crate) async fn exchange_exists(&self, name: &str) -> anyhow::Result<bool> {
         let ch = self.conn.create_channel().await?;
         let found = ch
             .exchange_declare(
@@ -707,7 +727,7 @@ impl Admin {
         Ok(found)
     }
 
-    async fn bound_queue(&self, queue: &str, exchange: &str) -> anyhow::Result<()> {
+    pub(crate) async fn bound_queue(&self, queue: &str, exchange: &str) -> anyhow::Result<()> {
         self.channel
             .exchange_declare(
                 exchange.into(),
@@ -738,7 +758,7 @@ impl Admin {
         Ok(())
     }
 
-    async fn count(&self, queue: &str) -> anyhow::Result<u32> {
+    pub(crate) async fn count(&self, queue: &str) -> anyhow::Result<u32> {
         Ok(self
             .channel
             .queue_declare(
@@ -750,14 +770,14 @@ impl Admin {
             .message_count())
     }
 
-    async fn delete_queue(&self, queue: &str) -> anyhow::Result<()> {
+    pub(crate) async fn delete_queue(&self, queue: &str) -> anyhow::Result<()> {
         self.channel
             .queue_delete(queue.into(), Default::default())
             .await?;
         Ok(())
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.conn.close(200, "done".into()).await;
     }
 }
@@ -869,7 +889,11 @@ pub struct BrokerRate {
 /// The store's bare commit rate: one single-row INSERT per transaction, no eventfold
 /// (SQLite: a plain connection with the store's pragmas, WAL and `synchronous = NORMAL`;
 /// PostgreSQL: [`crate::postgres::bare_insert_commit_rate`]).
-async fn bare_commits(backend: &Backend, run: &str, n: u64) -> anyhow::Result<(f64, f64)> {
+pub(crate) async fn bare_commits(
+    backend: &Backend,
+    run: &str,
+    n: u64,
+) -> anyhow::Result<(f64, f64)> {
     match backend {
         Backend::Sqlite { dir } => {
             use eventfold_sqlite::rusqlite;
@@ -915,7 +939,7 @@ async fn bare_commits(backend: &Backend, run: &str, n: u64) -> anyhow::Result<(f
     }
 }
 
-fn line(text: String) {
+pub(crate) fn line(text: String) {
     println!("{text}");
 }
 

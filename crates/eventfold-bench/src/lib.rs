@@ -7,6 +7,9 @@
 //! * the `changes` module (feature `changes`): `eventfold bench changes`, the peers'
 //!   django-events-sourcing workload on change records, the relay and a consumer, with the
 //!   broker's own confirmed-publish rate.
+//! * the `replication` module (feature `replication`): `eventfold bench replication`, the
+//!   peers' django-cqrs workload on a master, the relay and a replica consumer, with the
+//!   broker's own consume-and-ack rate.
 //! * `examples/bench_writers.rs` prints the whole writer matrix;
 //!   `examples/anatomy.rs` times the pieces of a command on PostgreSQL;
 //!   `examples/store_loop.rs` times the SQLite store alone in the shape of the Worlds
@@ -26,3 +29,6 @@ pub mod postgres;
 
 #[cfg(feature = "changes")]
 pub mod changes;
+
+#[cfg(feature = "replication")]
+pub mod replication;

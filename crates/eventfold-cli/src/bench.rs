@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use eventfold::{Config, Recording, Root, Store};
+use eventfold_bench::changes::{percentile, sig4};
 use serde_json::{json, Value};
 use worlds_example::{World, WorldEvent, Worlds};
 
@@ -34,6 +35,67 @@ pub enum BenchCommand {
     /// (phases baseline, no_consumer, consumer, backlog drain vs the broker's own confirmed
     /// rate, bare commits). Needs RabbitMQ and `rabbitmqctl` (a scratch virtual host).
     Changes(ChangesArgs),
+    /// The peers' django-cqrs workload: master saves of an `Item` row plus its django-cqrs
+    /// message in one transaction, the relay, and a replica consumer with W workers
+    /// applying to a second store, in this process (phases plain, replication, cold_start,
+    /// backlog vs the broker's own consume-and-ack rate, bare commits). Needs RabbitMQ and
+    /// `rabbitmqctl` (a scratch virtual host).
+    Replication(ReplicationArgs),
+}
+
+/// Options of `eventfold bench replication` (the peer's `cqrs_bench.py` flags).
+#[derive(Debug, clap::Args)]
+pub struct ReplicationArgs {
+    /// sqlite or postgres (master and replica both).
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// The broker, without a virtual host (a scratch one is created and deleted).
+    #[arg(
+        long,
+        env = "EVENTFOLD_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672"
+    )]
+    amqp_url: String,
+    /// N items (each created, then updated once: 2N messages).
+    #[arg(short = 'n', long, default_value_t = 2000)]
+    items: usize,
+    /// Replica worker tasks.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    workers: usize,
+    /// Update each item right after its create, instead of all creates then all updates.
+    #[arg(long)]
+    interleave: bool,
+    /// K master saves before the replica exists (the cold_start phases; 0 skips them).
+    #[arg(long, default_value_t = 100)]
+    cold_start: usize,
+    /// Messages of the backlog phase.
+    #[arg(long, default_value_t = 100_000)]
+    backlog: usize,
+    /// Master saves per transaction while the backlog is written (not timed).
+    #[arg(long, default_value_t = 500)]
+    backlog_batch: usize,
+    /// The relay's batch size and window.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Messages per replica transaction, at most.
+    #[arg(long, default_value_t = 200)]
+    replica_batch: usize,
+    /// Bare single-row commits.
+    #[arg(long, default_value_t = 2000)]
+    bare_commits: u64,
+    /// Longest wait for the relay or the replica, seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Phases to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "plain,replication,cold_start,backlog,bare"
+    )]
+    phases: Vec<String>,
+    /// Directory of the scratch SQLite files.
+    #[arg(long, default_value = "/tmp")]
+    scratch_dir: String,
 }
 
 /// Options of `eventfold bench changes`.
@@ -151,17 +213,23 @@ pub async fn run(store: &StoreArgs, command: &BenchCommand) -> anyhow::Result<()
         #[cfg(feature = "postgres")]
         BenchCommand::PgWriters(args) => pg_writers(store, args).await,
         BenchCommand::Changes(args) => changes(store, args).await,
+        BenchCommand::Replication(args) => replication(store, args).await,
     }
 }
 
-/// `eventfold bench changes`, on a runtime of its own with two workers, so the relay and
-/// the consumers run beside the save loop as they would in a server (the CLI's own
-/// runtime has one thread).
-async fn changes(store: &StoreArgs, args: &ChangesArgs) -> anyhow::Result<()> {
-    use eventfold_bench::changes::{Backend, ChangesBench};
-    let backend = match args.backend.as_str() {
+/// The benchmark backend named `name`: scratch SQLite files in `scratch_dir`, or the
+/// PostgreSQL server the store options name.
+fn bench_backend(
+    store: &StoreArgs,
+    name: &str,
+    scratch_dir: &str,
+) -> anyhow::Result<eventfold_bench::changes::Backend> {
+    use eventfold_bench::changes::Backend;
+    #[cfg(not(feature = "postgres"))]
+    let _ = store;
+    Ok(match name {
         "sqlite" => Backend::Sqlite {
-            dir: args.scratch_dir.clone().into(),
+            dir: scratch_dir.into(),
         },
         #[cfg(feature = "postgres")]
         "postgres" => {
@@ -175,7 +243,93 @@ async fn changes(store: &StoreArgs, args: &ChangesArgs) -> anyhow::Result<()> {
             Backend::Postgres { url: pg.url }
         }
         other => anyhow::bail!("unknown backend {other} (sqlite or postgres)"),
+    })
+}
+
+/// Runs `bench` on a runtime of its own with two workers, so the relay and the consumers
+/// run beside the save loop as they would in a server (the CLI's own runtime has one
+/// thread).
+async fn on_two_workers<F>(bench: F) -> anyhow::Result<Value>
+where
+    F: std::future::Future<Output = anyhow::Result<Value>> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(bench)
+    })
+    .await?
+}
+
+/// Prints the peers' last line: `results.<name>` = the phases (the peer's keys) and the
+/// figures across phases.
+fn print_peer_line(
+    bench: &str,
+    workload: &str,
+    params: Value,
+    name: String,
+    result: Value,
+) -> anyhow::Result<()> {
+    let mut out = json!({
+        "bench": bench,
+        "workload": workload,
+        "params": params,
+        "versions": {"eventfold": env!("CARGO_PKG_VERSION")},
+        "results": {},
+    });
+    let mut figures = result;
+    if let Some(fields) = figures.as_object_mut() {
+        if let Some(Value::Object(phases)) = fields.remove("results") {
+            fields.extend(phases);
+        }
+    }
+    out["results"] = json!({ name: figures });
+    outln!("{out}")?;
+    Ok(())
+}
+
+/// `eventfold bench replication`.
+async fn replication(store: &StoreArgs, args: &ReplicationArgs) -> anyhow::Result<()> {
+    use eventfold_bench::replication::ReplicationBench;
+    let bench = ReplicationBench {
+        backend: bench_backend(store, &args.backend, &args.scratch_dir)?,
+        amqp_url: args.amqp_url.clone(),
+        items: args.items,
+        workers: args.workers.max(1),
+        interleave: args.interleave,
+        cold_start: args.cold_start,
+        backlog: args.backlog,
+        backlog_batch: args.backlog_batch,
+        window: args.window,
+        replica_batch: args.replica_batch,
+        bare_commits: args.bare_commits,
+        timeout: std::time::Duration::from_secs(args.timeout),
+        phases: args.phases.clone(),
     };
+    let params = json!({
+        "n": args.items, "workers": args.workers, "interleave": args.interleave,
+        "cold_start": args.cold_start, "backlog": args.backlog, "window": args.window,
+        "replica_batch": args.replica_batch, "phases": args.phases,
+    });
+    let result =
+        on_two_workers(async move { eventfold_bench::replication::run(&bench).await }).await?;
+    print_peer_line(
+        "cqrs_bench",
+        "replication",
+        params,
+        format!("eventfold-{}", args.backend),
+        result,
+    )
+}
+
+/// `eventfold bench changes`, on a runtime of its own with two workers, so the relay and
+/// the consumers run beside the save loop as they would in a server (the CLI's own
+/// runtime has one thread).
+async fn changes(store: &StoreArgs, args: &ChangesArgs) -> anyhow::Result<()> {
+    use eventfold_bench::changes::ChangesBench;
+    let backend = bench_backend(store, &args.backend, &args.scratch_dir)?;
     let bench = ChangesBench {
         backend,
         amqp_url: args.amqp_url.clone(),
@@ -196,50 +350,8 @@ async fn changes(store: &StoreArgs, args: &ChangesArgs) -> anyhow::Result<()> {
         "window": args.window, "batch_size": args.window, "broker_messages": bench.broker_messages,
         "bare_commits": args.bare_commits, "nameko_queues": args.nameko_queues,
     });
-    let result = tokio::task::spawn_blocking(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(eventfold_bench::changes::run(&bench))
-    })
-    .await??;
-    let mut out = json!({
-        "bench": "crud_events_bench",
-        "workload": "changes",
-        "params": params,
-        "versions": {"eventfold": env!("CARGO_PKG_VERSION")},
-        "results": {},
-    });
-    // results.<backend> = the phases (the peer's keys) and the figures across phases.
-    let mut figures = result;
-    if let Some(fields) = figures.as_object_mut() {
-        if let Some(Value::Object(phases)) = fields.remove("results") {
-            fields.extend(phases);
-        }
-    }
-    out["results"] = json!({ name: figures });
-    outln!("{out}")?;
-    Ok(())
-}
-
-/// The peers' percentile: nearest rank, rounded half up.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64 + 0.5).round() as isize - 1;
-    sorted[rank.clamp(0, sorted.len() as isize - 1) as usize]
-}
-
-/// Four significant digits, as the peers print them.
-fn sig4(x: f64) -> f64 {
-    if x == 0.0 || !x.is_finite() {
-        return x;
-    }
-    let digits = 3 - x.abs().log10().floor() as i32;
-    let scale = 10f64.powi(digits);
-    (x * scale).round() / scale
+    let result = on_two_workers(async move { eventfold_bench::changes::run(&bench).await }).await?;
+    print_peer_line("crud_events_bench", "changes", params, name, result)
 }
 
 /// A fresh, empty store for one benchmark phase.
