@@ -104,12 +104,39 @@ pub struct RunArgs {
     /// (repeatable).
     #[arg(long = "aggregate", value_name = "TYPE", requires = "domain_events")]
     aggregates: Vec<String>,
+    /// A replica queue this master serves, with the CQRS_IDs it replicates, e.g.
+    /// `replica=item,book` (repeatable): the relay declares its queues with django-cqrs's
+    /// topology before publishing, so a replica that starts later loses nothing. django-cqrs
+    /// master messages (eventfold-cqrs) are always published; without this flag, one that
+    /// no queue takes is held until a replica binds.
+    #[arg(long = "cqrs-replica", value_name = "QUEUE=ID,...", value_parser = parse_cqrs_replica)]
+    cqrs_replicas: Vec<(String, Vec<String>)>,
+    /// The exchange the --cqrs-replica queues are bound to (the masters' CQRS['exchange']).
+    #[arg(long, default_value = eventfold_cqrs::wire::DEFAULT_EXCHANGE)]
+    cqrs_exchange: String,
     /// Notifications read (and published) per batch.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Messages in flight without a confirm, at most.
     #[arg(long, default_value_t = 256)]
     window: usize,
+}
+
+/// `QUEUE=ID[,ID...]` of `--cqrs-replica`.
+fn parse_cqrs_replica(text: &str) -> Result<(String, Vec<String>), String> {
+    let (queue, ids) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected QUEUE=ID[,ID...], got {text:?}"))?;
+    let ids: Vec<String> = ids
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if queue.trim().is_empty() || ids.is_empty() {
+        return Err(format!("expected QUEUE=ID[,ID...], got {text:?}"));
+    }
+    Ok((queue.trim().to_owned(), ids))
 }
 
 /// Runs `eventfold relay ...`.
@@ -171,8 +198,13 @@ async fn run_relay(store: &StoreArgs, args: &RunArgs) -> anyhow::Result<()> {
     let amqp = AmqpConfig::from_url(&args.amqp.amqp_url)?
         .with_connection_name(format!("eventfold-relay-{name}"));
     let endpoint = amqp.redacted_url();
+    let mut cqrs = eventfold_cqrs::master::CqrsRoute::new().exchange(&args.cqrs_exchange);
+    for (queue, ids) in &args.cqrs_replicas {
+        cqrs = cqrs.replica_queue(queue, ids);
+    }
     let mut builder = Relay::with_config(log.clone(), amqp, name.clone())?
         .route(changes)
+        .route(cqrs)
         .batch_size(args.batch_size)
         .window(args.window);
     if let Some(service) = &args.domain_events {
