@@ -255,6 +255,22 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("dead_letter_{queue}")
 }
 
+/// The bindings django-cqrs's consumer declares for one replica queue and one `cqrs_id`,
+/// as `(queue, routing key)`: `<queue>` with `<cqrs_id>` and `cqrs.<queue>.<cqrs_id>`,
+/// `dead_letter_<queue>` with `cqrs.dead_letter_<queue>.<cqrs_id>`. The master's relay
+/// (declaring a replica's queues for a cold start) and the replica consumer both use it.
+pub fn replica_bindings(queue: &str, cqrs_id: &str) -> [(String, String); 3] {
+    let dead_letters = dead_letter_queue(queue);
+    [
+        (queue.to_owned(), routing_key(cqrs_id)),
+        (queue.to_owned(), queue_routing_key(queue, cqrs_id)),
+        (
+            dead_letters.clone(),
+            queue_routing_key(&dead_letters, cqrs_id),
+        ),
+    ]
+}
+
 /// `now + ttl` to the second, as django-cqrs stamps `expires`; `None` for no TTL.
 pub fn expires_after(now: DateTime<Utc>, ttl: Option<Duration>) -> Option<DateTime<Utc>> {
     let ttl = chrono::Duration::from_std(ttl?).ok()?;

@@ -106,16 +106,10 @@ impl Route for CqrsRoute {
     fn topology(&self) -> Topology {
         let mut topology = Topology::new();
         for (queue, cqrs_ids) in &self.queues {
-            let dead_letters = wire::dead_letter_queue(queue);
             for id in cqrs_ids {
-                topology = topology
-                    .bind(queue, &self.exchange, wire::routing_key(id))
-                    .bind(queue, &self.exchange, wire::queue_routing_key(queue, id))
-                    .bind(
-                        &dead_letters,
-                        &self.exchange,
-                        wire::queue_routing_key(&dead_letters, id),
-                    );
+                for (name, routing_key) in wire::replica_bindings(queue, id) {
+                    topology = topology.bind(&name, &self.exchange, routing_key);
+                }
             }
         }
         topology

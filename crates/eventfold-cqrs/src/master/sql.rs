@@ -17,7 +17,7 @@ pub(crate) fn quote_identifier(name: &str) -> Result<String, String> {
             if part.is_empty() || part.contains('\0') {
                 Err(format!("{name:?} is not an identifier"))
             } else {
-                Ok(format!("\"{}\"", part.replace('"', "\"\"")))
+                Ok(crate::table::column::quote(part))
             }
         })
         .collect::<Result<Vec<_>, _>>()

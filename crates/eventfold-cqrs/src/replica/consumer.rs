@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::apply::{apply_known, Applied, ApplyError};
 use super::model::ReplicaModels;
 use crate::wire::{
-    dead_letter_queue, iso_seconds, queue_routing_key, CqrsMessage, SignalType,
+    dead_letter_queue, iso_seconds, queue_routing_key, replica_bindings, CqrsMessage, SignalType,
     DEFAULT_DEAD_MESSAGE_TTL, DEFAULT_EXCHANGE,
 };
 
@@ -91,10 +91,13 @@ pub fn replica_topology(options: &ReplicaOptions, cqrs_ids: &[String]) -> Topolo
     let mut queue = QueueDeclaration::new(&options.queue);
     let mut dead = QueueDeclaration::new(&dlq);
     for id in cqrs_ids {
-        queue = queue
-            .bind(id.clone())
-            .bind(queue_routing_key(&options.queue, id));
-        dead = dead.bind(queue_routing_key(&dlq, id));
+        for (name, routing_key) in replica_bindings(&options.queue, id) {
+            if name == dlq {
+                dead = dead.bind(routing_key);
+            } else {
+                queue = queue.bind(routing_key);
+            }
+        }
     }
     if options.failover {
         queue = queue.argument(SINGLE_ACTIVE_CONSUMER, true);

@@ -41,7 +41,7 @@
 //! cast to its column's type, and values SQLite and PostgreSQL do not share are read as
 //! text, so one statement shape serves both.
 
-mod column;
+pub(crate) mod column;
 mod config;
 mod filter;
 mod replica;
