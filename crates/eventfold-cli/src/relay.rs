@@ -409,3 +409,20 @@ async fn republish(store: &StoreArgs, args: &RepublishArgs) -> anyhow::Result<()
     outln!("failed:       {}", report.failed)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cqrs_replica;
+
+    #[test]
+    fn cqrs_replica_names_a_queue_and_its_ids() {
+        assert_eq!(
+            parse_cqrs_replica("replica=item, book").unwrap(),
+            ("replica".to_owned(), vec!["item".to_owned(), "book".to_owned()])
+        );
+        for bad in ["replica", "=item", "replica=", "replica= , "] {
+            let err = parse_cqrs_replica(bad).unwrap_err();
+            assert!(err.contains("QUEUE=ID"), "{bad}: {err}");
+        }
+    }
+}
