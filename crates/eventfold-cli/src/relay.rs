@@ -418,7 +418,10 @@ mod tests {
     fn cqrs_replica_names_a_queue_and_its_ids() {
         assert_eq!(
             parse_cqrs_replica("replica=item, book").unwrap(),
-            ("replica".to_owned(), vec!["item".to_owned(), "book".to_owned()])
+            (
+                "replica".to_owned(),
+                vec!["item".to_owned(), "book".to_owned()]
+            )
         );
         for bad in ["replica", "=item", "replica=", "replica= , "] {
             let err = parse_cqrs_replica(bad).unwrap_err();
