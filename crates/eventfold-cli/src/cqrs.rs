@@ -146,7 +146,7 @@ impl BrokerArgs {
 /// Options of `eventfold cqrs consume`.
 #[derive(Debug, clap::Args)]
 struct ConsumeArgs {
-    /// The replica's queue (CQRS['queue']); dead letters go to dead_letter_<queue>.
+    /// The replica's queue (CQRS['queue']); dead letters go to dead_letter_QUEUE.
     #[arg(long, short)]
     queue: String,
     /// Replicate these cqrs_ids only (`-c a b` or `-c a -c b`). Default: every
@@ -185,7 +185,7 @@ struct SyncArgs {
     /// --help`).
     #[arg(long, short)]
     filter: Option<String>,
-    /// Sync to this replica queue only (routing key cqrs.<queue>.<cqrs_id>). Default:
+    /// Sync to this replica queue only (routing key cqrs.QUEUE.CQRS_ID). Default:
     /// every replica (routing key <cqrs_id>).
     #[arg(long, short)]
     queue: Option<String>,
@@ -281,7 +281,7 @@ struct DiffSyncArgs {
 
 #[derive(Debug, Subcommand)]
 enum DeadLettersCommand {
-    /// Re-publish the dead letters to the replica queue (cqrs.<queue>.<cqrs_id>) with
+    /// Re-publish the dead letters to the replica queue (cqrs.QUEUE.CQRS_ID) with
     /// retries 0 and expires re-stamped; each leaves the dead-letter queue only once the
     /// broker confirmed its copy. Prints the re-published bodies.
     Retry(DeadLetterArgs),
@@ -294,7 +294,7 @@ enum DeadLettersCommand {
 /// Options of `eventfold cqrs dead-letters ...`.
 #[derive(Debug, clap::Args)]
 struct DeadLetterArgs {
-    /// The replica queue whose dead letters (dead_letter_<queue>) to handle.
+    /// The replica queue whose dead letters (dead_letter_QUEUE) to handle.
     #[arg(long, short)]
     queue: String,
     /// Only the dead letters of this cqrs_id; the others stay as they are.
