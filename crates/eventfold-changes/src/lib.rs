@@ -80,7 +80,7 @@ pub mod drf;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use eventfold_core::{Metadata, Notification, Recording, StoredEvent, Timestamp, Transaction};
 use serde::Serialize;
@@ -185,19 +185,13 @@ impl<M: Model> ModelOptions<M> {
     }
 }
 
-#[derive(Default)]
-struct Switch {
-    all_off: usize,
-    models_off: HashMap<String, usize>,
-}
-
 /// The registered models of one service, and the switch that turns their dispatch off.
 /// Cheap to clone; clones share the switch.
 #[derive(Clone)]
 pub struct Changes {
     service: Arc<str>,
     models: Arc<HashMap<TypeId, Registered>>,
-    switch: Arc<Mutex<Switch>>,
+    switch: eventfold_core::OffSwitch,
 }
 
 impl std::fmt::Debug for Changes {
@@ -218,7 +212,7 @@ impl Changes {
         Changes {
             service: service.into().into(),
             models: Arc::new(HashMap::new()),
-            switch: Arc::default(),
+            switch: eventfold_core::OffSwitch::new(),
         }
     }
 
@@ -329,57 +323,22 @@ impl Changes {
     }
 
     fn dispatching(&self, model: &str) -> bool {
-        let switch = self.switch.lock().unwrap_or_else(|p| p.into_inner());
-        switch.all_off == 0 && switch.models_off.get(model).is_none_or(|&n| n == 0)
+        self.switch.is_on(model)
     }
 
     /// Switches dispatch off for every model while the guard lives.
     pub fn disable(&self) -> DispatchOff {
-        self.switch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .all_off += 1;
-        DispatchOff {
-            switch: self.switch.clone(),
-            models: None,
-        }
+        self.switch.off_all()
     }
 
     /// Switches dispatch off for the models named (as registered) while the guard lives.
     pub fn disable_models(&self, models: &[&str]) -> DispatchOff {
-        let mut switch = self.switch.lock().unwrap_or_else(|p| p.into_inner());
-        for model in models {
-            *switch.models_off.entry((*model).to_owned()).or_default() += 1;
-        }
-        DispatchOff {
-            switch: self.switch.clone(),
-            models: Some(models.iter().map(|m| (*m).to_owned()).collect()),
-        }
+        self.switch.off_for(models)
     }
 }
 
-/// Dispatch stays off while this lives ([`Changes::disable`], [`Changes::disable_models`]).
-#[must_use = "dispatch is back on as soon as the guard drops"]
-pub struct DispatchOff {
-    switch: Arc<Mutex<Switch>>,
-    models: Option<Vec<String>>,
-}
-
-impl Drop for DispatchOff {
-    fn drop(&mut self) {
-        let mut switch = self.switch.lock().unwrap_or_else(|p| p.into_inner());
-        match &self.models {
-            None => switch.all_off -= 1,
-            Some(models) => {
-                for model in models {
-                    if let Some(n) = switch.models_off.get_mut(model) {
-                        *n -= 1;
-                    }
-                }
-            }
-        }
-    }
-}
+/// Dispatch stays off while the guard lives ([`Changes::disable`], [`Changes::disable_models`]).
+pub type DispatchOff = eventfold_core::OffGuard;
 
 /// The event type django-events-sourcing gives a change: `<model>__created`,
 /// `<model>__updated`, `<model>__deleted`, or `<model>__<status>` for saves of a model

@@ -46,6 +46,7 @@ mod follower;
 mod mapper;
 mod memory;
 mod store;
+mod switch;
 mod variant;
 
 pub use application::{
@@ -64,4 +65,5 @@ pub use store::{
     NotificationReader, Recording, SqlRow, SqlValue, Store, StoreTransaction, StoredEvent,
     StreamQuery, Tracking, TrackingReader, Transaction,
 };
+pub use switch::{OffGuard, OffSwitch};
 pub use uuid;

@@ -16,7 +16,7 @@ mod sql;
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -99,12 +99,6 @@ struct Registered {
     produce: bool,
 }
 
-#[derive(Default)]
-struct Switch {
-    all_off: usize,
-    models_off: HashMap<String, usize>,
-}
-
 /// The master models of one service, the master's options (`CQRS['master']`), and the
 /// switch that turns production off. Cheap to clone; clones share the switch.
 #[derive(Clone)]
@@ -115,7 +109,7 @@ pub struct Master {
     clock: Arc<ClockFn>,
     meta: Option<Arc<MetaFn>>,
     correlation: Option<Arc<CorrelationFn>>,
-    switch: Arc<Mutex<Switch>>,
+    switch: eventfold_core::OffSwitch,
 }
 
 impl std::fmt::Debug for Master {
@@ -257,7 +251,7 @@ impl Master {
             clock: Arc::new(Utc::now),
             meta: None,
             correlation: None,
-            switch: Arc::default(),
+            switch: eventfold_core::OffSwitch::new(),
         }
     }
 
@@ -410,8 +404,7 @@ impl Master {
     }
 
     fn producing(&self, cqrs_id: &str) -> bool {
-        let switch = self.switch.lock().unwrap_or_else(|p| p.into_inner());
-        switch.all_off == 0 && switch.models_off.get(cqrs_id).is_none_or(|&n| n == 0)
+        self.switch.is_on(cqrs_id)
     }
 
     /// Saves or deletes as `save` says, in `tx`: sets the revision (0 for a create, the
@@ -689,48 +682,14 @@ impl Master {
     /// Switches production off for every model while the guard lives (revisions are still
     /// bumped).
     pub fn disable(&self) -> ProductionOff {
-        self.switch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .all_off += 1;
-        ProductionOff {
-            switch: self.switch.clone(),
-            models: None,
-        }
+        self.switch.off_all()
     }
 
     /// Switches production off for the models of these `CQRS_ID`s while the guard lives.
     pub fn disable_models(&self, cqrs_ids: &[&str]) -> ProductionOff {
-        let mut switch = self.switch.lock().unwrap_or_else(|p| p.into_inner());
-        for id in cqrs_ids {
-            *switch.models_off.entry((*id).to_owned()).or_default() += 1;
-        }
-        ProductionOff {
-            switch: self.switch.clone(),
-            models: Some(cqrs_ids.iter().map(|m| (*m).to_owned()).collect()),
-        }
+        self.switch.off_for(cqrs_ids)
     }
 }
 
-/// Production stays off while this lives ([`Master::disable`], [`Master::disable_models`]).
-#[must_use = "production is back on as soon as the guard drops"]
-pub struct ProductionOff {
-    switch: Arc<Mutex<Switch>>,
-    models: Option<Vec<String>>,
-}
-
-impl Drop for ProductionOff {
-    fn drop(&mut self) {
-        let mut switch = self.switch.lock().unwrap_or_else(|p| p.into_inner());
-        match &self.models {
-            None => switch.all_off -= 1,
-            Some(models) => {
-                for model in models {
-                    if let Some(n) = switch.models_off.get_mut(model) {
-                        *n -= 1;
-                    }
-                }
-            }
-        }
-    }
-}
+/// Production stays off while the guard lives ([`Master::disable`], [`Master::disable_models`]).
+pub type ProductionOff = eventfold_core::OffGuard;
