@@ -479,23 +479,10 @@ impl Consumer {
             )
             .await
             .map_err(err)?;
-        channel
-            .basic_qos(options.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(err)?;
-
         let dead_letters =
             ConfirmedPublisher::on_connection(config.clone(), Arc::clone(&conn), 64).await?;
         let tag = format!("{}/{}", config.connection_name(), options.role);
-        let stream = channel
-            .basic_consume(
-                queue,
-                short("consumer tag", &tag)?,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err)?;
+        let stream = start_consuming(&config, &channel, queue, options.prefetch, &tag).await?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -1342,22 +1329,10 @@ impl Consumer {
         let conn = Arc::new(config.connect(&options.role).await?);
         declare(&config, &conn, &topology).await?;
         let channel = conn.create_channel().await.map_err(err)?;
-        channel
-            .basic_qos(options.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(err)?;
         let publisher =
             ConfirmedPublisher::on_connection(config.clone(), Arc::clone(&conn), 256).await?;
         let tag = format!("{}/{}", config.connection_name(), options.role);
-        let stream = channel
-            .basic_consume(
-                queue_name,
-                short("consumer tag", &tag)?,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err)?;
+        let stream = start_consuming(&config, &channel, queue_name, options.prefetch, &tag).await?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(BatchShared {
@@ -1676,6 +1651,30 @@ async fn republish_later<H>(
             }
         }
     }
+}
+
+/// Sets `channel`'s prefetch, then consumes `queue` with manual acks under `tag`.
+async fn start_consuming(
+    config: &AmqpConfig,
+    channel: &lapin::Channel,
+    queue: lapin::types::ShortString,
+    prefetch: u16,
+    tag: &str,
+) -> Result<lapin::Consumer> {
+    let err = |e: lapin::Error| config.error(&e);
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(err)?;
+    channel
+        .basic_consume(
+            queue,
+            short("consumer tag", tag)?,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)
 }
 
 #[cfg(test)]
