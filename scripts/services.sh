@@ -8,6 +8,8 @@
 #     then nothing is touched)
 #   * python3 (the zlib interop test uses it; it skips itself when python3 is missing)
 # Safe to run repeatedly. Needs root only when something must be installed or configured.
+# `scripts/services.sh rabbitmq` (or `postgres`) sees to that one alone (examples/orders/run.sh
+# needs only the broker).
 set -euo pipefail
 log() { echo "[services] $*"; }
 
@@ -78,5 +80,9 @@ ensure_rabbitmq() {
   log "RabbitMQ ready"
 }
 
-ensure_postgres
-ensure_rabbitmq
+case "${1:-all}" in
+  all) ensure_postgres; ensure_rabbitmq ;;
+  postgres) ensure_postgres ;;
+  rabbitmq) ensure_rabbitmq ;;
+  *) echo "usage: $0 [all|postgres|rabbitmq]" >&2; exit 2 ;;
+esac
