@@ -37,7 +37,7 @@ case $store in
     export EVENTFOLD_POSTGRES_SCHEMA=${EVENTFOLD_POSTGRES_SCHEMA:-orders}
     export ORDERS_REPLICA_SCHEMA=${ORDERS_REPLICA_SCHEMA:-orders_replica}
     where="PostgreSQL: schemas $EVENTFOLD_POSTGRES_SCHEMA (service), $ORDERS_REPLICA_SCHEMA (replica)"
-    inspect_store="--store postgres --database-url \"\$EVENTFOLD_DATABASE_URL\""
+    inspect_store="--store postgres --database-url \"\$EVENTFOLD_DATABASE_URL\" --postgres-schema $EVENTFOLD_POSTGRES_SCHEMA"
     ;;
   *)
     echo "EVENTFOLD_STORE must be sqlite or postgres, got $store" >&2
