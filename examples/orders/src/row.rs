@@ -102,20 +102,10 @@ impl OrderRow {
              cqrs_updated) VALUES ($1, $2, $3, $4, $5, $6, {})",
             timestamp_param(tx, "$7")
         );
-        let updated = datetime_param(tx.backend(), &self.cqrs_updated);
-        tx.execute(
-            &sql,
-            &[
-                self.id.as_str().into(),
-                self.customer.as_str().into(),
-                self.status.as_str().into(),
-                self.line_count.into(),
-                self.total_cents.into(),
-                self.cqrs_revision.into(),
-                updated,
-            ],
-        )
-        .await?;
+        let mut params = self.fields();
+        params.push(self.cqrs_revision.into());
+        params.push(datetime_param(tx.backend(), &self.cqrs_updated));
+        tx.execute(&sql, &params).await?;
         Ok(saved.revision)
     }
 
@@ -131,18 +121,19 @@ impl OrderRow {
             "UPDATE {TABLE} SET customer = $2, status = $3, line_count = $4, total_cents = $5 \
              WHERE id = $1"
         );
-        tx.execute(
-            &sql,
-            &[
-                self.id.as_str().into(),
-                self.customer.as_str().into(),
-                self.status.as_str().into(),
-                self.line_count.into(),
-                self.total_cents.into(),
-            ],
-        )
-        .await?;
+        tx.execute(&sql, &self.fields()).await?;
         Ok(saved.revision)
+    }
+
+    /// The order's own fields, as `$1` to `$5` of the row's statements.
+    fn fields(&self) -> Vec<SqlValue> {
+        vec![
+            self.id.as_str().into(),
+            self.customer.as_str().into(),
+            self.status.as_str().into(),
+            self.line_count.into(),
+            self.total_cents.into(),
+        ]
     }
 
     /// The revision of the row of `id`, `None` when there is none.
