@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use orders_example::DEFAULT_REPLICA_QUEUE;
 use serde_json::{json, Value};
 
 /// Long enough for a cold debug build on a busy machine; the waits end as soon as the
@@ -335,7 +336,12 @@ async fn http_command_to_replica_row(
     )
     .await;
 
-    // The replica starts cold: the relay declared its queue, so everything waited there.
+    // No replica has run yet: the relay declared its queue, and the six messages wait there.
+    let raw = vhost.raw().await;
+    raw.wait_count(DEFAULT_REPLICA_QUEUE, 6, PATIENCE).await;
+    raw.close().await;
+
+    // The replica starts cold and finds them.
     // One worker: the replica applies in log order, so a later row proves the earlier ones.
     let replica = Process::start(
         "orders-replica",
