@@ -25,7 +25,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use eventfold::{Application, Root};
+use eventfold::{retry_on_conflict, Application, MaybeConflict, Root};
 use eventfold_cqrs::master::Master;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -34,7 +34,7 @@ use crate::order::{CommandError, Line, Order, OrderEvent, Status};
 use crate::row::OrderRow;
 use crate::totals::{OrderTotals, StatusTotal};
 
-/// Times a command runs when it loses a race (without `expected_version`).
+/// Times a command runs in all when it loses races (without `expected_version`).
 const ATTEMPTS: u32 = 5;
 
 /// Why a request failed; each is one HTTP status and one `error` kind.
@@ -96,7 +96,7 @@ impl From<PathRejection> for ServiceError {
     }
 }
 
-impl ServiceError {
+impl MaybeConflict for ServiceError {
     fn is_conflict(&self) -> bool {
         match self {
             ServiceError::Conflict(_) => true,
@@ -104,7 +104,9 @@ impl ServiceError {
             _ => false,
         }
     }
+}
 
+impl ServiceError {
     /// The HTTP status and the `error` kind.
     pub fn status(&self) -> (StatusCode, &'static str) {
         match self {
@@ -265,14 +267,10 @@ impl Orders {
         expected_version: Option<u64>,
         decide: impl Fn(&Order) -> Result<OrderEvent, CommandError>,
     ) -> Result<OrderView, ServiceError> {
-        let mut attempt = 1;
-        loop {
-            match self.try_command(id, expected_version, &decide).await {
-                Err(e) if e.is_conflict() && expected_version.is_none() && attempt < ATTEMPTS => {
-                    attempt += 1;
-                }
-                outcome => return outcome,
-            }
+        match expected_version {
+            // The caller decided on that version: a lost race is theirs to see.
+            Some(_) => self.try_command(id, expected_version, &decide).await,
+            None => retry_on_conflict(ATTEMPTS, || self.try_command(id, None, &decide)).await,
         }
     }
 
