@@ -102,7 +102,8 @@ pub fn termination() -> anyhow::Result<impl Future<Output = &'static str>> {
 /// follower, a consumer): the first part to end, or a signal, stops them all.
 #[derive(Debug)]
 pub struct Stop {
-    sender: tokio::sync::watch::Sender<()>,
+    /// `true` once stopped: a part that starts waiting later still sees it.
+    sender: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Stop {
@@ -115,20 +116,20 @@ impl Stop {
     /// Nothing stopped yet.
     pub fn new() -> Self {
         Stop {
-            sender: tokio::sync::watch::channel(()).0,
+            sender: tokio::sync::watch::channel(false).0,
         }
     }
 
     /// Tells every part to stop.
     pub fn stop(&self) {
-        self.sender.send_replace(());
+        self.sender.send_replace(true);
     }
 
-    /// Resolves once [`Stop::stop`] was called (after this call).
+    /// Resolves once [`Stop::stop`] has been called, before or after this call.
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut receiver = self.sender.subscribe();
         async move {
-            let _ = receiver.changed().await;
+            let _ = receiver.wait_for(|stopped| *stopped).await;
         }
     }
 
@@ -170,6 +171,17 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .context("the HTTP server failed")
+}
+
+/// The exit of a binary: 0, or 1 after `NAME: error: ...` with its causes on stderr.
+pub fn exit_code(name: &str, outcome: anyhow::Result<()>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logs to stderr at `EVENTFOLD_LOG` (default `warn,lapin=off`, as the `eventfold`

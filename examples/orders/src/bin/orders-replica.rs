@@ -44,7 +44,11 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    orders_example::exit_code("orders-replica", run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let signalled = orders_example::termination()?;
     orders_example::init_logging()?;
     let args = Args::parse();

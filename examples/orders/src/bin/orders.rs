@@ -44,7 +44,11 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    orders_example::exit_code("orders", run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let signalled = orders_example::termination()?;
     orders_example::init_logging()?;
     let args = Args::parse();
@@ -74,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot connect to the broker at {endpoint}"))?;
     println!(
-        "orders: relay {} publishing to {endpoint}, replica queue {} declared",
+        "orders: relay {} publishing to {endpoint} (replica queue {} declared before the first message)",
         args.relay_name, args.replica_queue
     );
 
