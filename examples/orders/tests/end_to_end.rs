@@ -524,3 +524,49 @@ async fn postgres_http_command_reaches_the_replica_row() {
     )
     .await;
 }
+
+/// A broker that refuses the login is an error at start, exit 1, the password hidden.
+#[test]
+fn a_refused_broker_login_stops_the_service_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orders.sqlite3");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("EVENTFOLD_SQLITE_PATH", &path)
+        .env(
+            "EVENTFOLD_AMQP_URL",
+            format!(
+                "amqp://guest:not-the-password@{}/%2f",
+                eventfold_testkit::HOST
+            ),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("orders kept running with a refused login");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("orders: error: cannot connect to the broker at amqp://guest:***@"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+}
