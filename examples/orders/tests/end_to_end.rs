@@ -3,7 +3,7 @@
 //! their own, driven over HTTP, from a command to the replica's row.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +27,8 @@ struct Process {
     name: &'static str,
     child: Child,
     output: Arc<Mutex<String>>,
+    /// The threads copying its stdout and stderr into `output`.
+    readers: Vec<std::thread::JoinHandle<()>>,
     /// Its base URL, from the `listening on` line it prints.
     url: String,
 }
@@ -47,12 +49,15 @@ impl Process {
             .unwrap_or_else(|e| panic!("{exe} starts: {e}"));
         let output = Arc::new(Mutex::new(String::new()));
         let (lines, listening) = mpsc::channel();
-        keep(child.stdout.take().unwrap(), &output, Some(lines));
-        keep(child.stderr.take().unwrap(), &output, None);
+        let readers = vec![
+            keep(child.stdout.take().unwrap(), &output, Some(lines)),
+            keep(child.stderr.take().unwrap(), &output, None),
+        ];
         let mut process = Process {
             name,
             child,
             output,
+            readers,
             url: String::new(),
         };
         let deadline = Instant::now() + PATIENCE;
@@ -80,21 +85,12 @@ impl Process {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop on SIGTERM:\n{}",
-                self.name,
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(status) = wait_exit(&mut self.child) else {
+            panic!("{} did not stop on SIGTERM:\n{}", self.name, self.output());
         };
-        // The readers finish once the pipes close.
-        std::thread::sleep(Duration::from_millis(100));
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
         let output = self.output();
         assert!(
             status.success(),
@@ -112,12 +108,25 @@ impl Drop for Process {
     }
 }
 
-/// Copies `pipe` into `output` on a thread, each line also to `lines` if given.
+/// Waits for `child` to exit, up to [`PATIENCE`]; `None` if it is still running.
+fn wait_exit(child: &mut Child) -> Option<ExitStatus> {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Copies `pipe` into `output` on a thread, each line also to `lines` if given; the
+/// thread ends when the pipe closes.
 fn keep(
     pipe: impl Read + Send + 'static,
     output: &Arc<Mutex<String>>,
     lines: Option<mpsc::Sender<String>>,
-) {
+) -> std::thread::JoinHandle<()> {
     let output = output.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -126,7 +135,7 @@ fn keep(
                 let _ = lines.send(line);
             }
         }
-    });
+    })
 }
 
 /// JSON over HTTP/1.1 with hyper's client.
@@ -545,16 +554,9 @@ fn a_refused_broker_login_stops_the_service_at_start() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("orders kept running with a refused login");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = wait_exit(&mut child) else {
+        let _ = child.kill();
+        panic!("orders kept running with a refused login");
     };
     let mut stderr = String::new();
     child
