@@ -11,6 +11,8 @@
 #     (eventfold-testkit's `browser` module): installed with apt when either is missing
 #     (override with EVENTFOLD_CHROMIUM / EVENTFOLD_CHROMEDRIVER: then nothing is touched)
 # Safe to run repeatedly. Needs root only when something must be installed or configured.
+# `scripts/services.sh rabbitmq` (or `postgres`, `chromium`) sees to that one alone
+# (examples/orders/run.sh needs only the broker).
 set -euo pipefail
 log() { echo "[services] $*"; }
 
@@ -92,6 +94,10 @@ ensure_chromium() {
   log "$(chromium --version 2>/dev/null | head -n 1) ready"
 }
 
-ensure_postgres
-ensure_rabbitmq
-ensure_chromium
+case "${1:-all}" in
+  all) ensure_postgres; ensure_rabbitmq; ensure_chromium ;;
+  postgres) ensure_postgres ;;
+  rabbitmq) ensure_rabbitmq ;;
+  chromium) ensure_chromium ;;
+  *) echo "usage: $0 [all|postgres|rabbitmq|chromium]" >&2; exit 2 ;;
+esac
