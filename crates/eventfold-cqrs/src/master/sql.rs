@@ -104,10 +104,8 @@ impl Bump {
 pub fn datetime_param(backend: &str, value: &DateTime<Utc>) -> SqlValue {
     let text = if backend == "postgres" {
         value.to_rfc3339()
-    } else if value.timestamp_subsec_micros() == 0 {
-        value.format("%Y-%m-%d %H:%M:%S").to_string()
     } else {
-        value.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+        crate::wire::civil_datetime(value, ' ', true, "")
     };
     SqlValue::Text(text)
 }
