@@ -15,6 +15,9 @@
 //! * `floor`: the row and one plain INSERT, by the caller's SQL, of a row as large as the
 //!   message into a table shaped as the events table (the changes bench's floor): the
 //!   least any transactional outbox adds to a save, which bounds `record_only` / `plain`;
+//!
+//!   these four take turns, in rounds of N / 8 items, so a noisy neighbour slows them
+//!   alike;
 //! * `replication`: relay and replica running: master saves/s, end-to-end msgs/s, lag
 //!   after the last save, per-item lag (master commit of the update → replica commit of
 //!   it), lost, ordering errors, duplicates applied, retries, dead letters;
@@ -742,64 +745,153 @@ async fn broker_consume_rate(
     Ok((rates[0], rates[1]))
 }
 
-/// The phases of saves alone (no relay, no replica), in the order they run.
+/// The phases of saves alone (no relay, no replica), in the order they take turns
+/// (`plain` first: the others' ratios are to it).
 const SAVE_PHASES: [&str; 4] = ["plain", "record_only", "bumped", "floor"];
 
-/// One phase of [`SAVE_PHASES`] on a fresh master store: its saves/s, figures and line.
-async fn saves_phase(
+/// The save phases take turns in this many rounds of N / rounds items each, so that
+/// what else the machine does (another process's commits, a checkpoint) falls on all of
+/// them alike and their ratios hold within one run.
+const SAVE_ROUNDS: usize = 8;
+
+/// A save phase's store, master and floor table, and what its rounds measured.
+struct SavePhase {
+    name: &'static str,
+    scratch: Scratch,
+    table: String,
+    master: Master,
+    floor: Option<Floor>,
+    seconds: f64,
+    latencies: Vec<f64>,
+    create_latencies: Vec<f64>,
+    update_latencies: Vec<f64>,
+}
+
+impl SavePhase {
+    async fn open(bench: &ReplicationBench, run: &str, name: &'static str) -> anyhow::Result<Self> {
+        let scratch =
+            Scratch::open_empty(&bench.backend, "efbrp", run, &name.replace('_', "")).await?;
+        let table = scratch.table("items");
+        create_table(&scratch, &table).await?;
+        let master = Master::new().register_with::<Item>(ModelOptions::new().table(&table));
+        let floor = match name {
+            "floor" => Some(Floor::create(&*scratch.store, &table).await?),
+            _ => None,
+        };
+        Ok(SavePhase {
+            name,
+            scratch,
+            table,
+            master,
+            floor,
+            seconds: 0.0,
+            latencies: Vec::new(),
+            create_latencies: Vec::new(),
+            update_latencies: Vec::new(),
+        })
+    }
+
+    fn writer(&self) -> (Writer<'_>, &'static str) {
+        match (self.name, &self.floor) {
+            ("record_only", _) => (
+                Writer::Master(&self.master),
+                "row + message, relay and replica not running",
+            ),
+            ("bumped", _) => (
+                Writer::Bumped(&self.master),
+                "as record_only, updates bumped by the caller's UPDATE (Save::bumped)",
+            ),
+            (_, Some(floor)) => (
+                Writer::Floor(floor),
+                "row + one plain INSERT as large as the message: the least a master adds",
+            ),
+            _ => (Writer::Plain, "row only, one transaction each"),
+        }
+    }
+
+    /// Saves `items` more items, from `first_id`.
+    async fn round(
+        &mut self,
+        bench: &ReplicationBench,
+        first_id: i64,
+        items: usize,
+    ) -> anyhow::Result<()> {
+        let (writer, _) = self.writer();
+        let s = run_saves(
+            &*self.scratch.store,
+            &self.table,
+            writer,
+            first_id,
+            items,
+            bench.interleave,
+        )
+        .await?;
+        self.seconds += s.seconds;
+        self.latencies.extend(s.latencies);
+        self.create_latencies.extend(s.create_latencies);
+        self.update_latencies.extend(s.update_latencies);
+        Ok(())
+    }
+
+    /// Saves/s, the phase's figures and its line; removes its store.
+    async fn finish(mut self, saves: usize) -> anyhow::Result<(f64, Value, String)> {
+        for v in [
+            &mut self.latencies,
+            &mut self.create_latencies,
+            &mut self.update_latencies,
+        ] {
+            v.sort_by(f64::total_cmp);
+        }
+        let (_, what) = self.writer();
+        let rate = saves as f64 / self.seconds;
+        let (p50, p99) = (
+            percentile(&self.latencies, 50.0) * 1e3,
+            percentile(&self.latencies, 99.0) * 1e3,
+        );
+        let figures = json!({
+            "master_saves_per_s": sig4(rate),
+            "save_p50_ms": sig4(p50),
+            "save_p99_ms": sig4(p99),
+            "create_p50_ms": sig4(percentile(&self.create_latencies, 50.0) * 1e3),
+            "update_p50_ms": sig4(percentile(&self.update_latencies, 50.0) * 1e3),
+        });
+        let text = format!(
+            "[{:11}] {rate:.0} saves/s ({what}) p50 {p50:.3} ms p99 {p99:.3} ms",
+            self.name
+        );
+        self.scratch.remove().await?;
+        Ok((rate, figures, text))
+    }
+}
+
+/// The phases of [`SAVE_PHASES`] that `bench` asks for, in [`SAVE_ROUNDS`] rounds: each
+/// one's saves/s, figures and line.
+async fn save_phases(
     bench: &ReplicationBench,
     run: &str,
-    phase: &str,
-) -> anyhow::Result<(f64, Value, String)> {
-    let scratch =
-        Scratch::open_empty(&bench.backend, "efbrp", run, &phase.replace('_', "")).await?;
-    let table = scratch.table("items");
-    create_table(&scratch, &table).await?;
-    let master = Master::new().register_with::<Item>(ModelOptions::new().table(&table));
-    let floor;
-    let (writer, what) = match phase {
-        "plain" => (Writer::Plain, "row only, one transaction each"),
-        "record_only" => (
-            Writer::Master(&master),
-            "row + message, relay and replica not running",
-        ),
-        "bumped" => (
-            Writer::Bumped(&master),
-            "as record_only, updates bumped by the caller's UPDATE (Save::bumped)",
-        ),
-        _ => {
-            floor = Floor::create(&*scratch.store, &table).await?;
-            (
-                Writer::Floor(&floor),
-                "row + one plain INSERT as large as the message: the least a master adds",
-            )
+) -> anyhow::Result<Vec<(&'static str, f64, Value, String)>> {
+    let mut phases = Vec::new();
+    for name in SAVE_PHASES {
+        if bench.phases.iter().any(|p| p == name) {
+            phases.push(SavePhase::open(bench, run, name).await?);
         }
-    };
-    let s = run_saves(
-        &*scratch.store,
-        &table,
-        writer,
-        1,
-        bench.items,
-        bench.interleave,
-    )
-    .await;
-    scratch.remove().await?;
-    let s = s?;
-    let rate = 2.0 * bench.items as f64 / s.seconds;
-    let (p50, p99) = (
-        percentile(&s.latencies, 50.0) * 1e3,
-        percentile(&s.latencies, 99.0) * 1e3,
-    );
-    let figures = json!({
-        "master_saves_per_s": sig4(rate),
-        "save_p50_ms": sig4(p50),
-        "save_p99_ms": sig4(p99),
-        "create_p50_ms": sig4(percentile(&s.create_latencies, 50.0) * 1e3),
-        "update_p50_ms": sig4(percentile(&s.update_latencies, 50.0) * 1e3),
-    });
-    let text = format!("[{phase:11}] {rate:.0} saves/s ({what}) p50 {p50:.3} ms p99 {p99:.3} ms");
-    Ok((rate, figures, text))
+    }
+    let rounds = SAVE_ROUNDS.min(bench.items.max(1));
+    let mut first_id = 1;
+    for round in 0..rounds {
+        let items = bench.items / rounds + usize::from(round < bench.items % rounds);
+        for phase in &mut phases {
+            phase.round(bench, first_id, items).await?;
+        }
+        first_id += items as i64;
+    }
+    let mut out = Vec::new();
+    for phase in phases {
+        let name = phase.name;
+        let (rate, figures, text) = phase.finish(2 * bench.items).await?;
+        out.push((name, rate, figures, text));
+    }
+    Ok(out)
 }
 
 /// Runs the benchmark; prints readable lines and returns the peer-shaped result (the
@@ -829,11 +921,7 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
     // The save phases, without the relay: `plain` first, as the others' ratios are to it.
     let mut plain = None;
     let mut save_rates = HashMap::new();
-    for phase in SAVE_PHASES {
-        if !has(phase) {
-            continue;
-        }
-        let (rate, mut figures, text) = saves_phase(bench, &run, phase).await?;
+    for (phase, rate, mut figures, text) in save_phases(bench, &run).await? {
         if phase == "plain" {
             plain = Some(rate);
         }

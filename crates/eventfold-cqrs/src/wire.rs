@@ -403,6 +403,10 @@ impl serde_json::ser::Formatter for UjsonFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> std::io::Result<()> {
+        // Most fragments need no escape: one byte scan, instead of decoding each char.
+        if !fragment.bytes().any(|b| b >= 0x80 || b == b'/') {
+            return writer.write_all(fragment.as_bytes());
+        }
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             if c.is_ascii() && c != '/' {
