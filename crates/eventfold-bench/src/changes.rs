@@ -330,20 +330,30 @@ enum Extra<'a> {
     /// One plain INSERT, by the caller's SQL, of a row as large as the change record (the
     /// same body and metadata) into a table with the events table's keys and indexes:
     /// the least any outbox must add to a save (`floor`).
-    Floor(&'a Floor),
+    Floor(&'a Floor, &'a str),
 }
 
-/// The `floor` phase's table and INSERT statement.
-struct Floor {
+/// The `floor` phase's table and INSERT statement: one plain row shaped as the store's
+/// events table, written by the caller's SQL (also the `floor` of `eventfold bench
+/// replication`).
+pub(crate) struct Floor {
     insert: String,
-    service: String,
+}
+
+/// One row of a [`Floor`] table: what a record of the same size holds.
+pub(crate) struct FloorRow {
+    pub(crate) stream_id: String,
+    pub(crate) version: i64,
+    pub(crate) topic: String,
+    pub(crate) state: Vec<u8>,
+    pub(crate) metadata: eventfold_core::Metadata,
 }
 
 impl Floor {
-    /// Creates the table `<orders>_floor` beside the orders table, with the columns, keys
+    /// Creates the table `<beside>_floor` beside the caller's table, with the columns, keys
     /// and indexes of the store's events table on this backend.
-    async fn create(store: &dyn Store, orders: &str, service: &str) -> anyhow::Result<Self> {
-        let table = format!("{orders}_floor");
+    pub(crate) async fn create(store: &dyn Store, beside: &str) -> anyhow::Result<Self> {
+        let table = format!("{beside}_floor");
         let (ddl, insert) = if store.backend() == "postgres" {
             (
                 vec![format!(
@@ -378,43 +388,57 @@ impl Floor {
             tx.execute(statement, &[]).await?;
         }
         tx.commit().await?;
-        Ok(Floor {
-            insert,
-            service: service.to_owned(),
-        })
+        Ok(Floor { insert })
     }
 
-    /// The record a change record of `order` would be, as a plain row.
-    async fn insert(
+    /// Writes `row` in `tx`, as one plain INSERT.
+    pub(crate) async fn insert(
         &self,
         tx: &mut eventfold_core::Transaction,
-        order: &Order,
-        create: bool,
+        row: FloorRow,
     ) -> anyhow::Result<()> {
-        let event_type = if create {
-            "order__created"
-        } else {
-            "order__updated"
-        };
-        let key = order.key();
-        let metadata = eventfold_core::Metadata::new().with(
-            eventfold_changes::CHANGE_KEY,
-            json!({"service": self.service, "model": Order::NAME, "event_type": event_type, "key": key}),
-        );
         tx.execute(
             &self.insert,
             &[
-                format!("{}.{}:{key}", self.service, Order::NAME).into(),
-                SqlValue::Integer(if create { 1 } else { 2 }),
-                format!("{}.{event_type}", self.service).into(),
+                row.stream_id.into(),
+                SqlValue::Integer(row.version),
+                row.topic.into(),
                 SqlValue::Integer(eventfold_core::Timestamp::now().as_micros()),
-                eventfold_amqp::nameko::python_json(order)?.into(),
-                metadata.to_json().into(),
+                row.state.into(),
+                row.metadata.to_json().into(),
             ],
         )
         .await?;
         Ok(())
     }
+}
+
+/// The plain row a change record of `order` would be ([`Floor`]).
+async fn insert_order_floor(
+    floor: &Floor,
+    service: &str,
+    tx: &mut eventfold_core::Transaction,
+    order: &Order,
+    create: bool,
+) -> anyhow::Result<()> {
+    let event_type = if create {
+        "order__created"
+    } else {
+        "order__updated"
+    };
+    let key = order.key();
+    let metadata = eventfold_core::Metadata::new().with(
+        eventfold_changes::CHANGE_KEY,
+        json!({"service": service, "model": Order::NAME, "event_type": event_type, "key": key}),
+    );
+    let row = FloorRow {
+        stream_id: format!("{service}.{}:{key}", Order::NAME),
+        version: if create { 1 } else { 2 },
+        topic: format!("{service}.{event_type}"),
+        state: eventfold_amqp::nameko::python_json(order)?,
+        metadata,
+    };
+    floor.insert(tx, row).await
 }
 
 /// One save: the row by the caller's own SQL, and `extra` (its change record, or the
@@ -457,8 +481,8 @@ async fn save(
     let id = match extra {
         Extra::Change(c) if create => c.created(&mut tx, order).await?,
         Extra::Change(c) => c.updated(&mut tx, order).await?,
-        Extra::Floor(floor) => {
-            floor.insert(&mut tx, order, create).await?;
+        Extra::Floor(floor, service) => {
+            insert_order_floor(floor, service, &mut tx, order, create).await?;
             None
         }
         Extra::Nothing => None,
@@ -959,9 +983,9 @@ async fn saves_phase(
     let (extra, what) = match phase {
         "baseline" => (Extra::Nothing, "row only, one transaction each"),
         "floor" => {
-            floor = Floor::create(&*scratch.store, &scratch.orders, changes.service()).await?;
+            floor = Floor::create(&*scratch.store, &scratch.orders).await?;
             (
-                Extra::Floor(&floor),
+                Extra::Floor(&floor, changes.service()),
                 "row + one plain INSERT as large as a change record: the least an outbox adds",
             )
         }

@@ -7,6 +7,17 @@
 //!
 //! Phases (N items, each created then updated once: 2N saves, 2N messages):
 //! * `plain`: the same saves without eventfold (the row only, same transaction shape);
+//! * `record_only`: the master's saves (row + message) with the relay and the replica not
+//!   running, so the master's statements are measured without their CPU;
+//! * `bumped`: as `record_only`, but each update is the caller's own `UPDATE ... SET
+//!   cqrs_revision = cqrs_revision + 1 ... RETURNING cqrs_revision` and
+//!   [`Save::bumped`]: no separate bump statement;
+//! * `floor`: the row and one plain INSERT, by the caller's SQL, of a row as large as the
+//!   message into a table shaped as the events table (the changes bench's floor): the
+//!   least any transactional outbox adds to a save, which bounds `record_only` / `plain`;
+//!
+//!   these four take turns, in rounds of N / 8 items, so a noisy neighbour slows them
+//!   alike;
 //! * `replication`: relay and replica running: master saves/s, end-to-end msgs/s, lag
 //!   after the last save, per-item lag (master commit of the update → replica commit of
 //!   it), lost, ordering errors, duplicates applied, retries, dead letters;
@@ -29,18 +40,23 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use eventfold_amqp::{AmqpConfig, ConfirmedPublisher, OutgoingMessage, PublisherOptions};
-use eventfold_core::{async_trait, BoxError, SqlValue, Store, Transaction};
-use eventfold_cqrs::master::{Master, MasterModel, ModelOptions, Pk};
+use eventfold_core::{async_trait, BoxError, Metadata, SqlValue, Store, Transaction};
+use eventfold_cqrs::master::{
+    record_stream, Master, MasterModel, ModelOptions, Pk, Save, CQRS_KEY,
+};
 use eventfold_cqrs::replica::{
     Change, ReplicaConsumer, ReplicaModel, ReplicaModels, ReplicaOptions, ReplicaStats,
 };
-use eventfold_cqrs::wire::python_datetime;
+use eventfold_cqrs::wire::{
+    expires_after, python_datetime, CqrsMessage, SignalType, DEFAULT_EXCHANGE, DEFAULT_MESSAGE_TTL,
+};
 use eventfold_relay::{Relay, RelayMetrics};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::changes::{
-    bare_commits, broker_confirmed_rate, line, percentile, sig4, Admin, Backend, Scratch, TempVhost,
+    bare_commits, broker_confirmed_rate, line, percentile, sig4, Admin, Backend, Floor, FloorRow,
+    Scratch, TempVhost,
 };
 
 /// The relay's name.
@@ -76,7 +92,8 @@ pub struct ReplicationBench {
     pub bare_commits: u64,
     /// Longest wait for the relay or the replica.
     pub timeout: Duration,
-    /// Phases to run (`plain`, `replication`, `cold_start`, `backlog`, `bare`).
+    /// Phases to run (`plain`, `record_only`, `bumped`, `floor`, `replication`,
+    /// `cold_start`, `backlog`, `bare`).
     pub phases: Vec<String>,
 }
 
@@ -179,29 +196,119 @@ async fn write_row(
     Ok(())
 }
 
-/// One master save in one transaction: with `master`, its message first (it sets the
-/// revision and save time the row gets), then the row.
+/// How a save writes: what the phases compare.
+#[derive(Clone, Copy)]
+enum Writer<'a> {
+    /// The row only, without eventfold (`plain`).
+    Plain,
+    /// The master's message first (it bumps the row and sets the revision and save time
+    /// the row gets), then the row (`replication`, `record_only`).
+    Master(&'a Master),
+    /// Creates as [`Writer::Master`]; an update is the caller's own UPDATE that bumps the
+    /// revision (`... RETURNING cqrs_revision`), then the message with
+    /// [`Save::bumped`] (`bumped`).
+    Bumped(&'a Master),
+    /// The row and one plain INSERT of a row as large as the master's message (`floor`).
+    Floor(&'a Floor),
+}
+
+/// One master save in one transaction, as `writer` writes it.
 async fn save(
     store: &dyn Store,
     table: &str,
-    master: Option<&Master>,
+    writer: Writer<'_>,
     item: &mut Item,
     create: bool,
 ) -> anyhow::Result<()> {
     let mut tx = store.begin().await?;
-    match master {
-        Some(m) if create => {
+    match writer {
+        Writer::Master(m) | Writer::Bumped(m) if create => {
             m.created(&mut tx, item).await?;
+            write_row(&mut tx, table, item, true).await?;
         }
-        Some(m) => {
+        Writer::Master(m) => {
             m.updated(&mut tx, item).await?;
+            write_row(&mut tx, table, item, false).await?;
         }
-        None if create => item.set_cqrs(0, Utc::now()),
-        None => item.set_cqrs(item.cqrs_revision + 1, Utc::now()),
+        Writer::Bumped(m) => {
+            let now = m.now();
+            let revision = update_bumped(&mut tx, table, item, now).await?;
+            m.save(&mut tx, Save::update(item).bumped(revision, now))
+                .await?;
+        }
+        Writer::Plain | Writer::Floor(_) => {
+            let revision = if create { 0 } else { item.cqrs_revision + 1 };
+            item.set_cqrs(revision, micros_now());
+            write_row(&mut tx, table, item, create).await?;
+            if let Writer::Floor(floor) = writer {
+                floor.insert(&mut tx, floor_row(item, create)?).await?;
+            }
+        }
     }
-    write_row(&mut tx, table, item, create).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The caller's UPDATE of the row that also bumps its revision and stamps it at `now`
+/// ([`Save::bumped`]); the new revision.
+async fn update_bumped(
+    tx: &mut Transaction,
+    table: &str,
+    item: &Item,
+    now: DateTime<Utc>,
+) -> anyhow::Result<i64> {
+    let [id, _, _, name, qty, price, description, created] = item_params(item);
+    let rows = tx
+        .query(
+            &format!(
+                "UPDATE {table} SET cqrs_revision = cqrs_revision + 1, cqrs_updated = $2, \
+                 name = $3, qty = $4, price = $5, description = $6, created = $7 \
+                 WHERE id = $1 RETURNING cqrs_revision"
+            ),
+            &[
+                id,
+                python_datetime(&now).into(),
+                name,
+                qty,
+                price,
+                description,
+                created,
+            ],
+        )
+        .await?;
+    rows.first()
+        .and_then(|r| r.first())
+        .and_then(SqlValue::as_i64)
+        .with_context(|| format!("no row {} in {table}", item.id))
+}
+
+fn micros_now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+/// The plain row the master's message of this save would be: the same body (the SAVE
+/// django-cqrs sends) and metadata.
+fn floor_row(item: &Item, create: bool) -> anyhow::Result<FloorRow> {
+    let Value::Object(data) = serde_json::to_value(item)? else {
+        bail!("an item serializes to an object");
+    };
+    let mut message = CqrsMessage::new(SignalType::Save, Item::CQRS_ID, json!(item.id), data);
+    message.meta = Some(json!({}));
+    message.expires = expires_after(item.cqrs_updated, Some(DEFAULT_MESSAGE_TTL));
+    let pk = item.id.to_string();
+    let metadata = Metadata::new().with(
+        CQRS_KEY,
+        json!({"exchange": DEFAULT_EXCHANGE, "routing_key": Item::CQRS_ID,
+               "cqrs_id": Item::CQRS_ID, "signal_type": "SAVE", "pk": &pk}),
+    );
+    Ok(FloorRow {
+        stream_id: record_stream(Item::CQRS_ID, &pk),
+        version: if create { 1 } else { 2 },
+        topic: format!("cqrs.{}.SAVE", Item::CQRS_ID),
+        state: message.to_body(),
+        metadata,
+    })
 }
 
 /// What the save loop measured.
@@ -219,7 +326,7 @@ struct Saves {
 async fn run_saves(
     store: &dyn Store,
     table: &str,
-    master: Option<&Master>,
+    writer: Writer<'_>,
     first_id: i64,
     items: usize,
     interleave: bool,
@@ -243,14 +350,14 @@ async fn run_saves(
     for i in 0..items {
         let mut item = Item::new(first_id + i as i64, "bench");
         let t0 = Instant::now();
-        save(store, table, master, &mut item, true).await?;
+        save(store, table, writer, &mut item, true).await?;
         let d = t0.elapsed().as_secs_f64();
         s.latencies.push(d);
         s.create_latencies.push(d);
         item.qty = 2;
         if interleave {
             let t0 = Instant::now();
-            save(store, table, master, &mut item, false).await?;
+            save(store, table, writer, &mut item, false).await?;
             update(&mut s, t0, item.id);
         } else {
             pending.push(item);
@@ -258,7 +365,7 @@ async fn run_saves(
     }
     for mut item in pending {
         let t0 = Instant::now();
-        save(store, table, master, &mut item, false).await?;
+        save(store, table, writer, &mut item, false).await?;
         update(&mut s, t0, item.id);
     }
     s.seconds = s.started.elapsed().as_secs_f64();
@@ -638,6 +745,155 @@ async fn broker_consume_rate(
     Ok((rates[0], rates[1]))
 }
 
+/// The phases of saves alone (no relay, no replica), in the order they take turns
+/// (`plain` first: the others' ratios are to it).
+const SAVE_PHASES: [&str; 4] = ["plain", "record_only", "bumped", "floor"];
+
+/// The save phases take turns in this many rounds of N / rounds items each, so that
+/// what else the machine does (another process's commits, a checkpoint) falls on all of
+/// them alike and their ratios hold within one run.
+const SAVE_ROUNDS: usize = 8;
+
+/// A save phase's store, master and floor table, and what its rounds measured.
+struct SavePhase {
+    name: &'static str,
+    scratch: Scratch,
+    table: String,
+    master: Master,
+    floor: Option<Floor>,
+    seconds: f64,
+    latencies: Vec<f64>,
+    create_latencies: Vec<f64>,
+    update_latencies: Vec<f64>,
+}
+
+impl SavePhase {
+    async fn open(bench: &ReplicationBench, run: &str, name: &'static str) -> anyhow::Result<Self> {
+        let scratch =
+            Scratch::open_empty(&bench.backend, "efbrp", run, &name.replace('_', "")).await?;
+        let table = scratch.table("items");
+        create_table(&scratch, &table).await?;
+        let master = Master::new().register_with::<Item>(ModelOptions::new().table(&table));
+        let floor = match name {
+            "floor" => Some(Floor::create(&*scratch.store, &table).await?),
+            _ => None,
+        };
+        Ok(SavePhase {
+            name,
+            scratch,
+            table,
+            master,
+            floor,
+            seconds: 0.0,
+            latencies: Vec::new(),
+            create_latencies: Vec::new(),
+            update_latencies: Vec::new(),
+        })
+    }
+
+    fn writer(&self) -> (Writer<'_>, &'static str) {
+        match (self.name, &self.floor) {
+            ("record_only", _) => (
+                Writer::Master(&self.master),
+                "row + message, relay and replica not running",
+            ),
+            ("bumped", _) => (
+                Writer::Bumped(&self.master),
+                "as record_only, updates bumped by the caller's UPDATE (Save::bumped)",
+            ),
+            (_, Some(floor)) => (
+                Writer::Floor(floor),
+                "row + one plain INSERT as large as the message: the least a master adds",
+            ),
+            _ => (Writer::Plain, "row only, one transaction each"),
+        }
+    }
+
+    /// Saves `items` more items, from `first_id`.
+    async fn round(
+        &mut self,
+        bench: &ReplicationBench,
+        first_id: i64,
+        items: usize,
+    ) -> anyhow::Result<()> {
+        let (writer, _) = self.writer();
+        let s = run_saves(
+            &*self.scratch.store,
+            &self.table,
+            writer,
+            first_id,
+            items,
+            bench.interleave,
+        )
+        .await?;
+        self.seconds += s.seconds;
+        self.latencies.extend(s.latencies);
+        self.create_latencies.extend(s.create_latencies);
+        self.update_latencies.extend(s.update_latencies);
+        Ok(())
+    }
+
+    /// Saves/s, the phase's figures and its line; removes its store.
+    async fn finish(mut self, saves: usize) -> anyhow::Result<(f64, Value, String)> {
+        for v in [
+            &mut self.latencies,
+            &mut self.create_latencies,
+            &mut self.update_latencies,
+        ] {
+            v.sort_by(f64::total_cmp);
+        }
+        let (_, what) = self.writer();
+        let rate = saves as f64 / self.seconds;
+        let (p50, p99) = (
+            percentile(&self.latencies, 50.0) * 1e3,
+            percentile(&self.latencies, 99.0) * 1e3,
+        );
+        let figures = json!({
+            "master_saves_per_s": sig4(rate),
+            "save_p50_ms": sig4(p50),
+            "save_p99_ms": sig4(p99),
+            "create_p50_ms": sig4(percentile(&self.create_latencies, 50.0) * 1e3),
+            "update_p50_ms": sig4(percentile(&self.update_latencies, 50.0) * 1e3),
+        });
+        let text = format!(
+            "[{:11}] {rate:.0} saves/s ({what}) p50 {p50:.3} ms p99 {p99:.3} ms",
+            self.name
+        );
+        self.scratch.remove().await?;
+        Ok((rate, figures, text))
+    }
+}
+
+/// The phases of [`SAVE_PHASES`] that `bench` asks for, in [`SAVE_ROUNDS`] rounds: each
+/// one's saves/s, figures and line.
+async fn save_phases(
+    bench: &ReplicationBench,
+    run: &str,
+) -> anyhow::Result<Vec<(&'static str, f64, Value, String)>> {
+    let mut phases = Vec::new();
+    for name in SAVE_PHASES {
+        if bench.phases.iter().any(|p| p == name) {
+            phases.push(SavePhase::open(bench, run, name).await?);
+        }
+    }
+    let rounds = SAVE_ROUNDS.min(bench.items.max(1));
+    let mut first_id = 1;
+    for round in 0..rounds {
+        let items = bench.items / rounds + usize::from(round < bench.items % rounds);
+        for phase in &mut phases {
+            phase.round(bench, first_id, items).await?;
+        }
+        first_id += items as i64;
+    }
+    let mut out = Vec::new();
+    for phase in phases {
+        let name = phase.name;
+        let (rate, figures, text) = phase.finish(2 * bench.items).await?;
+        out.push((name, rate, figures, text));
+    }
+    Ok(out)
+}
+
 /// Runs the benchmark; prints readable lines and returns the peer-shaped result (the
 /// caller prints it as the last line).
 pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
@@ -662,28 +918,23 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
         vhost.name, bench.window, bench.replica_batch
     ));
 
+    // The save phases, without the relay: `plain` first, as the others' ratios are to it.
     let mut plain = None;
-    if has("plain") {
-        let scratch = Scratch::open_empty(&bench.backend, "efbrp", &run, "plain").await?;
-        let table = scratch.table("items");
-        create_table(&scratch, &table).await?;
-        let s = run_saves(&*scratch.store, &table, None, 1, n, bench.interleave).await?;
-        scratch.remove().await?;
-        let rate = 2.0 * n as f64 / s.seconds;
-        plain = Some(rate);
-        results.insert(
-            "plain".into(),
-            json!({
-                "master_saves_per_s": sig4(rate),
-                "save_p50_ms": sig4(percentile(&s.latencies, 50.0) * 1e3),
-                "save_p99_ms": sig4(percentile(&s.latencies, 99.0) * 1e3),
-            }),
-        );
-        line(format!(
-            "[plain      ] {rate:.0} saves/s (row only, one transaction each) p50 {:.3} ms p99 {:.3} ms",
-            percentile(&s.latencies, 50.0) * 1e3,
-            percentile(&s.latencies, 99.0) * 1e3
-        ));
+    let mut save_rates = HashMap::new();
+    for (phase, rate, mut figures, text) in save_phases(bench, &run).await? {
+        if phase == "plain" {
+            plain = Some(rate);
+        }
+        let vs_plain = plain.filter(|_| phase != "plain").map(|p| rate / p);
+        if let Some(ratio) = vs_plain {
+            figures["vs_plain"] = json!(sig4(ratio));
+        }
+        line(match vs_plain {
+            Some(ratio) => format!("{text}; {ratio:.3}x plain"),
+            None => text,
+        });
+        save_rates.insert(phase, rate);
+        results.insert(phase.into(), figures);
     }
 
     let mut master_rate = None;
@@ -698,7 +949,7 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
         save(
             &*world.master_scratch.store,
             &world.items,
-            Some(&world.master),
+            Writer::Master(&world.master),
             &mut warm,
             true,
         )
@@ -707,7 +958,7 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
         save(
             &*world.master_scratch.store,
             &world.items,
-            Some(&world.master),
+            Writer::Master(&world.master),
             &mut warm,
             false,
         )
@@ -719,7 +970,7 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
         let s = run_saves(
             &*world.master_scratch.store,
             &world.items,
-            Some(&world.master),
+            Writer::Master(&world.master),
             1,
             n,
             bench.interleave,
@@ -799,7 +1050,7 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
                 save(
                     &*world.master_scratch.store,
                     &world.items,
-                    Some(&world.master),
+                    Writer::Master(&world.master),
                     &mut item,
                     true,
                 )
@@ -986,6 +1237,18 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
     out.insert("results".into(), Value::Object(results));
     out.insert("plain_saves_per_s".into(), json!(plain.map(sig4)));
     out.insert("master_vs_plain".into(), json!(ratio(master_rate, plain)));
+    for phase in &SAVE_PHASES[1..] {
+        let rate = save_rates.get(phase).copied();
+        out.insert(format!("{phase}_saves_per_s"), json!(rate.map(sig4)));
+        out.insert(format!("{phase}_vs_plain"), json!(ratio(rate, plain)));
+    }
+    let floor = save_rates.get("floor").copied();
+    for phase in ["record_only", "bumped"] {
+        out.insert(
+            format!("{phase}_vs_floor"),
+            json!(ratio(save_rates.get(phase).copied(), floor)),
+        );
+    }
     out.insert("e2e_vs_master".into(), json!(ratio(e2e, master_rate)));
     out.insert("backlog_msgs_per_s".into(), json!(backlog_rate.map(sig4)));
     out.insert("broker_consume_per_s".into(), json!(broker.map(sig4)));

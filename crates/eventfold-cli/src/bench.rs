@@ -37,8 +37,9 @@ pub enum BenchCommand {
     Changes(ChangesArgs),
     /// The peers' django-cqrs workload: master saves of an `Item` row plus its django-cqrs
     /// message in one transaction, the relay, and a replica consumer with W workers
-    /// applying to a second store, in this process (phases plain, replication, cold_start,
-    /// backlog vs the broker's own consume-and-ack rate, bare commits). Needs RabbitMQ and
+    /// applying to a second store, in this process (phases plain, record_only, bumped,
+    /// floor, replication, cold_start, backlog vs the broker's own consume-and-ack rate,
+    /// bare commits). Needs RabbitMQ and
     /// `rabbitmqctl` (a scratch virtual host).
     Replication(ReplicationArgs),
 }
@@ -90,7 +91,7 @@ pub struct ReplicationArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "plain,replication,cold_start,backlog,bare"
+        default_value = "plain,record_only,bumped,floor,replication,cold_start,backlog,bare"
     )]
     phases: Vec<String>,
     /// Directory of the scratch SQLite files.

@@ -483,15 +483,17 @@ async fn consume(store: &StoreArgs, args: &ConsumeArgs) -> anyhow::Result<()> {
     drop(bar);
     outln!(
         "stopped: {} applied ({} created, {} updated, {} deleted), {} stale, {} duplicates, \
-         {} retries, {} dead letters",
+         {} redelivered skipped, {} retries, {} dead letters; {} acked",
         stats.applied,
         stats.created,
         stats.updated,
         stats.deleted,
         stats.stale,
         stats.duplicates,
+        stats.redelivered_skipped,
         stats.retries,
-        stats.dead_letters
+        stats.dead_letters,
+        stats.acked
     )?;
     Ok(())
 }

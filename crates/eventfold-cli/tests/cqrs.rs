@@ -1,6 +1,8 @@
 //! `eventfold cqrs ...` run as a process: help, bad input, a dump and a diff through
 //! pipes, and `consume` replicating into a plain SQLite table from a real broker (a
-//! vhost of its own), then stopping on SIGTERM.
+//! vhost of its own), then stopping on SIGTERM; two `consume --failover` processes on
+//! one queue, the active one killed mid-burst; SIGTERM mid-burst acks exactly what was
+//! applied.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -398,4 +400,221 @@ async fn consume_replicates_into_a_plain_table_and_sync_feeds_it() {
     let said = ok(&out);
     assert!(said.contains("consuming replica (item)"), "{said}");
     assert!(said.contains("stopped: 2 applied (2 created"), "{said}");
+}
+
+/// The SAVE django-cqrs publishes for revision `revision` of item `pk` (titled
+/// `item PK rREVISION`).
+fn save_body(pk: i64, revision: i64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "signal_type": "SAVE", "cqrs_id": "item",
+        "instance_data": {
+            "id": pk, "title": format!("item {pk} r{revision}"), "cqrs_revision": revision,
+            "cqrs_updated": "2026-11-23 00:41:49.191666+00:00",
+        },
+        "previous_data": null, "instance_pk": pk, "correlation_id": null, "retries": 0,
+        "expires": null, "meta": {},
+    }))
+    .unwrap()
+}
+
+/// Publishes `bodies` to the `cqrs` exchange with routing key `item`, in order, each
+/// confirmed by the broker.
+async fn publish_saves(channel: &lapin::Channel, bodies: &[Vec<u8>]) {
+    for body in bodies {
+        channel
+            .basic_publish(
+                "cqrs".into(),
+                "item".into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+/// A figure of the `stopped: ...` line `consume` prints last (`applied`, `stale`,
+/// `duplicates`, `acked`, ...).
+fn stopped_figure(said: &str, figure: &str) -> u64 {
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("stopped: "))
+        .unwrap_or_else(|| panic!("no stopped line in {said}"));
+    let at = line
+        .find(&format!(" {figure}"))
+        .unwrap_or_else(|| panic!("no {figure} in {line}"));
+    let number = line[..at]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap();
+    number
+        .parse()
+        .unwrap_or_else(|_| panic!("{figure} in {line}"))
+}
+
+/// Every item 1..=items at revision `last`.
+fn at_revision(items: i64, last: i64) -> Vec<(i64, String, i64)> {
+    (1..=items)
+        .map(|pk| (pk, format!("item {pk} r{last}"), last))
+        .collect()
+}
+
+async fn replica_count(replica: &Service) -> usize {
+    replica.rows().await.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_standby_takes_over_after_sigkill_with_nothing_lost() {
+    const ITEMS: i64 = 400;
+    const LAST: i64 = 2;
+    let vhost = TestVhost::with_prefix("ef-cli-failover");
+    let url = vhost.url();
+    let replica = Service::new().await;
+    let raw = vhost.raw().await;
+    let spawn = || {
+        replica
+            .command(&["consume", "--queue", "replica", "--failover", "-w", "2"])
+            .env("EVENTFOLD_AMQP_URL", &url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_consumers = |n: u32| {
+        let raw = &raw;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while raw.consumers("replica").await != Some(n) {
+                assert!(Instant::now() < deadline, "never {n} consumers");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // The first to subscribe is the single active consumer; the second waits.
+    let mut active = spawn();
+    wait_consumers(1).await;
+    let standby = spawn();
+    wait_consumers(2).await;
+
+    // Each item created, then updated twice; the last third is published only after the
+    // kill, so the standby has work that only it can have done.
+    let bodies: Vec<Vec<u8>> = (1..=ITEMS)
+        .flat_map(|pk| (0..=LAST).map(move |revision| save_body(pk, revision)))
+        .collect();
+    let (during, after) = bodies.split_at(bodies.len() * 2 / 3);
+    let publisher = {
+        let channel = raw.channel.clone();
+        let during = during.to_vec();
+        tokio::spawn(async move {
+            for chunk in during.chunks(20) {
+                publish_saves(&channel, chunk).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replica_count(&replica).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the active consumer applied nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    active.kill().unwrap();
+    active.wait().unwrap();
+    let rows_at_kill = replica_count(&replica).await;
+    publisher.await.unwrap();
+    publish_saves(&raw.channel, after).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let want = at_revision(ITEMS, LAST);
+    while replica.rows().await != want {
+        assert!(
+            Instant::now() < deadline,
+            "after the kill ({rows_at_kill} rows then), the replica holds {:?}",
+            replica
+                .rows()
+                .await
+                .iter()
+                .filter(|r| r.2 != LAST)
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let said = ok(&stop(standby));
+    assert!(
+        stopped_figure(&said, "applied") >= after.len() as u64,
+        "the standby applied less than what was published after the kill: {said}"
+    );
+    assert_eq!(stopped_figure(&said, "stale"), 0, "{said}");
+    assert_eq!(stopped_figure(&said, "dead letters"), 0, "{said}");
+    assert_eq!(raw.settled_count("replica").await, 0);
+    assert_eq!(raw.count("dead_letter_replica").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_on_sigterm_acks_what_it_applied_and_leaves_the_rest_queued() {
+    const ITEMS: i64 = 500;
+    const LAST: i64 = 3;
+    let vhost = TestVhost::with_prefix("ef-cli-sigterm");
+    let url = vhost.url();
+    let replica = Service::new().await;
+    let raw = vhost.raw().await;
+    let spawn = || {
+        replica
+            .command(&["consume", "--queue", "replica", "-w", "2", "--batch", "20"])
+            .env("EVENTFOLD_AMQP_URL", &url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    raw.wait_consumer("replica", || {}).await;
+    let bodies: Vec<Vec<u8>> = (1..=ITEMS)
+        .flat_map(|pk| (0..=LAST).map(move |revision| save_body(pk, revision)))
+        .collect();
+    let publisher = {
+        let channel = raw.channel.clone();
+        let bodies = bodies.clone();
+        tokio::spawn(async move { publish_saves(&channel, &bodies).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replica_count(&replica).await == 0 {
+        assert!(Instant::now() < deadline, "the consumer applied nothing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let said = ok(&stop(first));
+    publisher.await.unwrap();
+    assert!(
+        said.contains("SIGTERM: finishing the batches in hand"),
+        "{said}"
+    );
+    let acked = stopped_figure(&said, "acked");
+    let handled = stopped_figure(&said, "applied")
+        + stopped_figure(&said, "stale")
+        + stopped_figure(&said, "duplicates");
+    assert_eq!(acked, handled, "{said}");
+    assert_eq!(stopped_figure(&said, "dead letters"), 0, "{said}");
+    // What it did not ack went back to the queue, and nothing else.
+    let left = raw.settled_count("replica").await;
+    assert_eq!(u64::from(left), bodies.len() as u64 - acked, "{said}");
+
+    // The next consumer applies each message left exactly once: none was applied
+    // already, so no redelivery is skipped.
+    let second = spawn();
+    let want = at_revision(ITEMS, LAST);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replica.rows().await != want {
+        assert!(Instant::now() < deadline, "the replica never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let said = ok(&stop(second));
+    assert_eq!(stopped_figure(&said, "applied"), u64::from(left), "{said}");
+    assert_eq!(stopped_figure(&said, "redelivered skipped"), 0, "{said}");
+    assert_eq!(raw.settled_count("replica").await, 0);
 }

@@ -114,7 +114,9 @@
 //!   `UPDATE <table> SET cqrs_revision = cqrs_revision + 1, cqrs_updated = $1
 //!   WHERE <pk> = $2 RETURNING cqrs_revision` (identifiers quoted; table and columns from
 //!   [`master::ModelOptions`], defaults `<CQRS_ID>`, `id`, `cqrs_revision`,
-//!   `cqrs_updated`). The revision lives in the caller's row, as in django-cqrs, so rows
+//!   `cqrs_updated`); on SQLite the same UPDATE without `RETURNING` and a `SELECT` of
+//!   the revision, cheaper there than SQLite's buffered `RETURNING` (the transaction
+//!   holds SQLite's one write lock). The revision lives in the caller's row, as in django-cqrs, so rows
 //!   migrated from django-cqrs keep counting from theirs. No row is
 //!   [`master::Error::RowNotFound`], and nothing is recorded. A DELETE carries
 //!   `{id, cqrs_revision + 1, cqrs_updated}`, as django-cqrs sends it.
