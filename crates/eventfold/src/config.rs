@@ -491,7 +491,9 @@ impl Config {
     /// Whether a cipher key is configured (`EVENTFOLD_CIPHER_KEY` or
     /// [`Config::cipher_key`]), for tools that explain why a record does not decode.
     pub fn has_cipher_key(&self) -> bool {
-        self.cipher_key.as_ref().is_some_and(|key| !key.trim().is_empty())
+        self.cipher_key
+            .as_ref()
+            .is_some_and(|key| !key.trim().is_empty())
     }
 
     /// The store part of the configuration.

@@ -1,0 +1,5 @@
+//! The inspector against real stores (SQLite, PostgreSQL) and a real broker (RabbitMQ).
+
+mod amqp;
+mod pages;
+mod support;
