@@ -119,7 +119,7 @@ type Source<T> = Arc<dyn Fn() -> T + Send + Sync>;
 /// Builds an [`Inspector`] ([`Inspector::builder`]).
 pub struct InspectorBuilder {
     store: Arc<dyn Store>,
-    mapper: JsonMapper,
+    mappers: Vec<JsonMapper>,
     decoder: PayloadDecoder,
     aggregates: HashMap<&'static str, StateFn>,
     amqp: Option<AmqpConfig>,
@@ -135,10 +135,14 @@ pub struct InspectorBuilder {
 
 impl InspectorBuilder {
     /// Decodes events and snapshots with the mapper of `config` (compressor, cipher key)
-    /// and builds "state at version N" with it. Fails on a bad cipher key. Without it,
+    /// and builds "state at version N" with it; its secrets (cipher key, database
+    /// password) are redacted from every response. Fails on a bad cipher key. Without it,
     /// plain and zlib-compressed JSON are shown, and encrypted records as undecodable.
     pub fn config(mut self, config: &eventfold::Config) -> eventfold::Result<Self> {
-        self.mapper = config.mapper()?;
+        self.secrets.extend(config.secrets());
+        // With zlib as a second choice, as the decoder does: `eventfold demo` compresses
+        // whatever the environment says.
+        self.mappers = vec![config.mapper()?, config.clone().zlib().mapper()?];
         self.decoder = PayloadDecoder::from_config(config)?;
         Ok(self)
     }
@@ -178,6 +182,9 @@ impl InspectorBuilder {
     /// The broker, for the dead-letter page, its actions and the dead-letter counts in
     /// `/metrics`. Its URL (and password) is never shown.
     pub fn amqp(mut self, amqp: AmqpConfig) -> Self {
+        if !amqp.password().is_empty() {
+            self.secrets.push(amqp.password().to_owned());
+        }
         self.amqp = Some(amqp);
         self
     }
@@ -257,9 +264,17 @@ impl InspectorBuilder {
 
     /// The inspector.
     pub fn build(self) -> Inspector {
-        let app = Application::builder_on(self.store.clone())
-            .mapper(self.mapper)
-            .build();
+        let apps = self
+            .mappers
+            .into_iter()
+            .map(|mapper| {
+                Arc::new(
+                    Application::builder_on(self.store.clone())
+                        .mapper(mapper)
+                        .build(),
+                )
+            })
+            .collect();
         let relays = if self.relays.is_empty() {
             vec!["relay".to_owned()]
         } else {
@@ -268,7 +283,7 @@ impl InspectorBuilder {
         Inspector {
             shared: Arc::new(Shared {
                 store: self.store,
-                app: Arc::new(app),
+                apps,
                 decoder: self.decoder,
                 aggregates: self.aggregates,
                 amqp: self.amqp,
@@ -289,7 +304,8 @@ impl InspectorBuilder {
 /// What the handlers share.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) app: Arc<Application<JsonMapper>>,
+    /// One application per mapper to try, in order, for "state at version N".
+    pub(crate) apps: Vec<Arc<Application<JsonMapper>>>,
     pub(crate) decoder: PayloadDecoder,
     pub(crate) aggregates: HashMap<&'static str, StateFn>,
     pub(crate) amqp: Option<AmqpConfig>,
@@ -339,7 +355,10 @@ impl Inspector {
     pub fn builder(store: Arc<dyn Store>) -> InspectorBuilder {
         InspectorBuilder {
             store,
-            mapper: JsonMapper::new(),
+            mappers: vec![
+                JsonMapper::new(),
+                JsonMapper::new().with_compressor(eventfold::Zlib::default()),
+            ],
             decoder: PayloadDecoder::plain(),
             aggregates: HashMap::new(),
             amqp: None,

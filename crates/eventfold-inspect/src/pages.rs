@@ -434,7 +434,25 @@ async fn stream_page(
             ))
         }
         (Some(version), Some(fold)) => {
-            Some(fold(shared.app.clone(), stream_id.to_owned(), version).await?)
+            let mut first_error = None;
+            let mut state = None;
+            for app in &shared.apps {
+                match fold(app.clone(), stream_id.to_owned(), version).await {
+                    Ok(folded) => {
+                        state = Some(folded);
+                        break;
+                    }
+                    Err(e @ eventfold::Error::Decode { .. }) => {
+                        first_error.get_or_insert(e);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match (state, first_error) {
+                (Some(state), _) => Some(state),
+                (None, Some(e)) => return Err(e.into()),
+                (None, None) => None,
+            }
         }
         (None, _) => None,
     };
