@@ -12,7 +12,8 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use eventfold_core::{
-    Aggregate, JsonMapper, Mapper as _, Recording, Store, StoredEvent, Timestamp, Tracking,
+    Aggregate, Application, Mapper as _, Recording, Root, Store, StoredEvent, Timestamp,
+    Tracking,
 };
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
@@ -84,73 +85,63 @@ fn progress(what: &str, done: u64, total: u64, started: Instant) {
     }
 }
 
-/// Writes the data set; returns the seconds it took.
-async fn build(store: &dyn Store, bench: &InspectBench) -> anyhow::Result<f64> {
+/// Writes the data set; returns the seconds it took. The big stream is written as the
+/// application saves it (its events and the snapshots due, through
+/// [`Application::prepare`]), the filler beside it in the same recordings.
+async fn build(store: &Arc<dyn Store>, bench: &InspectBench) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let mapper = JsonMapper::new();
-    let filler = mapper.encode_event(&CounterEvent::Happened { n: 0 }, 1)?.1;
-    let big_share = (bench.stream_events * BATCH)
-        .checked_div(bench.log_records)
-        .unwrap_or(0)
-        .max(1);
-    let (mut big_version, mut written, mut filler_written) = (0u64, 0u64, 0u64);
+    let app = Application::builder_on(store.clone())
+        .snapshot_every::<Counter>(SNAPSHOT_EVERY)
+        .build();
+    let filler = app
+        .mapper()
+        .encode_event(&CounterEvent::Happened { n: 0 }, 1)?
+        .1;
+    let big_share = (bench.stream_events * BATCH / bench.log_records).max(1);
+    let mut big = Root::<Counter>::with_id(BIG_STREAM.to_owned(), CounterEvent::Happened { n: 1 });
+    let (mut written, mut filler_written) = (0u64, 0u64);
     while written < bench.log_records {
-        let mut recording = Recording::new();
         let in_batch = BATCH.min(bench.log_records - written);
-        for i in 0..in_batch {
+        let big_left = bench.stream_events - big.saved_version();
+        // Room for the big stream's events in the batches after this one.
+        let room_after = bench.log_records - written - in_batch;
+        let big_here = big_left.min(in_batch).min(big_share.max(big_left.saturating_sub(room_after)));
+        while (big.version() - big.saved_version()) < big_here {
+            let n = big.version() + 1;
+            big.trigger(CounterEvent::Happened { n });
+        }
+        let mut recording = if big_here > 0 {
+            app.prepare(&[&mut big])?
+        } else {
+            Recording::new()
+        };
+        for i in big_here..in_batch {
             let position = written + i + 1;
-            let big_left = bench.stream_events - big_version;
-            let records_left = bench.log_records - position + 1;
-            let take_big = big_left > 0 && (i < big_share || big_left >= records_left);
-            let now = Timestamp::now();
-            if take_big {
-                big_version += 1;
-                let event = CounterEvent::Happened { n: big_version };
-                let state = mapper.encode_event(&event, 1)?.1;
-                recording = recording.event(StoredEvent::new(
-                    BIG_STREAM,
-                    big_version,
-                    "Big.Happened",
-                    now,
-                    state,
-                ));
-                if big_version % SNAPSHOT_EVERY == 0 {
-                    let snapshot = mapper.encode_state(&Counter { n: big_version }, 1)?;
-                    recording = recording.snapshot(StoredEvent::new(
-                        BIG_STREAM,
-                        big_version,
-                        "Big",
-                        now,
-                        snapshot,
-                    ));
-                }
+            let topic = if position % 100_000 == 0 {
+                "Rare.Happened"
             } else {
-                let stream = format!("other-{}", filler_written / FILLER_STREAM_EVENTS);
-                let version = filler_written % FILLER_STREAM_EVENTS + 1;
-                let topic = if position % 100_000 == 0 {
-                    "Rare.Happened"
-                } else {
-                    "Other.Happened"
-                };
-                recording = recording.event(StoredEvent::new(
-                    stream,
-                    version,
-                    topic,
-                    now,
-                    filler.clone(),
-                ));
-                filler_written += 1;
-            }
+                "Other.Happened"
+            };
+            recording = recording.event(StoredEvent::new(
+                format!("other-{}", filler_written / FILLER_STREAM_EVENTS),
+                filler_written % FILLER_STREAM_EVENTS + 1,
+                topic,
+                Timestamp::now(),
+                filler.clone(),
+            ));
+            filler_written += 1;
         }
         store.record(&recording).await?;
+        if big_here > 0 {
+            big.mark_saved();
+        }
         written += in_batch;
         progress("records", written, bench.log_records, started);
     }
     let head = store.max_notification_id().await?;
     let mut tx = store.begin().await?;
     tx.track(Tracking::new("projection", head / 2)).await?;
-    tx.track(Tracking::new("relay", head.saturating_sub(10)))
-        .await?;
+    tx.track(Tracking::new("relay", head.saturating_sub(10))).await?;
     tx.commit().await?;
     Ok(started.elapsed().as_secs_f64())
 }
@@ -256,7 +247,7 @@ pub async fn run(target: Target, bench: &InspectBench) -> anyhow::Result<Value> 
         } else if store.max_notification_id().await? > 0 {
             anyhow::bail!("the store holds other data: give an empty or missing file");
         } else {
-            Some(build(&*store, bench).await?)
+            Some(build(&store, bench).await?)
         };
         let router = eventfold_inspect::Inspector::builder(store.clone())
             .aggregate::<Counter>()
