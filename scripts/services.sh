@@ -7,6 +7,9 @@
 #     `rabbitmq-server -detached` when not running (override with EVENTFOLD_TEST_AMQP_URL:
 #     then nothing is touched)
 #   * python3 (the zlib interop test uses it; it skips itself when python3 is missing)
+#   * Chromium and ChromeDriver (Debian's chromium, chromium-driver) for the browser tests
+#     (eventfold-testkit's `browser` module): installed with apt when either is missing
+#     (override with EVENTFOLD_CHROMIUM / EVENTFOLD_CHROMEDRIVER: then nothing is touched)
 # Safe to run repeatedly. Needs root only when something must be installed or configured.
 set -euo pipefail
 log() { echo "[services] $*"; }
@@ -78,5 +81,17 @@ ensure_rabbitmq() {
   log "RabbitMQ ready"
 }
 
+ensure_chromium() {
+  if [ -n "${EVENTFOLD_CHROMIUM:-}" ] && [ -n "${EVENTFOLD_CHROMEDRIVER:-}" ]; then
+    log "using EVENTFOLD_CHROMIUM and EVENTFOLD_CHROMEDRIVER"; return 0
+  fi
+  # A test tool's own browser download cannot work here: Debian's packages are the source.
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt_install chromium chromium-driver
+  fi
+  log "$(chromium --version 2>/dev/null | head -n 1) ready"
+}
+
 ensure_postgres
 ensure_rabbitmq
+ensure_chromium

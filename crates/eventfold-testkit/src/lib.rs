@@ -9,10 +9,12 @@
 //! - [`interop_python`]: the Python of the interop tests (nameko, django-cqrs);
 //! - [`nameko`]: the real nameko 2.14.1 (a `nameko run` service, scripts) for the
 //!   interop tests;
-//! - [`django`]: the real django-cqrs 3.1.0 as a peer (a master and a replica project).
+//! - [`django`]: the real django-cqrs 3.1.0 as a peer (a master and a replica project);
+//! - [`browser`]: headless Chromium over WebDriver, with screenshots kept as artifacts.
 //!
 //! Everything here panics on failure: it is for tests only.
 
+pub mod browser;
 pub mod django;
 
 use std::path::{Path, PathBuf};
