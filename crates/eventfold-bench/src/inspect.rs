@@ -12,8 +12,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use eventfold_core::{
-    Aggregate, Application, Mapper as _, Recording, Root, Store, StoredEvent, Timestamp,
-    Tracking,
+    Aggregate, Application, Mapper as _, Recording, Root, Store, StoredEvent, Timestamp, Tracking,
 };
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
@@ -105,7 +104,9 @@ async fn build(store: &Arc<dyn Store>, bench: &InspectBench) -> anyhow::Result<f
         let big_left = bench.stream_events - big.saved_version();
         // Room for the big stream's events in the batches after this one.
         let room_after = bench.log_records - written - in_batch;
-        let big_here = big_left.min(in_batch).min(big_share.max(big_left.saturating_sub(room_after)));
+        let big_here = big_left
+            .min(in_batch)
+            .min(big_share.max(big_left.saturating_sub(room_after)));
         while (big.version() - big.saved_version()) < big_here {
             let n = big.version() + 1;
             big.trigger(CounterEvent::Happened { n });
@@ -141,7 +142,8 @@ async fn build(store: &Arc<dyn Store>, bench: &InspectBench) -> anyhow::Result<f
     let head = store.max_notification_id().await?;
     let mut tx = store.begin().await?;
     tx.track(Tracking::new("projection", head / 2)).await?;
-    tx.track(Tracking::new("relay", head.saturating_sub(10))).await?;
+    tx.track(Tracking::new("relay", head.saturating_sub(10)))
+        .await?;
     tx.commit().await?;
     Ok(started.elapsed().as_secs_f64())
 }

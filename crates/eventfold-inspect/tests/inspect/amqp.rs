@@ -57,49 +57,105 @@ async fn publish(amqp: &AmqpConfig, message: &CqrsMessage) {
     publisher.close().await.unwrap();
 }
 
+/// A replica of `item` rows on SQLite, its consumer running on a vhost of its own, and
+/// one dead letter in `dead_letter_replica`: a SAVE of "anvil" that expired on the way.
+pub(crate) struct Replica {
+    pub vhost: TestVhost,
+    pub amqp: AmqpConfig,
+    pub db: Db,
+    pub consumer: Arc<ReplicaConsumer>,
+    pub raw: eventfold_testkit::Raw,
+    pub message: CqrsMessage,
+}
+
+impl Replica {
+    pub async fn with_a_dead_letter() -> Replica {
+        let vhost = TestVhost::with_prefix("ef-inspect");
+        let amqp = AmqpConfig::from_url(&vhost.url()).unwrap();
+        let db = Db::sqlite().await;
+        create_items(&db).await;
+        let tables = TablesConfig::from_toml("[replica.item]\ntable = \"items\"\n").unwrap();
+        let table = eventfold_cqrs::tooling::open_table(&*db.store, &tables, Role::Replica, "item")
+            .await
+            .unwrap();
+        let consumer = Arc::new(
+            ReplicaConsumer::start(
+                amqp.clone(),
+                db.store.clone(),
+                ReplicaModels::new().with(TableReplica::new(table)),
+                ReplicaOptions::new(QUEUE),
+            )
+            .await
+            .unwrap(),
+        );
+        // A message that expired on the way: the consumer dead-letters it with the reason.
+        let data = json!({"id": 1, "name": "anvil", "cqrs_revision": 0, "cqrs_updated": "2026-12-01 10:00:00+00:00"});
+        let mut message = CqrsMessage::new(
+            SignalType::Save,
+            "item",
+            json!(1),
+            data.as_object().unwrap().clone(),
+        );
+        message.expires = Some(chrono::Utc::now() - chrono::Duration::hours(1));
+        publish(&amqp, &message).await;
+        let raw = vhost.raw().await;
+        raw.wait_count("dead_letter_replica", 1, Duration::from_secs(30))
+            .await;
+        Replica {
+            vhost,
+            amqp,
+            db,
+            consumer,
+            raw,
+            message,
+        }
+    }
+
+    /// The inspector of this replica, with actions allowed and the consumer's counters.
+    pub fn inspector(&self) -> Inspector {
+        let stats = self.consumer.clone();
+        Inspector::builder(self.db.store.clone())
+            .amqp(self.amqp.clone())
+            .dead_letters(QUEUE)
+            .replica_stats(QUEUE, move || stats.stats())
+            .allow_actions(true)
+            .build()
+    }
+
+    /// The names of the replica's rows.
+    pub async fn items(&self) -> Vec<String> {
+        item_names(&self.db).await
+    }
+
+    /// Waits until the replica has the `anvil` row.
+    pub async fn wait_applied(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.items().await.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the retried message was never applied"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(self.items().await, ["anvil"]);
+    }
+
+    /// Stops the consumer (every inspector of it dropped first).
+    pub async fn stop(self) {
+        self.raw.close().await;
+        Arc::try_unwrap(self.consumer)
+            .expect("the inspectors are dropped")
+            .shutdown()
+            .await
+            .unwrap();
+        drop(self.vhost);
+    }
+}
+
 #[tokio::test]
 async fn a_dead_letter_retried_through_the_inspector_is_applied_by_the_replica() {
-    let vhost = TestVhost::with_prefix("ef-inspect");
-    let amqp = AmqpConfig::from_url(&vhost.url()).unwrap();
-    let db = Db::sqlite().await;
-    create_items(&db).await;
-    let tables = TablesConfig::from_toml("[replica.item]\ntable = \"items\"\n").unwrap();
-    let table = eventfold_cqrs::tooling::open_table(&*db.store, &tables, Role::Replica, "item")
-        .await
-        .unwrap();
-    let consumer = Arc::new(
-        ReplicaConsumer::start(
-            amqp.clone(),
-            db.store.clone(),
-            ReplicaModels::new().with(TableReplica::new(table)),
-            ReplicaOptions::new(QUEUE),
-        )
-        .await
-        .unwrap(),
-    );
-
-    // A message that expired on the way: the consumer dead-letters it with the reason.
-    let data = json!({"id": 1, "name": "anvil", "cqrs_revision": 0, "cqrs_updated": "2026-12-01 10:00:00+00:00"});
-    let mut message = CqrsMessage::new(
-        SignalType::Save,
-        "item",
-        json!(1),
-        data.as_object().unwrap().clone(),
-    );
-    message.expires = Some(chrono::Utc::now() - chrono::Duration::hours(1));
-    publish(&amqp, &message).await;
-    let raw = vhost.raw().await;
-    raw.wait_count("dead_letter_replica", 1, Duration::from_secs(30))
-        .await;
-
-    let stats = consumer.clone();
-    let router = Inspector::builder(db.store.clone())
-        .amqp(amqp.clone())
-        .dead_letters(QUEUE)
-        .replica_stats(QUEUE, move || stats.stats())
-        .allow_actions(true)
-        .build()
-        .router();
+    let replica = Replica::with_a_dead_letter().await;
+    let router = replica.inspector().router();
     let page = get(&router, "/api/dead-letters").await.json();
     let queue = &page["queues"][0];
     assert_eq!(queue["queue"], QUEUE);
@@ -119,7 +175,7 @@ async fn a_dead_letter_retried_through_the_inspector_is_applied_by_the_replica()
     );
     assert_eq!(queue["stats"]["dead_letters"], 1);
     assert_eq!(
-        raw.count("dead_letter_replica").await,
+        replica.raw.count("dead_letter_replica").await,
         1,
         "looking leaves it in place"
     );
@@ -143,7 +199,7 @@ async fn a_dead_letter_retried_through_the_inspector_is_applied_by_the_replica()
         ),
         1.0
     );
-    assert!(item_names(&db).await.is_empty());
+    assert!(replica.items().await.is_empty());
 
     // Retry (what the page's button posts): re-stamped, back in the replica queue, applied.
     let retry = request(
@@ -159,15 +215,7 @@ async fn a_dead_letter_retried_through_the_inspector_is_applied_by_the_replica()
         (retry["total"].as_u64(), retry["handled"].as_u64()),
         (Some(1), Some(1))
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while item_names(&db).await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the retried message was never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(item_names(&db).await, ["anvil"]);
+    replica.wait_applied().await;
     let metrics = parse_metrics(&get(&router, "/metrics").await.body);
     assert_eq!(
         sample(&metrics, "eventfold_dead_letters{queue=\"replica\"}"),
@@ -184,10 +232,13 @@ async fn a_dead_letter_retried_through_the_inspector_is_applied_by_the_replica()
     assert_eq!(page["queues"][0]["total"], 0);
 
     // Purge empties the dead-letter queue.
+    let mut message = replica.message.clone();
     message.expires = Some(chrono::Utc::now() - chrono::Duration::hours(1));
     message.instance_pk = json!(2);
-    publish(&amqp, &message).await;
-    raw.wait_count("dead_letter_replica", 1, Duration::from_secs(30))
+    publish(&replica.amqp, &message).await;
+    replica
+        .raw
+        .wait_count("dead_letter_replica", 1, Duration::from_secs(30))
         .await;
     let purge = request(
         &router,
@@ -199,14 +250,9 @@ async fn a_dead_letter_retried_through_the_inspector_is_applied_by_the_replica()
     .await
     .json();
     assert_eq!(purge["handled"], 1);
-    assert_eq!(raw.count("dead_letter_replica").await, 0);
-    raw.close().await;
+    assert_eq!(replica.raw.count("dead_letter_replica").await, 0);
     drop(router);
-    Arc::try_unwrap(consumer)
-        .expect("the inspector is dropped")
-        .shutdown()
-        .await
-        .unwrap();
+    replica.stop().await;
 }
 
 /// A broker user of its own with a password, on `vhost`; deleted on drop.
