@@ -76,7 +76,7 @@ const SNAPSHOT_EVERY: u64 = 1000;
 const FILLER_STREAM_EVENTS: u64 = 1000;
 
 fn progress(what: &str, done: u64, total: u64, started: Instant) {
-    if done % (BATCH * 100) == 0 || done == total {
+    if done.is_multiple_of(BATCH * 100) || done == total {
         eprintln!(
             "  {what}: {done}/{total} ({:.0} s)",
             started.elapsed().as_secs_f64()
@@ -118,7 +118,7 @@ async fn build(store: &Arc<dyn Store>, bench: &InspectBench) -> anyhow::Result<f
         };
         for i in big_here..in_batch {
             let position = written + i + 1;
-            let topic = if position % 100_000 == 0 {
+            let topic = if position.is_multiple_of(100_000) {
                 "Rare.Happened"
             } else {
                 "Other.Happened"
