@@ -43,7 +43,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -317,8 +316,8 @@ pub(crate) struct Shared {
     pub(crate) allow_actions: bool,
     token: Option<String>,
     secrets: Vec<String>,
-    /// Each follower's position when it was last seen to change, for "moving".
-    pub(crate) seen_positions: Mutex<HashMap<String, (u64, Instant)>>,
+    /// What was seen of each follower's position, for "moving" and "stalled".
+    pub(crate) seen_positions: Mutex<HashMap<String, pages::SeenFollower>>,
 }
 
 impl Shared {

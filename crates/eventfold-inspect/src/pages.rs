@@ -620,6 +620,14 @@ async fn log_tail(State(shared): State<Arc<Shared>>, Query(params): Query<LogPar
         .into_response()
 }
 
+/// What the inspector saw of a follower's position, for "moving" or "stalled".
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SeenFollower {
+    position: u64,
+    first_seen: Instant,
+    last_move: Option<Instant>,
+}
+
 /// One follower of the log.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
@@ -632,8 +640,9 @@ pub struct FollowerRow {
     pub lag_records: u64,
     /// Age of the oldest notification it has not processed (0 when caught up).
     pub lag_seconds: f64,
-    /// `caught up`, `moving` (its position changed within the last 30 s), `stalled`, or
-    /// `unknown` (first look, behind).
+    /// `caught up`; or, behind: `moving` (the inspector saw its position change within
+    /// the last 30 s), `stalled` (watched for 30 s, not moved since), `unknown` (not
+    /// watched long enough to tell).
     pub state: String,
 }
 
@@ -673,23 +682,22 @@ async fn followers_page(shared: &Shared) -> Result<FollowersPage, InspectError> 
                 .seen_positions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            match seen.get(&tracking.follower) {
-                Some(&(position, _)) if position != tracking.position => {
-                    seen.insert(
-                        tracking.follower.clone(),
-                        (tracking.position, Instant::now()),
-                    );
-                    "moving"
-                }
-                Some(&(_, since)) if since.elapsed() < STALLED_AFTER => "moving",
-                Some(_) => "stalled",
-                None => {
-                    seen.insert(
-                        tracking.follower.clone(),
-                        (tracking.position, Instant::now()),
-                    );
-                    "unknown"
-                }
+            let now = Instant::now();
+            let look = seen
+                .entry(tracking.follower.clone())
+                .or_insert_with(|| SeenFollower {
+                    position: tracking.position,
+                    first_seen: now,
+                    last_move: None,
+                });
+            if look.position != tracking.position {
+                look.position = tracking.position;
+                look.last_move = Some(now);
+            }
+            match look.last_move {
+                Some(moved) if moved.elapsed() < STALLED_AFTER => "moving",
+                _ if look.first_seen.elapsed() >= STALLED_AFTER => "stalled",
+                _ => "unknown",
             }
         };
         rows.push(FollowerRow {

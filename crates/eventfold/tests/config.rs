@@ -378,7 +378,10 @@ fn secrets_are_the_cipher_key_and_the_database_passwords() {
         ("EVENTFOLD_CIPHER_KEY", key.as_str()),
     ])
     .unwrap();
-    assert_eq!(config.secrets(), [key.clone(), "pw-1".into(), "pw-2".into()]);
+    assert_eq!(
+        config.secrets(),
+        [key.clone(), "pw-1".into(), "pw-2".into()]
+    );
     assert!(config.has_cipher_key());
     let plain = Config::from_vars([("EVENTFOLD_STORE", "sqlite")]).unwrap();
     assert!(plain.secrets().is_empty());

@@ -124,7 +124,16 @@ async fn every_endpoint_shows_the_data(db: Db) {
     assert!(followers["followers"][0]["lag_seconds"].as_f64().unwrap() >= 0.0);
     assert_eq!(followers["followers"][0]["state"], "unknown");
     let again = get(&router, "/api/followers").await.json();
-    assert_eq!(again["followers"][0]["state"], "moving", "seen just now");
+    assert_eq!(
+        again["followers"][0]["state"], "unknown",
+        "not seen to move"
+    );
+    let mut tx = db.store.begin().await.unwrap();
+    tx.track(eventfold::Tracking::new("view", 3)).await.unwrap();
+    tx.commit().await.unwrap();
+    let moved = get(&router, "/api/followers").await.json();
+    assert_eq!(moved["followers"][0]["state"], "moving");
+    assert_eq!(moved["followers"][0]["lag_records"], 3);
     let relay = get(&router, "/api/relay").await.json();
     assert_eq!(relay["relays"][0]["name"], "relay");
     assert_eq!(relay["relays"][0]["position"], 0);
@@ -145,14 +154,14 @@ async fn every_endpoint_shows_the_data(db: Db) {
     assert_eq!(sample(&samples, "eventfold_log_head"), 6.0);
     assert_eq!(
         sample(&samples, "eventfold_follower_position{follower=\"view\"}"),
-        2.0
+        3.0
     );
     assert_eq!(
         sample(
             &samples,
             "eventfold_follower_lag_records{follower=\"view\"}"
         ),
-        4.0
+        3.0
     );
     assert_eq!(
         sample(&samples, "eventfold_relay_pending_records{relay=\"relay\"}"),

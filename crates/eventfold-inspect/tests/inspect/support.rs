@@ -81,14 +81,16 @@ impl Drop for Db {
         let Some(schema) = self.schema.take() else {
             return;
         };
-        let store = self.store.clone();
-        // Drop runs inside the test's runtime: use a thread with its own.
+        let config = self.config.clone();
+        // Drop runs inside the test's runtime, which the join below blocks: a thread with a
+        // runtime and a connection of its own.
         let _ = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
                 .block_on(async move {
+                    let store = config.open_store().await?;
                     let mut tx = store.begin().await?;
                     tx.execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"), &[])
                         .await?;
