@@ -58,6 +58,13 @@ function startActions() {
         : "error: " + body.error;
       result.className = response.ok ? "done" : "error";
       button.disabled = false;
+      // What is left in the queue now; the letters listed are gone when none is.
+      const section = button.closest("section.queue");
+      if (response.ok && section) {
+        section.querySelector(".total").textContent = String(body.left);
+        const letters = section.querySelector("table.letters");
+        if (body.left === 0 && letters) letters.remove();
+      }
     });
   }
 }

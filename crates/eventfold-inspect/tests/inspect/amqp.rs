@@ -354,7 +354,7 @@ async fn credentials_appear_in_no_response() {
             "/metrics".to_owned(),
         ] {
             let reply = get(&router, &uri).await;
-            for secret in [DB_PASSWORD, BROKER_PASSWORD] {
+            for secret in [DB_PASSWORD, BROKER_PASSWORD, crate::support::KEY] {
                 assert!(!reply.body.contains(secret), "{uri}: {}", reply.body);
                 for value in reply.headers.values() {
                     assert!(
