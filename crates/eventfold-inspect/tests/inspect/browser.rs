@@ -156,7 +156,10 @@ async fn a_dead_letter_retried_with_its_button_is_applied() {
     browser
         .wait_for_text(Locator::Id("action-result"), "retry replica: 1 of 1 done")
         .await;
-    assert_eq!(browser.text(Locator::Css("section.queue .total")).await, "0");
+    assert_eq!(
+        browser.text(Locator::Css("section.queue .total")).await,
+        "0"
+    );
     replica.wait_applied().await;
     browser.screenshot("retried").await;
     browser.goto(&format!("{}/dead-letters", served.url)).await;
