@@ -121,7 +121,9 @@ impl AmqpConfig {
         )
     }
 
-    pub(crate) fn password(&self) -> &str {
+    /// The password, for a tool that must keep it out of what it shows (print
+    /// [`Self::redacted_url`], never this).
+    pub fn password(&self) -> &str {
         &self.uri.authority.userinfo.password
     }
 

@@ -10,6 +10,8 @@
 //! * the `replication` module (feature `replication`): `eventfold bench replication`, the
 //!   peers' django-cqrs workload on a master, the relay and a replica consumer, with the
 //!   broker's own consume-and-ack rate.
+//! * the `inspect` module (feature `inspect`): `eventfold bench inspect`, the inspector's
+//!   pages timed on a 1M-event stream inside a 10M-record log.
 //! * `examples/bench_writers.rs` prints the whole writer matrix;
 //!   `examples/anatomy.rs` times the pieces of a command on PostgreSQL;
 //!   `examples/store_loop.rs` times the SQLite store alone in the shape of the Worlds
@@ -32,3 +34,6 @@ pub mod changes;
 
 #[cfg(feature = "replication")]
 pub mod replication;
+
+#[cfg(feature = "inspect")]
+pub mod inspect;

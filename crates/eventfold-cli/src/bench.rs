@@ -42,6 +42,31 @@ pub enum BenchCommand {
     /// bare commits). Needs RabbitMQ and
     /// `rabbitmqctl` (a scratch virtual host).
     Replication(ReplicationArgs),
+    /// The inspector's pages on a large store: one stream of 1M events (a snapshot every
+    /// 1000) inside a log of 10M records, written once (SQLite: kept for the next run), then
+    /// each page's request through the router (p50/p99 ms).
+    Inspect(InspectArgs),
+}
+
+/// Options of `eventfold bench inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// sqlite or postgres (a scratch schema, dropped at the end).
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// Events of the big stream.
+    #[arg(long, default_value_t = 1_000_000)]
+    stream_events: u64,
+    /// Records of the log in all (scale down with e.g. --log-records 100000
+    /// --stream-events 10000).
+    #[arg(long, default_value_t = 10_000_000)]
+    log_records: u64,
+    /// Timed requests per page.
+    #[arg(long, default_value_t = 50)]
+    requests: usize,
+    /// SQLite file of the sqlite backend (reused when it holds the same data set).
+    #[arg(long, default_value = "/tmp/eventfold_inspect_bench.sqlite3")]
+    bench_sqlite_path: String,
 }
 
 /// Options of `eventfold bench replication` (the peer's `cqrs_bench.py` flags).
@@ -215,6 +240,7 @@ pub async fn run(store: &StoreArgs, command: &BenchCommand) -> anyhow::Result<()
         BenchCommand::PgWriters(args) => pg_writers(store, args).await,
         BenchCommand::Changes(args) => changes(store, args).await,
         BenchCommand::Replication(args) => replication(store, args).await,
+        BenchCommand::Inspect(args) => inspect(store, args).await,
     }
 }
 
@@ -288,6 +314,60 @@ fn print_peer_line(
     }
     out["results"] = json!({ name: figures });
     outln!("{out}")?;
+    Ok(())
+}
+
+/// `eventfold bench inspect`.
+async fn inspect(store: &StoreArgs, args: &InspectArgs) -> anyhow::Result<()> {
+    use eventfold_bench::inspect::{InspectBench, Target};
+    if args.stream_events == 0 || args.stream_events > args.log_records || args.requests == 0 {
+        anyhow::bail!(
+            "need 0 < --stream-events <= --log-records and --requests > 0 (got {}, {}, {})",
+            args.stream_events,
+            args.log_records,
+            args.requests
+        );
+    }
+    let target = match bench_backend(store, &args.backend, "/tmp")? {
+        eventfold_bench::changes::Backend::Sqlite { .. } => {
+            Target::Sqlite(args.bench_sqlite_path.clone().into())
+        }
+        #[cfg(feature = "postgres")]
+        eventfold_bench::changes::Backend::Postgres { url } => Target::Postgres(url),
+    };
+    let bench = InspectBench {
+        stream_events: args.stream_events,
+        log_records: args.log_records,
+        requests: args.requests,
+    };
+    outln!(
+        "inspect on {}: a stream of {} events in a log of {} records, {} requests per page",
+        args.backend,
+        args.stream_events,
+        args.log_records,
+        args.requests
+    )?;
+    let result =
+        on_two_workers(async move { eventfold_bench::inspect::run(target, &bench).await }).await?;
+    if let Some(pages) = result["pages"].as_object() {
+        for (name, figures) in pages {
+            outln!(
+                "{name:<24} p50 {} ms  p99 {} ms",
+                figures["p50_ms"],
+                figures["p99_ms"]
+            )?;
+        }
+    }
+    let line = json!({
+        "bench": "inspect",
+        "params": {
+            "backend": args.backend, "stream_events": args.stream_events,
+            "log_records": args.log_records, "requests": args.requests,
+        },
+        "versions": {"eventfold": env!("CARGO_PKG_VERSION")},
+        "results": result,
+    });
+    outln!("{line}")?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use eventfold::{Config, JsonMapper, Mapper, Notification, NotificationQuery, StoreConfig};
+use eventfold::{Config, Notification, NotificationQuery, StoreConfig};
 
 use crate::StoreArgs;
 
@@ -43,54 +43,28 @@ pub struct LogArgs {
     payload: bool,
 }
 
-/// Decodes stored payloads to JSON for `--payload`.
-struct Payloads {
-    /// The mapper of the configuration.
-    configured: JsonMapper,
-    /// The same with zlib: `eventfold demo` compresses whatever the environment says.
-    with_zlib: JsonMapper,
-    /// Whether EVENTFOLD_CIPHER_KEY is set.
-    cipher_configured: bool,
-}
+/// Decodes stored payloads to JSON for `--payload`, naming the record that does not.
+struct Payloads(eventfold_inspect::PayloadDecoder);
 
 impl Payloads {
     fn new(store: &StoreArgs) -> anyhow::Result<Self> {
-        let config = store.config()?;
-        let cipher_configured = store
-            .vars()
-            .get("EVENTFOLD_CIPHER_KEY")
-            .is_some_and(|key| !key.trim().is_empty());
-        Ok(Payloads {
-            configured: config.mapper()?,
-            with_zlib: config.zlib().mapper()?,
-            cipher_configured,
-        })
+        Ok(Payloads(eventfold_inspect::PayloadDecoder::from_config(
+            &store.config()?,
+        )?))
     }
 
     /// The payload as JSON: decrypted, decompressed, parsed (a record of a later schema
     /// version shows its data, without upcasting).
     fn decode(&self, n: &Notification) -> anyhow::Result<serde_json::Value> {
-        let decode = |mapper: &JsonMapper| {
-            mapper.decode::<serde_json::Value>(&n.event.state, 1, |_, _| Ok(()))
-        };
-        let error = match decode(&self.configured) {
-            Ok(json) => return Ok(json),
-            Err(error) => error,
-        };
-        if let Ok(json) = decode(&self.with_zlib) {
-            return Ok(json);
-        }
-        let record = format!(
-            "cannot decode the payload of notification {} ({} {}@{})",
-            n.id, n.event.topic, n.event.stream_id, n.event.version
-        );
-        let likely = if self.cipher_configured {
-            "wrong cipher key (EVENTFOLD_CIPHER_KEY) or damaged record"
-        } else {
-            "no cipher key configured (EVENTFOLD_CIPHER_KEY): the bytes are neither JSON \
-             nor zlib, so the record is probably encrypted"
-        };
-        Err(anyhow::Error::new(error).context(format!("{record}: {likely}")))
+        self.0.decode(&n.event).map_err(|why| {
+            anyhow::anyhow!(
+                "cannot decode the payload of notification {} ({} {}@{}): {why}",
+                n.id,
+                n.event.topic,
+                n.event.stream_id,
+                n.event.version
+            )
+        })
     }
 }
 
@@ -145,7 +119,7 @@ fn nothing_found(args: &LogArgs) -> String {
 
 /// Opens the configured store for reading. A SQLite file that does not exist is an
 /// error, and stays missing: reading creates nothing.
-async fn open_existing(
+pub(crate) async fn open_existing(
     config: &Config,
     what: &str,
 ) -> anyhow::Result<std::sync::Arc<dyn eventfold::Store>> {

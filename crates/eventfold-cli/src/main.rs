@@ -15,6 +15,7 @@ macro_rules! outln {
 mod bench;
 mod cqrs;
 mod demo;
+mod inspect;
 mod log;
 mod relay;
 
@@ -90,6 +91,9 @@ enum Command {
     /// django-cqrs replication without Rust code: consume into plain tables, sync, bulk
     /// dump and load, diffs, dead letters (wire-compatible with django-cqrs 3.1).
     Cqrs(cqrs::CqrsArgs),
+    /// Serve the web inspector: streams, the log with a live tail, followers, the relay,
+    /// dead letters (HTML pages and JSON under /api) and /metrics.
+    Inspect(inspect::InspectArgs),
     /// Benchmarks that print figures and end with one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -116,6 +120,7 @@ async fn main() -> std::process::ExitCode {
         Command::Followers => log::followers(&cli.store).await,
         Command::Relay(args) => relay::run(&cli.store, args).await,
         Command::Cqrs(args) => cqrs::run(&cli.store, args).await,
+        Command::Inspect(args) => inspect::run(&cli.store, args).await,
         Command::Bench(command) => bench::run(&cli.store, command).await,
     };
     match outcome {

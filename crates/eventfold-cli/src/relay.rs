@@ -277,16 +277,10 @@ fn domain_decoder(
         + Sync
         + 'static,
 > {
-    use eventfold::Mapper as _;
-    let config = store.config()?;
-    let configured = config.mapper()?;
-    let with_zlib = config.zlib().mapper()?;
+    let payloads = eventfold_inspect::PayloadDecoder::from_config(&store.config()?)?;
     Ok(move |n: &eventfold::Notification| {
-        let decode = |mapper: &eventfold::JsonMapper| {
-            mapper.decode::<serde_json::Value>(&n.event.state, 1, |_, _| Ok(()))
-        };
-        let json = decode(&configured)
-            .or_else(|e| decode(&with_zlib).map_err(|_| e))
+        let json = payloads
+            .decode(&n.event)
             .map_err(|e| eventfold_relay::EncodeError(format!("cannot decode the event: {e}")))?;
         let mut plain = n.clone();
         plain.event.state = serde_json::to_vec(&json).expect("JSON");

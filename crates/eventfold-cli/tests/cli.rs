@@ -171,6 +171,8 @@ fn every_command_has_help() {
         vec!["followers", "--help"],
         vec!["bench", "--help"],
         vec!["bench", "worlds", "--help"],
+        vec!["bench", "inspect", "--help"],
+        vec!["inspect", "--help"],
     ] {
         let out = stdout(&eventfold(dir.path(), &args));
         assert!(out.contains("Usage:"), "{args:?}: {out}");
@@ -514,4 +516,44 @@ fn followers_lists_positions_and_lag() {
         ["events-per-world", "at", "5", "1", "behind"],
         "{out}"
     );
+}
+
+#[test]
+fn bench_inspect_times_every_page_and_ends_with_one_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inspect.sqlite3");
+    let args = [
+        "bench",
+        "inspect",
+        "--log-records",
+        "3000",
+        "--stream-events",
+        "1500",
+        "--requests",
+        "3",
+        "--bench-sqlite-path",
+        path.to_str().unwrap(),
+    ];
+    let first = stdout(&eventfold(dir.path(), &args));
+    let line: serde_json::Value = serde_json::from_str(first.lines().last().unwrap()).unwrap();
+    assert_eq!(line["bench"], "inspect");
+    let pages = line["results"]["pages"].as_object().unwrap();
+    for page in [
+        "stream_newest",
+        "stream_state_at_middle",
+        "log_topic_rare",
+        "followers",
+        "metrics",
+    ] {
+        assert!(
+            pages[page]["p50_ms"].as_f64().unwrap() > 0.0,
+            "{page}: {line}"
+        );
+        assert!(pages[page]["bytes"].as_u64().unwrap() > 0, "{page}: {line}");
+    }
+    assert!(line["results"]["build_s"].as_f64().is_some(), "{line}");
+    // A second run reuses the data set.
+    let second = stdout(&eventfold(dir.path(), &args));
+    let line: serde_json::Value = serde_json::from_str(second.lines().last().unwrap()).unwrap();
+    assert_eq!(line["results"]["build_s"], serde_json::Value::Null);
 }

@@ -753,6 +753,57 @@ async fn open_dead_letters(
     Ok((browser, dlq, total))
 }
 
+/// One dead letter as [`dead_letters_peek`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeekedDeadLetter {
+    /// Its `cqrs_id`, when the body is a django-cqrs message.
+    pub cqrs_id: Option<String>,
+    /// Why it was dead-lettered (the consumer's `x-eventfold-error` header), when known.
+    pub reason: Option<String>,
+    /// How many times it was tried (the `x-eventfold-attempts` header), when known.
+    pub attempts: Option<i64>,
+    /// The body, as text (lossy for bytes that are not UTF-8).
+    pub body: String,
+}
+
+/// The first `limit` dead letters of `queue` and how many there are in all, leaving every
+/// one of them in place and in order (taken without an ack and given back, as
+/// [`dead_letters_dump`] does).
+pub async fn dead_letters_peek(
+    amqp: &AmqpConfig,
+    queue: &str,
+    limit: u32,
+) -> Result<(u32, Vec<PeekedDeadLetter>), ToolError> {
+    let (browser, dlq, total) = open_dead_letters(amqp, queue).await?;
+    let outcome = async {
+        let mut letters = Vec::new();
+        for _ in 0..total.min(limit) {
+            let Some(taken) = browser.get(&dlq).await? else {
+                break;
+            };
+            let headers = &taken.message.headers;
+            letters.push(PeekedDeadLetter {
+                cqrs_id: cqrs_id_of(&taken.message.body),
+                reason: match headers.get(eventfold_amqp::HEADER_ERROR) {
+                    Some(eventfold_amqp::HeaderValue::Str(reason)) => Some(reason.clone()),
+                    _ => None,
+                },
+                attempts: match headers.get(eventfold_amqp::HEADER_ATTEMPTS) {
+                    Some(eventfold_amqp::HeaderValue::Int(n)) => Some(*n),
+                    _ => None,
+                },
+                body: String::from_utf8_lossy(&taken.message.body).into_owned(),
+            });
+        }
+        Ok::<_, ToolError>(letters)
+    }
+    .await;
+    browser.requeue_all().await?;
+    browser.close().await?;
+    outcome.map(|letters| (total, letters))
+}
+
 /// Writes the body of each dead letter of `queue` (of `cqrs_id` only, when given), one
 /// per line, and leaves them all in the queue: they are taken without an ack and given
 /// back, in order, at the end.

@@ -231,43 +231,71 @@ impl PostgresConfig {
     }
 }
 
-/// Replaces the password of a `postgres://` URL (user-info or `password=` query
-/// parameter) with `***`.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
+/// Where the passwords of a `postgres://` URL are: the user-info password and every
+/// `password=` query parameter's value, in order.
+fn password_ranges(url: &str) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    if let Some(scheme_end) = url.find("://") {
         let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
+        let authority_end = url[rest_start..]
             .find(['/', '?', '#'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
+            .map_or(url.len(), |i| rest_start + i);
+        if let Some(at) = url[rest_start..authority_end].rfind('@') {
+            let userinfo = &url[rest_start..rest_start + at];
             if let Some(colon) = userinfo.find(':') {
-                let start = rest_start + colon + 1;
-                out.replace_range(start..rest_start + at, "***");
+                ranges.push(rest_start + colon + 1..rest_start + at);
             }
         }
     }
     // `?password=...` or `&password=...`
     let mut search_from = 0;
-    while let Some(pos) = out[search_from..].find("password=") {
+    while let Some(pos) = url[search_from..].find("password=") {
         let key_start = search_from + pos;
-        let preceded_ok = key_start > 0 && matches!(out.as_bytes()[key_start - 1], b'?' | b'&');
+        let preceded_ok = key_start > 0 && matches!(url.as_bytes()[key_start - 1], b'?' | b'&');
         let value_start = key_start + "password=".len();
         if preceded_ok {
-            let value_end = out[value_start..]
+            let value_end = url[value_start..]
                 .find(['&', '#'])
-                .map_or(out.len(), |i| value_start + i);
-            out.replace_range(value_start..value_end, "***");
+                .map_or(url.len(), |i| value_start + i);
+            ranges.push(value_start..value_end);
         }
         search_from = value_start;
     }
+    ranges
+}
+
+/// Replaces the password of a `postgres://` URL (user-info or `password=` query
+/// parameter) with `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    for range in password_ranges(url).into_iter().rev() {
+        out.replace_range(range, "***");
+    }
     out
+}
+
+/// The passwords in a `postgres://` URL (as written, percent-encoded if they are), for
+/// tools that must keep them out of what they show.
+pub fn url_passwords(url: &str) -> Vec<String> {
+    password_ranges(url)
+        .into_iter()
+        .map(|range| url[range].to_owned())
+        .filter(|password| !password.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_passwords_it_redacts() {
+        assert_eq!(
+            url_passwords("postgres://app:s3cret@db/orders?sslmode=require&password=other"),
+            ["s3cret", "other"]
+        );
+        assert!(url_passwords("postgres://app@db/orders").is_empty());
+    }
 
     #[test]
     fn redacts_passwords() {

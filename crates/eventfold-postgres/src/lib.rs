@@ -373,7 +373,7 @@ mod schema;
 mod store;
 mod wakeup;
 
-pub use config::{redact_url, Ordering, PostgresConfig};
+pub use config::{redact_url, url_passwords, Ordering, PostgresConfig};
 pub use schema::{MigrationReport, SCHEMA_VERSION};
 pub use store::{PostgresStore, PostgresTransaction, PostgresTransactionExt};
 pub use wakeup::{LISTENER_APPLICATION_NAME, NOTIFIER_APPLICATION_NAME};

@@ -488,6 +488,26 @@ impl Config {
         self
     }
 
+    /// Whether a cipher key is configured (`EVENTFOLD_CIPHER_KEY` or
+    /// [`Config::cipher_key`]), for tools that explain why a record does not decode.
+    pub fn has_cipher_key(&self) -> bool {
+        self.cipher_key
+            .as_ref()
+            .is_some_and(|key| !key.trim().is_empty())
+    }
+
+    /// The texts of this configuration that no tool may show: the cipher key and the
+    /// PostgreSQL URL's passwords.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = self.cipher_key.iter().cloned().collect();
+        #[cfg(feature = "postgres")]
+        if let StoreConfig::Postgres(config) = &self.store {
+            secrets.extend(eventfold_postgres::url_passwords(&config.url));
+        }
+        secrets.retain(|secret| !secret.trim().is_empty());
+        secrets
+    }
+
     /// The store part of the configuration.
     pub fn store_config(&self) -> &StoreConfig {
         &self.store

@@ -364,3 +364,26 @@ impl eventfold::Aggregate for Note {
         self.texts.push(text.clone());
     }
 }
+
+#[cfg(feature = "postgres")]
+#[test]
+fn secrets_are_the_cipher_key_and_the_database_passwords() {
+    let key = AesGcmCipher::generate_key();
+    let config = Config::from_vars([
+        ("EVENTFOLD_STORE", "postgres"),
+        (
+            "EVENTFOLD_DATABASE_URL",
+            "postgres://app:pw-1@db/orders?password=pw-2",
+        ),
+        ("EVENTFOLD_CIPHER_KEY", key.as_str()),
+    ])
+    .unwrap();
+    assert_eq!(
+        config.secrets(),
+        [key.clone(), "pw-1".into(), "pw-2".into()]
+    );
+    assert!(config.has_cipher_key());
+    let plain = Config::from_vars([("EVENTFOLD_STORE", "sqlite")]).unwrap();
+    assert!(plain.secrets().is_empty());
+    assert!(!plain.has_cipher_key());
+}
