@@ -100,7 +100,7 @@ Try:
   curl -s $replica/orders/\$id
 
 Inspect (another terminal; eventfold is cargo run --release -p eventfold-cli --):
-  eventfold inspect $inspect_store --amqp-url $amqp_shown --dead-letters dead_letter_$queue --relay orders
+  eventfold inspect $inspect_store --amqp-url $amqp_shown --dead-letters $queue --relay orders
 
 Ctrl-C stops everything.
 EOF
