@@ -32,7 +32,8 @@ use eventfold_amqp::{AmqpConfig, ConfirmedPublisher, OutgoingMessage, PublisherO
 use eventfold_core::{async_trait, BoxError, SqlValue, Store, Transaction};
 use eventfold_cqrs::master::{Master, MasterModel, ModelOptions, Pk};
 use eventfold_cqrs::replica::{
-    Change, ReplicaConsumer, ReplicaModel, ReplicaModels, ReplicaOptions, ReplicaStats,
+    Change, ReplicaConsumer, ReplicaModel, ReplicaModels, ReplicaOptions, ReplicaStats, RowWrite,
+    WriteKind,
 };
 use eventfold_cqrs::wire::python_datetime;
 use eventfold_relay::{Relay, RelayMetrics};
@@ -289,8 +290,9 @@ impl Applied {
     }
 }
 
-/// The replica's `ItemReplica`: upsert by pk into `replica_items`; each apply stamps its
-/// commit instant (as the peer's `replicated_at`, but at the commit).
+/// The replica's `ItemReplica`: INSERT or UPDATE by pk into `replica_items` (a batch: one
+/// multi-row upsert); each apply stamps its commit instant (as the peer's
+/// `replicated_at`, but at the commit).
 struct ItemReplica {
     table: String,
     applied: Arc<Applied>,
@@ -367,6 +369,80 @@ impl ReplicaModel for ItemReplica {
             )
             .await?;
         Ok(rows.first().and_then(|r| r[0].as_i64()))
+    }
+
+    async fn stored_revisions(
+        &self,
+        tx: &mut Transaction,
+        pks: &[&Value],
+    ) -> Result<Option<Vec<Option<i64>>>, BoxError> {
+        let ids = pks
+            .iter()
+            .map(|pk| pk.as_i64().ok_or("the pk is not an integer"))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let params: Vec<SqlValue> = ids.iter().map(|&id| id.into()).collect();
+        let sql = format!(
+            "SELECT id, cqrs_revision FROM {} WHERE id IN ({})",
+            self.table,
+            list.join(", ")
+        );
+        let found: HashMap<i64, i64> = tx
+            .query(&sql, &params)
+            .await?
+            .iter()
+            .filter_map(|r| Some((r[0].as_i64()?, r[1].as_i64()?)))
+            .collect();
+        Ok(Some(ids.iter().map(|id| found.get(id).copied()).collect()))
+    }
+
+    /// One multi-row DELETE and one multi-row upsert per batch.
+    async fn write_batch(
+        &self,
+        tx: &mut Transaction,
+        writes: &[RowWrite<'_>],
+    ) -> Result<(), BoxError> {
+        let (deletes, saves): (Vec<&RowWrite<'_>>, Vec<_>) =
+            writes.iter().partition(|w| w.kind == WriteKind::Delete);
+        if !deletes.is_empty() {
+            let mut params = Vec::with_capacity(deletes.len());
+            for w in &deletes {
+                params.push(SqlValue::from(
+                    w.change.pk.as_i64().ok_or("the pk is not an integer")?,
+                ));
+            }
+            let list: Vec<String> = (1..=params.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM {} WHERE id IN ({})",
+                self.table,
+                list.join(", ")
+            );
+            tx.execute(&sql, &params).await?;
+        }
+        if saves.is_empty() {
+            return Ok(());
+        }
+        let mut params = Vec::with_capacity(saves.len() * 8);
+        let mut tuples = Vec::with_capacity(saves.len());
+        for w in &saves {
+            let base = params.len();
+            params.extend(Self::params(&w.change)?);
+            let tuple: Vec<String> = (base + 1..=base + 8).map(|i| format!("${i}")).collect();
+            tuples.push(format!("({})", tuple.join(", ")));
+        }
+        let sql = format!(
+            "INSERT INTO {} (id, cqrs_revision, cqrs_updated, name, qty, price, description, created) \
+             VALUES {} ON CONFLICT (id) DO UPDATE SET cqrs_revision = excluded.cqrs_revision, \
+             cqrs_updated = excluded.cqrs_updated, name = excluded.name, qty = excluded.qty, \
+             price = excluded.price, description = excluded.description, created = excluded.created",
+            self.table,
+            tuples.join(", ")
+        );
+        tx.execute(&sql, &params).await?;
+        for w in &saves {
+            self.stamp(tx, &w.change);
+        }
+        Ok(())
     }
 
     async fn create(&self, tx: &mut Transaction, change: &Change<'_>) -> Result<(), BoxError> {

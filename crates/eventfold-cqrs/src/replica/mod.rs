@@ -158,11 +158,12 @@ pub mod apply;
 pub mod consumer;
 pub mod model;
 
-pub use apply::{apply_message, Applied, ApplyError};
+pub use apply::{apply_batch, apply_message, Applied, ApplyError};
 pub use consumer::{
     replica_topology, ReplicaConsumer, ReplicaError, ReplicaOptions, ReplicaStats,
     SINGLE_ACTIVE_CONSUMER,
 };
 pub use model::{
-    Change, FieldMapping, Rejected, ReplicaModel, ReplicaModels, Typed, TypedReplicaModel,
+    Change, FieldMapping, Rejected, ReplicaModel, ReplicaModels, RowWrite, Typed,
+    TypedReplicaModel, WriteKind,
 };

@@ -73,6 +73,37 @@ impl<'a> Change<'a> {
     }
 }
 
+/// What a [`RowWrite`] does to its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Insert the row: it was not there when the batch began (or a DELETE of the same
+    /// batch removed it, and that DELETE is an earlier write of the batch).
+    Create,
+    /// Update the row, which exists.
+    Update,
+    /// Delete the row, if there is one.
+    Delete,
+}
+
+/// One row's net write in a batch, as [`ReplicaModel::write_batch`] gets it: after the
+/// revision rules ran over the batch in order, the messages of one primary key that
+/// were applied fold into at most a DELETE followed by a create or update, whose
+/// [`Self::change`] is the last applied message (django-cqrs sends the whole row with
+/// every revision, so the last one carries everything the row ends with).
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RowWrite<'a> {
+    /// Create, update or delete.
+    pub kind: WriteKind,
+    /// The last applied message of the row in the batch: its data after the field
+    /// mapping, previous data, meta and revision. `stored_revision` is what the replica
+    /// held before the first message this write stands for.
+    pub change: Change<'a>,
+    /// How many applied messages of the batch this write stands for (more than 1 when
+    /// the batch held several of one primary key).
+    pub messages: usize,
+}
+
 /// A hook's way to say a message can never be applied (its data does not fit the model):
 /// the consumer dead-letters it at once, with this reason, instead of retrying it. Any
 /// other hook error is retried as django-cqrs retries.
@@ -128,6 +159,30 @@ pub trait ReplicaModel: Send + Sync + 'static {
     /// Deletes the row of `change.pk` (no revision check, as django-cqrs). A missing row
     /// is not an error.
     async fn delete(&self, tx: &mut Transaction, change: &Change<'_>) -> Result<(), BoxError>;
+
+    /// Writes a batch's net writes at once: at most one create or update per primary key,
+    /// a DELETE of a key always before its create (run the deletes first, then the rest,
+    /// and the order within each kind does not matter). The consumer calls it once per
+    /// model and batch, after the revision rules; a model with multi-row statements
+    /// (`INSERT ... VALUES (...), (...) ON CONFLICT ... DO UPDATE`, `DELETE ... WHERE pk IN
+    /// (...)`) saves a round trip per message. An error rolls the batch back and the
+    /// consumer applies its messages one per transaction through [`Self::create`],
+    /// [`Self::update`] and [`Self::delete`], so only the failing message is retried or
+    /// dead-lettered. The default calls those hooks one by one, in order.
+    async fn write_batch(
+        &self,
+        tx: &mut Transaction,
+        writes: &[RowWrite<'_>],
+    ) -> Result<(), BoxError> {
+        for write in writes {
+            match write.kind {
+                WriteKind::Create => self.create(tx, &write.change).await?,
+                WriteKind::Update => self.update(tx, &write.change).await?,
+                WriteKind::Delete => self.delete(tx, &write.change).await?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A replica model, the typed flavour: the instance data deserialized into

@@ -63,6 +63,11 @@ pub use replica::TableReplica;
 /// At most this many primary keys in one `IN (...)` list.
 pub(crate) const PK_CHUNK: usize = 500;
 
+/// At most this many values in one multi-row statement ([`Table::upsert_many`]): well
+/// under what either backend takes (SQLite 32,766, PostgreSQL 65,535), and enough for a
+/// consumer batch of 200 rows of 10 columns in one statement.
+pub const MAX_PARAMS: usize = 2000;
+
 /// The `instance_data` key of the revision.
 pub const REVISION_KEY: &str = "cqrs_revision";
 /// The `instance_data` key of the last update's time.
@@ -436,10 +441,10 @@ impl Table {
     }
 
     /// The stored revisions of the rows among `pks` that exist, by [`pk_key`].
-    pub async fn stored_revisions(
+    pub async fn stored_revisions<P: std::borrow::Borrow<Value> + Sync>(
         &self,
         tx: &mut Transaction,
-        pks: &[Value],
+        pks: &[P],
     ) -> Result<HashMap<String, i64>, TableError> {
         let mut found = HashMap::with_capacity(pks.len());
         // SQLite looks each `$n` up by name, a scan of the statement's parameters, so a
@@ -448,7 +453,7 @@ impl Table {
             let mut params = Vec::with_capacity(chunk.len());
             let mut list = Vec::with_capacity(chunk.len());
             for pk in chunk {
-                list.push(self.pk_param(pk, &mut params)?);
+                list.push(self.pk_param(pk.borrow(), &mut params)?);
             }
             let sql = format!(
                 "SELECT {}, {} FROM {} WHERE {} IN ({})",
@@ -478,43 +483,95 @@ impl Table {
         tx: &mut Transaction,
         mapped: &Map<String, Value>,
     ) -> Result<(), TableError> {
-        let row = self.row_of(mapped)?;
-        let mut names = Vec::with_capacity(row.len());
-        let mut values = Vec::with_capacity(row.len());
-        let mut updates = Vec::with_capacity(row.len());
-        let mut params = Vec::with_capacity(row.len());
-        for (i, value) in row {
-            let column = &self.columns[i];
-            let name = quote(&column.name);
-            params.push(value);
-            values.push(column.param(self.dialect, params.len()));
-            if i != self.pk {
-                updates.push(format!("{name} = excluded.{name}"));
+        self.upsert_many(tx, &[mapped]).await
+    }
+
+    /// [`Self::upsert`] of many rows, in multi-row statements (`INSERT ... VALUES (...),
+    /// (...) ON CONFLICT DO UPDATE`; rows with the same columns share one, up to
+    /// [`MAX_PARAMS`] values each). The primary keys must differ: PostgreSQL refuses to
+    /// update one row twice in a statement. Data that does not fit is
+    /// [`TableError::BadData`] before anything is written.
+    pub async fn upsert_many(
+        &self,
+        tx: &mut Transaction,
+        mapped: &[&Map<String, Value>],
+    ) -> Result<(), TableError> {
+        // Rows by their columns, in order of first appearance (django-cqrs sends every
+        // field each time, so a batch is nearly always one group).
+        let mut groups: Vec<(Vec<usize>, Vec<Vec<SqlValue>>)> = Vec::new();
+        for data in mapped {
+            let (columns, values): (Vec<usize>, Vec<SqlValue>) =
+                self.row_of(data)?.into_iter().unzip();
+            match groups.iter_mut().find(|(c, _)| *c == columns) {
+                Some((_, rows)) => rows.push(values),
+                None => groups.push((columns, vec![values])),
             }
-            names.push(name);
         }
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
-            self.qualified,
-            names.join(", "),
-            values.join(", "),
-            quote(&self.columns[self.pk].name),
-            updates.join(", ")
-        );
-        tx.execute(&sql, &params).await?;
+        for (columns, rows) in groups {
+            let names: Vec<String> = columns
+                .iter()
+                .map(|&i| quote(&self.columns[i].name))
+                .collect();
+            let updates: Vec<String> = columns
+                .iter()
+                .zip(&names)
+                .filter(|(&i, _)| i != self.pk)
+                .map(|(_, name)| format!("{name} = excluded.{name}"))
+                .collect();
+            let per_statement = (MAX_PARAMS / columns.len()).max(1);
+            for chunk in rows.chunks(per_statement) {
+                let mut params = Vec::with_capacity(chunk.len() * columns.len());
+                let mut tuples = Vec::with_capacity(chunk.len());
+                for row in chunk {
+                    let mut tuple = Vec::with_capacity(columns.len());
+                    for (&i, value) in columns.iter().zip(row) {
+                        params.push(value.clone());
+                        tuple.push(self.columns[i].param(self.dialect, params.len()));
+                    }
+                    tuples.push(format!("({})", tuple.join(", ")));
+                }
+                let sql = format!(
+                    "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
+                    self.qualified,
+                    names.join(", "),
+                    tuples.join(", "),
+                    quote(&self.columns[self.pk].name),
+                    updates.join(", ")
+                );
+                tx.execute(&sql, &params).await?;
+            }
+        }
         Ok(())
     }
 
     /// Deletes the row with primary key `pk`; returns how many rows went (0 or 1).
     pub async fn delete(&self, tx: &mut Transaction, pk: &Value) -> Result<u64, TableError> {
-        let mut params = Vec::with_capacity(1);
-        let sql = format!(
-            "DELETE FROM {} WHERE {} = {}",
-            self.qualified,
-            quote(&self.columns[self.pk].name),
-            self.pk_param(pk, &mut params)?
-        );
-        Ok(tx.execute(&sql, &params).await?)
+        self.delete_many(tx, &[pk]).await
+    }
+
+    /// Deletes the rows with these primary keys (`DELETE ... WHERE pk IN (...)`, a few
+    /// hundred at a time); returns how many rows went.
+    pub async fn delete_many(
+        &self,
+        tx: &mut Transaction,
+        pks: &[&Value],
+    ) -> Result<u64, TableError> {
+        let mut deleted = 0;
+        for chunk in pks.chunks(PK_CHUNK) {
+            let mut params = Vec::with_capacity(chunk.len());
+            let mut list = Vec::with_capacity(chunk.len());
+            for pk in chunk {
+                list.push(self.pk_param(pk, &mut params)?);
+            }
+            let sql = format!(
+                "DELETE FROM {} WHERE {} IN ({})",
+                self.qualified,
+                quote(&self.columns[self.pk].name),
+                list.join(", ")
+            );
+            deleted += tx.execute(&sql, &params).await?;
+        }
+        Ok(deleted)
     }
 
     /// Deletes every row (`bulk-load --clear`).
