@@ -16,7 +16,10 @@
 //!   running, then the replica starts and applies them: `backlog_msgs_per_s`; in the same
 //!   run the broker's own consume-and-ack rate of as many messages of the same size
 //!   (`broker_consume_per_s`) and its confirmed-publish rate;
-//! * `bare`: the store's bare commit rate.
+//! * `bare`: the store's bare commit rate;
+//! * `floor_write` (not run by default): the backlog's row count written by the replica's
+//!   multi-row upsert alone, in batches of the replica's size, with as many writers as
+//!   workers and no broker: the ceiling of `backlog` on this store.
 //!
 //! A fresh virtual host per run, fresh SQLite files or PostgreSQL tables per phase, all
 //! removed afterwards.
@@ -155,6 +158,64 @@ fn item_params(item: &Item) -> [SqlValue; 8] {
         item.description.as_str().into(),
         item.created.as_str().into(),
     ]
+}
+
+/// A multi-row upsert of `rows` items into `table`, `item_params`' 8 values per row.
+fn upsert_items_sql(table: &str, rows: usize) -> String {
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let p: Vec<String> = (r * 8 + 1..=r * 8 + 8).map(|i| format!("${i}")).collect();
+            format!("({})", p.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {table} (id, cqrs_revision, cqrs_updated, name, qty, price, description, created) \
+         VALUES {} ON CONFLICT (id) DO UPDATE SET cqrs_revision = excluded.cqrs_revision, \
+         cqrs_updated = excluded.cqrs_updated, name = excluded.name, qty = excluded.qty, \
+         price = excluded.price, description = excluded.description, created = excluded.created",
+        tuples.join(", ")
+    )
+}
+
+/// The `floor_write` phase: `bench.backlog` rows written by the replica's multi-row upsert
+/// alone, `replica_batch` rows per transaction, by `workers` tasks taking every
+/// `workers`-th batch: no broker, no messages, no revision reads. Rows/s.
+async fn floor_write(bench: &ReplicationBench, run: &str) -> anyhow::Result<f64> {
+    let scratch = Scratch::open_empty(&bench.backend, "efbrf", run, "floor").await?;
+    let table = scratch.table("replica_items");
+    create_table(&scratch, &table).await?;
+    let (rows, per, workers) = (
+        bench.backlog,
+        bench.replica_batch.max(1),
+        bench.workers.max(1),
+    );
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let (store, table) = (Arc::clone(&scratch.store), table.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut start = w * per;
+            while start < rows {
+                let end = (start + per).min(rows);
+                let mut params = Vec::with_capacity((end - start) * 8);
+                for id in start..end {
+                    params.extend(item_params(&Item::new(id as i64 + 1, "floor")));
+                }
+                let mut tx = store.begin().await?;
+                tx.execute(&upsert_items_sql(&table, end - start), &params)
+                    .await?;
+                tx.commit().await?;
+                start += per * workers;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = rows as f64 / t0.elapsed().as_secs_f64();
+    scratch.remove().await?;
+    Ok(rate)
 }
 
 /// The caller's own write of the row.
@@ -423,21 +484,10 @@ impl ReplicaModel for ItemReplica {
             return Ok(());
         }
         let mut params = Vec::with_capacity(saves.len() * 8);
-        let mut tuples = Vec::with_capacity(saves.len());
         for w in &saves {
-            let base = params.len();
             params.extend(Self::params(&w.change)?);
-            let tuple: Vec<String> = (base + 1..=base + 8).map(|i| format!("${i}")).collect();
-            tuples.push(format!("({})", tuple.join(", ")));
         }
-        let sql = format!(
-            "INSERT INTO {} (id, cqrs_revision, cqrs_updated, name, qty, price, description, created) \
-             VALUES {} ON CONFLICT (id) DO UPDATE SET cqrs_revision = excluded.cqrs_revision, \
-             cqrs_updated = excluded.cqrs_updated, name = excluded.name, qty = excluded.qty, \
-             price = excluded.price, description = excluded.description, created = excluded.created",
-            self.table,
-            tuples.join(", ")
-        );
+        let sql = upsert_items_sql(&self.table, saves.len());
         tx.execute(&sql, &params).await?;
         for w in &saves {
             self.stamp(tx, &w.change);
@@ -1054,6 +1104,26 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
         ));
     }
 
+    let mut floor = None;
+    if has("floor_write") {
+        let rate = floor_write(bench, &run).await?;
+        floor = Some(rate);
+        line(format!(
+            "[floor_write] {rate:.0} rows/s: {} rows by a bare multi-row upsert, {} per transaction, {} writers, \
+             no broker",
+            bench.backlog, bench.replica_batch, bench.workers
+        ));
+        results.insert(
+            "floor_write".into(),
+            json!({
+                "rows": bench.backlog,
+                "rows_per_transaction": bench.replica_batch,
+                "writers": bench.workers,
+                "floor_write_rows_per_s": sig4(rate),
+            }),
+        );
+    }
+
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| sig4(a / b));
     let e2e = results
         .get("replication")
@@ -1075,6 +1145,11 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
     );
     out.insert("broker_confirmed_per_s".into(), json!(confirmed.map(sig4)));
     out.insert("bare_commits_per_s".into(), json!(bare.map(sig4)));
+    out.insert("floor_write_rows_per_s".into(), json!(floor.map(sig4)));
+    out.insert(
+        "backlog_vs_floor_write".into(),
+        json!(ratio(backlog_rate, floor)),
+    );
     out.insert("plain_vs_bare".into(), json!(ratio(plain, bare)));
     if let Some(r) = out["results"].get("replication") {
         line(format!(

@@ -38,7 +38,8 @@ pub enum BenchCommand {
     /// The peers' django-cqrs workload: master saves of an `Item` row plus its django-cqrs
     /// message in one transaction, the relay, and a replica consumer with W workers
     /// applying to a second store, in this process (phases plain, replication, cold_start,
-    /// backlog vs the broker's own consume-and-ack rate, bare commits). Needs RabbitMQ and
+    /// backlog vs the broker's own consume-and-ack rate, bare commits; floor_write, the
+    /// backlog's rows by a bare multi-row upsert, on request). Needs RabbitMQ and
     /// `rabbitmqctl` (a scratch virtual host).
     Replication(ReplicationArgs),
 }
@@ -86,7 +87,7 @@ pub struct ReplicationArgs {
     /// Longest wait for the relay or the replica, seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
-    /// Phases to run.
+    /// Phases to run (also floor_write, not run by default).
     #[arg(
         long,
         value_delimiter = ',',
