@@ -229,11 +229,12 @@ pub enum ReplicaError {
 ///   `dead_letter_<queue>`), acked, and the consumer goes on;
 /// - **expired** (`expires <= now`): dead-lettered to `cqrs.dead_letter_<queue>.<cqrs_id>`
 ///   without being applied, as django-cqrs does;
-/// - otherwise **applied** by django-cqrs's revision rules ([`super::apply_message`]) in
+/// - otherwise **applied** by django-cqrs's revision rules ([`super::apply_batch`]) in
 ///   the worker's batch transaction; after
 ///   the commit the messages are acked (multiple-acks where possible), never before;
-/// - a **failing hook** makes the worker roll the batch back and apply its messages one
-///   per transaction, so only the failing one fails. That one is re-published with
+/// - a **failing hook** (or a failing [`super::ReplicaModel::write_batch`]) makes the
+///   worker roll the batch back and apply its messages one per transaction through the
+///   per-message hooks, so only the failing one fails. That one is re-published with
 ///   `retries + 1` to `cqrs.<queue>.<cqrs_id>` after [`ReplicaOptions::retry_delay`]
 ///   (the original is acked once the broker confirmed the copy; the worker does not wait
 ///   meanwhile), or dead-lettered once `retries` reached [`ReplicaOptions::max_retries`].

@@ -55,7 +55,7 @@ async fn run(
     store: Arc<dyn Store>,
     batch_size: usize,
 ) -> (ReplicaStats, Vec<(i64, String, i64, i64)>) {
-    use SignalType::{Delete, Save, Sync};
+    use SignalType::{Delete, Sync};
     let vhost = TestVhost::with_prefix("ef-cqrs-batch");
     let models = table_models(&db, &store).await;
     let mut opts = options();
