@@ -193,8 +193,8 @@ fn decide(message: &CqrsMessage, stored: Option<i64>) -> Result<Applied, ApplyEr
 /// Applies `messages` in `tx` as [`apply_message`] applies each in turn, with the same
 /// outcomes (one per message, in order: later messages of an instance see what earlier
 /// ones did), but in a few statements: the stored revisions are read once per model
-/// ([`ReplicaModel::stored_revisions`]), and each model gets the batch's net writes at
-/// once ([`ReplicaModel::write_batch`]; of several messages of one primary key the last
+/// ([`ReplicaModel::stored_revisions`](super::ReplicaModel::stored_revisions)), and each model gets the batch's net writes at
+/// once ([`ReplicaModel::write_batch`](super::ReplicaModel::write_batch); of several messages of one primary key the last
 /// applied one wins). An error (an unknown `cqrs_id`, a SAVE without a revision, a
 /// failing read or write) is the batch's: roll `tx` back, and apply the messages one by
 /// one with [`apply_message`] to find the failing one. Nothing is committed here.
