@@ -232,6 +232,30 @@ pub trait TypedReplicaModel: Send + Sync + 'static {
 
     /// Deletes the row of `change.pk`; a missing row is not an error.
     async fn delete(&self, tx: &mut Transaction, change: &Change<'_>) -> Result<(), BoxError>;
+
+    /// Writes a batch's net writes at once, each with its deserialized instance (`None`
+    /// for a delete); see [`ReplicaModel::write_batch`] for the order and what an error
+    /// does. The default calls [`Self::create`], [`Self::update`] and [`Self::delete`]
+    /// one by one, in order.
+    async fn write_batch(
+        &self,
+        tx: &mut Transaction,
+        writes: Vec<(Option<Self::Instance>, RowWrite<'_>)>,
+    ) -> Result<(), BoxError> {
+        for (instance, write) in writes {
+            match (write.kind, instance) {
+                (WriteKind::Delete, _) => self.delete(tx, &write.change).await?,
+                (WriteKind::Create, Some(instance)) => {
+                    self.create(tx, instance, &write.change).await?
+                }
+                (WriteKind::Update, Some(instance)) => {
+                    self.update(tx, instance, &write.change).await?
+                }
+                (kind, None) => return Err(format!("a {kind:?} write without its instance").into()),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A [`TypedReplicaModel`] as a [`ReplicaModel`].
@@ -285,6 +309,22 @@ impl<M: TypedReplicaModel> ReplicaModel for Typed<M> {
 
     async fn delete(&self, tx: &mut Transaction, change: &Change<'_>) -> Result<(), BoxError> {
         self.0.delete(tx, change).await
+    }
+
+    async fn write_batch(
+        &self,
+        tx: &mut Transaction,
+        writes: &[RowWrite<'_>],
+    ) -> Result<(), BoxError> {
+        let mut typed = Vec::with_capacity(writes.len());
+        for write in writes {
+            let instance = match write.kind {
+                WriteKind::Delete => None,
+                WriteKind::Create | WriteKind::Update => Some(self.instance(&write.change)?),
+            };
+            typed.push((instance, *write));
+        }
+        self.0.write_batch(tx, typed).await
     }
 }
 
