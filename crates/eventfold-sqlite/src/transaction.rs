@@ -133,16 +133,7 @@ fn bind<'c>(
 fn bind_params(stmt: &mut Statement<'_>, params: &[SqlValue]) -> Result<()> {
     for (i, value) in params.iter().enumerate() {
         let name = format!("${}", i + 1);
-        // SQLite numbers `$n` names by first appearance, so where they appear in order
-        // `$n` is index n: checking that is one lookup, where `parameter_index` scans
-        // every name (a multi-row INSERT of 1,600 values would cost 1.3 million compares).
-        let in_order = stmt.parameter_name(i + 1) == Some(name.as_str());
-        let index = if in_order {
-            Some(i + 1)
-        } else {
-            stmt.parameter_index(&name).map_err(sql_error)?
-        };
-        let Some(index) = index else {
+        let Some(index) = stmt.parameter_index(&name).map_err(sql_error)? else {
             return Err(Error::backend(
                 "sqlite",
                 format!(
