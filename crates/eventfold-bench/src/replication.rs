@@ -35,8 +35,8 @@ use eventfold_amqp::{AmqpConfig, ConfirmedPublisher, OutgoingMessage, PublisherO
 use eventfold_core::{async_trait, BoxError, SqlValue, Store, Transaction};
 use eventfold_cqrs::master::{Master, MasterModel, ModelOptions, Pk};
 use eventfold_cqrs::replica::{
-    Change, ReplicaConsumer, ReplicaModel, ReplicaModels, ReplicaOptions, ReplicaStats, RowWrite,
-    WriteKind,
+    padded_len, statement_chunks, Change, ReplicaConsumer, ReplicaModel, ReplicaModels,
+    ReplicaOptions, ReplicaStats, RowWrite, WriteKind,
 };
 use eventfold_cqrs::wire::python_datetime;
 use eventfold_relay::{Relay, RelayMetrics};
@@ -197,13 +197,17 @@ async fn floor_write(bench: &ReplicationBench, run: &str) -> anyhow::Result<f64>
             let mut start = w * per;
             while start < rows {
                 let end = (start + per).min(rows);
-                let mut params = Vec::with_capacity((end - start) * 8);
-                for id in start..end {
-                    params.extend(item_params(&Item::new(id as i64 + 1, "floor")));
-                }
+                let items: Vec<Item> = (start..end)
+                    .map(|id| Item::new(id as i64 + 1, "floor"))
+                    .collect();
                 let mut tx = store.begin().await?;
-                tx.execute(&upsert_items_sql(&table, end - start), &params)
-                    .await?;
+                // In the statements the replica's write_batch uses.
+                for range in statement_chunks(items.len(), 256) {
+                    let params: Vec<SqlValue> =
+                        items[range.clone()].iter().flat_map(item_params).collect();
+                    tx.execute(&upsert_items_sql(&table, range.len()), &params)
+                        .await?;
+                }
                 tx.commit().await?;
                 start += per * workers;
             }
@@ -441,8 +445,13 @@ impl ReplicaModel for ItemReplica {
             .iter()
             .map(|pk| pk.as_i64().ok_or("the pk is not an integer"))
             .collect::<Result<Vec<i64>, _>>()?;
-        let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-        let params: Vec<SqlValue> = ids.iter().map(|&id| id.into()).collect();
+        // Padded with the last id, so a few statement shapes serve every batch size.
+        let padded = padded_len(ids.len());
+        let list: Vec<String> = (1..=padded).map(|i| format!("${i}")).collect();
+        let last = ids.last().copied().unwrap_or_default();
+        let params: Vec<SqlValue> = (0..padded)
+            .map(|i| ids.get(i).copied().unwrap_or(last).into())
+            .collect();
         let sql = format!(
             "SELECT id, cqrs_revision FROM {} WHERE id IN ({})",
             self.table,
@@ -483,12 +492,14 @@ impl ReplicaModel for ItemReplica {
         if saves.is_empty() {
             return Ok(());
         }
-        let mut params = Vec::with_capacity(saves.len() * 8);
-        for w in &saves {
-            params.extend(Self::params(&w.change)?);
+        for range in statement_chunks(saves.len(), 256) {
+            let mut params = Vec::with_capacity(range.len() * 8);
+            for w in &saves[range.clone()] {
+                params.extend(Self::params(&w.change)?);
+            }
+            tx.execute(&upsert_items_sql(&self.table, range.len()), &params)
+                .await?;
         }
-        let sql = upsert_items_sql(&self.table, saves.len());
-        tx.execute(&sql, &params).await?;
         for w in &saves {
             self.stamp(tx, &w.change);
         }

@@ -172,6 +172,6 @@ pub use consumer::{
     SINGLE_ACTIVE_CONSUMER,
 };
 pub use model::{
-    Change, FieldMapping, Rejected, ReplicaModel, ReplicaModels, RowWrite, Typed,
-    TypedReplicaModel, WriteKind,
+    padded_len, statement_chunks, Change, FieldMapping, Rejected, ReplicaModel, ReplicaModels,
+    RowWrite, Typed, TypedReplicaModel, WriteKind,
 };

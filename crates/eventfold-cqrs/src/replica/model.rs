@@ -104,6 +104,36 @@ pub struct RowWrite<'a> {
     pub messages: usize,
 }
 
+/// The row ranges of a multi-row write of `rows` rows: chunks whose sizes are powers of
+/// two of at most `max_rows` (rounded down to one), largest first (55 rows: 32, 16, 4, 2,
+/// 1). Batches come in every size, and one statement shape per size would evict one
+/// another from the connection's statement cache (sqlx keeps 100, eventfold-sqlite 64) and
+/// be parsed and planned again each time; with these, a few shapes serve every batch.
+pub fn statement_chunks(rows: usize, max_rows: usize) -> Vec<std::ops::Range<usize>> {
+    let largest = if max_rows <= 1 {
+        1
+    } else {
+        1 << (usize::BITS - 1 - max_rows.leading_zeros())
+    };
+    let mut chunks = Vec::new();
+    let (mut start, mut size) = (0, largest);
+    while start < rows {
+        while size > rows - start {
+            size /= 2;
+        }
+        chunks.push(start..start + size);
+        start += size;
+    }
+    chunks
+}
+
+/// How long an `IN (...)` list of `n` values is made (the next power of two; pad it by
+/// repeating a value) so that, as with [`statement_chunks`], a few statement shapes
+/// serve every batch.
+pub fn padded_len(n: usize) -> usize {
+    n.next_power_of_two()
+}
+
 /// A hook's way to say a message can never be applied (its data does not fit the model):
 /// the consumer dead-letters it at once, with this reason, instead of retrying it. Any
 /// other hook error is retried as django-cqrs retries.
@@ -421,6 +451,24 @@ impl ReplicaModels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statement_chunks_are_powers_of_two_covering_the_rows() {
+        let sizes = |rows, max| -> Vec<usize> {
+            statement_chunks(rows, max)
+                .iter()
+                .map(|r| r.len())
+                .collect()
+        };
+        assert_eq!(sizes(55, 256), [32, 16, 4, 2, 1]);
+        assert_eq!(sizes(200, 256), [128, 64, 8]);
+        assert_eq!(sizes(600, 250), [128, 128, 128, 128, 64, 16, 8]);
+        assert_eq!(sizes(3, 0), [1, 1, 1]);
+        assert!(sizes(0, 256).is_empty());
+        let ranges = statement_chunks(7, 4);
+        assert_eq!(ranges, [0..4, 4..6, 6..7]);
+        assert_eq!((padded_len(1), padded_len(5), padded_len(128)), (1, 8, 128));
+    }
 
     #[test]
     fn field_mapping_renames_and_drops() {

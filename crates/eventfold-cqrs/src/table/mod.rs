@@ -51,7 +51,7 @@ use std::collections::HashMap;
 use eventfold_core::{SqlValue, Transaction};
 use serde_json::{Map, Value};
 
-use crate::replica::FieldMapping;
+use crate::replica::{padded_len, statement_chunks, FieldMapping};
 use crate::wire::{CqrsMessage, SignalType};
 use column::{quote, Column, Dialect, Kind};
 
@@ -368,6 +368,22 @@ impl Table {
         Ok(column.param(self.dialect, params.len()))
     }
 
+    /// The parameters of an `IN (...)` list of `pks`, padded to [`padded_len`] by
+    /// repeating the last one (the same rows), so a few statement shapes serve every
+    /// batch size.
+    fn pk_list(&self, pks: &[&Value], params: &mut Vec<SqlValue>) -> Result<String, TableError> {
+        let mut list = Vec::with_capacity(padded_len(pks.len()));
+        for pk in pks {
+            list.push(self.pk_param(pk, params)?);
+        }
+        if let Some(last) = pks.last() {
+            while list.len() < padded_len(pks.len()) {
+                list.push(self.pk_param(last, params)?);
+            }
+        }
+        Ok(list.join(", "))
+    }
+
     // ---- replica side ----
 
     /// The field mapping of the tables file: renames, then ignored keys dropped. The
@@ -450,18 +466,15 @@ impl Table {
         // SQLite looks each `$n` up by name, a scan of the statement's parameters, so a
         // long IN list costs its length squared: a few hundred at a time.
         for chunk in pks.chunks(PK_CHUNK) {
-            let mut params = Vec::with_capacity(chunk.len());
-            let mut list = Vec::with_capacity(chunk.len());
-            for pk in chunk {
-                list.push(self.pk_param(pk.borrow(), &mut params)?);
-            }
+            let mut params = Vec::with_capacity(padded_len(chunk.len()));
+            let chunk: Vec<&Value> = chunk.iter().map(|pk| pk.borrow()).collect();
             let sql = format!(
                 "SELECT {}, {} FROM {} WHERE {} IN ({})",
                 self.columns[self.pk].select(self.dialect),
                 quote(&self.columns[self.revision].name),
                 self.qualified,
                 quote(&self.columns[self.pk].name),
-                list.join(", ")
+                self.pk_list(&chunk, &mut params)?
             );
             for row in tx.query(&sql, &params).await? {
                 let mut row = row.into_iter();
@@ -518,8 +531,8 @@ impl Table {
                 .filter(|(&i, _)| i != self.pk)
                 .map(|(_, name)| format!("{name} = excluded.{name}"))
                 .collect();
-            let per_statement = (MAX_PARAMS / columns.len()).max(1);
-            for chunk in rows.chunks(per_statement) {
+            for range in statement_chunks(rows.len(), MAX_PARAMS / columns.len()) {
+                let chunk = &rows[range];
                 let mut params = Vec::with_capacity(chunk.len() * columns.len());
                 let mut tuples = Vec::with_capacity(chunk.len());
                 for row in chunk {
@@ -558,16 +571,12 @@ impl Table {
     ) -> Result<u64, TableError> {
         let mut deleted = 0;
         for chunk in pks.chunks(PK_CHUNK) {
-            let mut params = Vec::with_capacity(chunk.len());
-            let mut list = Vec::with_capacity(chunk.len());
-            for pk in chunk {
-                list.push(self.pk_param(pk, &mut params)?);
-            }
+            let mut params = Vec::with_capacity(padded_len(chunk.len()));
             let sql = format!(
                 "DELETE FROM {} WHERE {} IN ({})",
                 self.qualified,
                 quote(&self.columns[self.pk].name),
-                list.join(", ")
+                self.pk_list(chunk, &mut params)?
             );
             deleted += tx.execute(&sql, &params).await?;
         }
