@@ -500,8 +500,9 @@ impl Table {
     }
 
     /// [`Self::upsert`] of many rows, in multi-row statements (`INSERT ... VALUES (...),
-    /// (...) ON CONFLICT DO UPDATE`; rows with the same columns share one, up to
-    /// [`MAX_PARAMS`] values each). The primary keys must differ: PostgreSQL refuses to
+    /// (...) ON CONFLICT DO UPDATE`; rows with the same columns share them, in chunks of
+    /// [`statement_chunks`] of up to [`MAX_PARAMS`] values). The primary keys must
+    /// differ: PostgreSQL refuses to
     /// update one row twice in a statement. Data that does not fit is
     /// [`TableError::BadData`] before anything is written.
     pub async fn upsert_many(
