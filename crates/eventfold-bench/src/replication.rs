@@ -177,6 +177,17 @@ fn upsert_items_sql(table: &str, rows: usize) -> String {
     )
 }
 
+/// At most this many rows (8 values each) per upsert statement: as eventfold-cqrs's
+/// plain tables do (`MAX_PARAMS`, `SQLITE_MAX_PARAMS`), small statements on SQLite, whose
+/// binding costs the value count squared.
+fn rows_per_statement(backend: &str) -> usize {
+    let values = match backend {
+        "sqlite" => eventfold_cqrs::table::SQLITE_MAX_PARAMS,
+        _ => eventfold_cqrs::table::MAX_PARAMS,
+    };
+    values / 8
+}
+
 /// The `floor_write` phase: `bench.backlog` rows written by the replica's multi-row upsert
 /// alone, `replica_batch` rows per transaction, by `workers` tasks taking every
 /// `workers`-th batch: no broker, no messages, no revision reads. Rows/s.
@@ -202,7 +213,7 @@ async fn floor_write(bench: &ReplicationBench, run: &str) -> anyhow::Result<f64>
                     .collect();
                 let mut tx = store.begin().await?;
                 // In the statements the replica's write_batch uses.
-                for range in statement_chunks(items.len(), 256) {
+                for range in statement_chunks(items.len(), rows_per_statement(tx.backend())) {
                     let params: Vec<SqlValue> =
                         items[range.clone()].iter().flat_map(item_params).collect();
                     tx.execute(&upsert_items_sql(&table, range.len()), &params)
@@ -492,7 +503,7 @@ impl ReplicaModel for ItemReplica {
         if saves.is_empty() {
             return Ok(());
         }
-        for range in statement_chunks(saves.len(), 256) {
+        for range in statement_chunks(saves.len(), rows_per_statement(tx.backend())) {
             let mut params = Vec::with_capacity(range.len() * 8);
             for w in &saves[range.clone()] {
                 params.extend(Self::params(&w.change)?);

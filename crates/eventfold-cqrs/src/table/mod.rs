@@ -63,10 +63,16 @@ pub use replica::TableReplica;
 /// At most this many primary keys in one `IN (...)` list.
 pub(crate) const PK_CHUNK: usize = 500;
 
-/// At most this many values in one multi-row statement ([`Table::upsert_many`]): well
-/// under what either backend takes (SQLite 32,766, PostgreSQL 65,535), and enough for a
-/// consumer batch of 200 rows of 10 columns in one statement.
+/// At most this many values in one multi-row statement or `IN` list on PostgreSQL
+/// ([`Table::upsert_many`], [`Table::stored_revisions`], [`Table::delete_many`]): a
+/// consumer batch of 200 rows of 10 columns in two statements.
 pub const MAX_PARAMS: usize = 2000;
+
+/// The same on SQLite: it finds each `$n` by a scan of the statement's parameter names,
+/// so binding a statement costs its value count squared (a 1,280-value upsert made
+/// `bulk-load` slower than one statement per row); small statements, cached, cost
+/// little there, where there is no round trip to save.
+pub const SQLITE_MAX_PARAMS: usize = 128;
 
 /// The `instance_data` key of the revision.
 pub const REVISION_KEY: &str = "cqrs_revision";
@@ -384,6 +390,14 @@ impl Table {
         Ok(list.join(", "))
     }
 
+    /// At most this many values in one statement of this table's backend.
+    fn max_params(&self) -> usize {
+        match self.dialect {
+            Dialect::Sqlite => SQLITE_MAX_PARAMS,
+            Dialect::Postgres => MAX_PARAMS,
+        }
+    }
+
     // ---- replica side ----
 
     /// The field mapping of the tables file: renames, then ignored keys dropped. The
@@ -465,7 +479,7 @@ impl Table {
         let mut found = HashMap::with_capacity(pks.len());
         // SQLite looks each `$n` up by name, a scan of the statement's parameters, so a
         // long IN list costs its length squared: a few hundred at a time.
-        for chunk in pks.chunks(PK_CHUNK) {
+        for chunk in pks.chunks(self.max_params().min(PK_CHUNK)) {
             let mut params = Vec::with_capacity(padded_len(chunk.len()));
             let chunk: Vec<&Value> = chunk.iter().map(|pk| pk.borrow()).collect();
             let sql = format!(
@@ -501,7 +515,8 @@ impl Table {
 
     /// [`Self::upsert`] of many rows, in multi-row statements (`INSERT ... VALUES (...),
     /// (...) ON CONFLICT DO UPDATE`; rows with the same columns share them, in chunks of
-    /// [`statement_chunks`] of up to [`MAX_PARAMS`] values). The primary keys must
+    /// [`statement_chunks`] of up to [`MAX_PARAMS`] values, [`SQLITE_MAX_PARAMS`] on
+    /// SQLite). The primary keys must
     /// differ: PostgreSQL refuses to
     /// update one row twice in a statement. Data that does not fit is
     /// [`TableError::BadData`] before anything is written.
@@ -532,7 +547,7 @@ impl Table {
                 .filter(|(&i, _)| i != self.pk)
                 .map(|(_, name)| format!("{name} = excluded.{name}"))
                 .collect();
-            for range in statement_chunks(rows.len(), MAX_PARAMS / columns.len()) {
+            for range in statement_chunks(rows.len(), self.max_params() / columns.len()) {
                 let chunk = &rows[range];
                 let mut params = Vec::with_capacity(chunk.len() * columns.len());
                 let mut tuples = Vec::with_capacity(chunk.len());
@@ -571,7 +586,7 @@ impl Table {
         pks: &[&Value],
     ) -> Result<u64, TableError> {
         let mut deleted = 0;
-        for chunk in pks.chunks(PK_CHUNK) {
+        for chunk in pks.chunks(self.max_params().min(PK_CHUNK)) {
             let mut params = Vec::with_capacity(padded_len(chunk.len()));
             let sql = format!(
                 "DELETE FROM {} WHERE {} IN ({})",
