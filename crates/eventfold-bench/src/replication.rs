@@ -27,7 +27,10 @@
 //!   running, then the replica starts and applies them: `backlog_msgs_per_s`; in the same
 //!   run the broker's own consume-and-ack rate of as many messages of the same size
 //!   (`broker_consume_per_s`) and its confirmed-publish rate;
-//! * `bare`: the store's bare commit rate.
+//! * `bare`: the store's bare commit rate;
+//! * `floor_write` (not run by default): the backlog's row count written by the replica's
+//!   multi-row upsert alone, in batches of the replica's size, with as many writers as
+//!   workers and no broker: the ceiling of `backlog` on this store.
 //!
 //! A fresh virtual host per run, fresh SQLite files or PostgreSQL tables per phase, all
 //! removed afterwards.
@@ -45,7 +48,8 @@ use eventfold_cqrs::master::{
     record_stream, Master, MasterModel, ModelOptions, Pk, Save, CQRS_KEY,
 };
 use eventfold_cqrs::replica::{
-    Change, ReplicaConsumer, ReplicaModel, ReplicaModels, ReplicaOptions, ReplicaStats,
+    padded_len, statement_chunks, Change, ReplicaConsumer, ReplicaModel, ReplicaModels,
+    ReplicaOptions, ReplicaStats, RowWrite, WriteKind,
 };
 use eventfold_cqrs::wire::{
     expires_after, python_datetime, CqrsMessage, SignalType, DEFAULT_EXCHANGE, DEFAULT_MESSAGE_TTL,
@@ -171,6 +175,79 @@ fn item_params(item: &Item) -> [SqlValue; 8] {
         item.description.as_str().into(),
         item.created.as_str().into(),
     ]
+}
+
+/// A multi-row upsert of `rows` items into `table`, `item_params`' 8 values per row.
+fn upsert_items_sql(table: &str, rows: usize) -> String {
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let p: Vec<String> = (r * 8 + 1..=r * 8 + 8).map(|i| format!("${i}")).collect();
+            format!("({})", p.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {table} (id, cqrs_revision, cqrs_updated, name, qty, price, description, created) \
+         VALUES {} ON CONFLICT (id) DO UPDATE SET cqrs_revision = excluded.cqrs_revision, \
+         cqrs_updated = excluded.cqrs_updated, name = excluded.name, qty = excluded.qty, \
+         price = excluded.price, description = excluded.description, created = excluded.created",
+        tuples.join(", ")
+    )
+}
+
+/// At most this many rows (8 values each) per upsert statement: as eventfold-cqrs's
+/// plain tables do (`MAX_PARAMS`, `SQLITE_MAX_PARAMS`), small statements on SQLite, whose
+/// binding costs the value count squared.
+fn rows_per_statement(backend: &str) -> usize {
+    let values = match backend {
+        "sqlite" => eventfold_cqrs::table::SQLITE_MAX_PARAMS,
+        _ => eventfold_cqrs::table::MAX_PARAMS,
+    };
+    values / 8
+}
+
+/// The `floor_write` phase: `bench.backlog` rows written by the replica's multi-row upsert
+/// alone, `replica_batch` rows per transaction, by `workers` tasks taking every
+/// `workers`-th batch: no broker, no messages, no revision reads. Rows/s.
+async fn floor_write(bench: &ReplicationBench, run: &str) -> anyhow::Result<f64> {
+    let scratch = Scratch::open_empty(&bench.backend, "efbrf", run, "floor").await?;
+    let table = scratch.table("replica_items");
+    create_table(&scratch, &table).await?;
+    let (rows, per, workers) = (
+        bench.backlog,
+        bench.replica_batch.max(1),
+        bench.workers.max(1),
+    );
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let (store, table) = (Arc::clone(&scratch.store), table.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut start = w * per;
+            while start < rows {
+                let end = (start + per).min(rows);
+                let items: Vec<Item> = (start..end)
+                    .map(|id| Item::new(id as i64 + 1, "floor"))
+                    .collect();
+                let mut tx = store.begin().await?;
+                // In the statements the replica's write_batch uses.
+                for range in statement_chunks(items.len(), rows_per_statement(tx.backend())) {
+                    let params: Vec<SqlValue> =
+                        items[range.clone()].iter().flat_map(item_params).collect();
+                    tx.execute(&upsert_items_sql(&table, range.len()), &params)
+                        .await?;
+                }
+                tx.commit().await?;
+                start += per * workers;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = rows as f64 / t0.elapsed().as_secs_f64();
+    scratch.remove().await?;
+    Ok(rate)
 }
 
 /// The caller's own write of the row.
@@ -396,8 +473,9 @@ impl Applied {
     }
 }
 
-/// The replica's `ItemReplica`: upsert by pk into `replica_items`; each apply stamps its
-/// commit instant (as the peer's `replicated_at`, but at the commit).
+/// The replica's `ItemReplica`: INSERT or UPDATE by pk into `replica_items` (a batch: one
+/// multi-row upsert); each apply stamps its commit instant (as the peer's
+/// `replicated_at`, but at the commit).
 struct ItemReplica {
     table: String,
     applied: Arc<Applied>,
@@ -474,6 +552,76 @@ impl ReplicaModel for ItemReplica {
             )
             .await?;
         Ok(rows.first().and_then(|r| r[0].as_i64()))
+    }
+
+    async fn stored_revisions(
+        &self,
+        tx: &mut Transaction,
+        pks: &[&Value],
+    ) -> Result<Option<Vec<Option<i64>>>, BoxError> {
+        let ids = pks
+            .iter()
+            .map(|pk| pk.as_i64().ok_or("the pk is not an integer"))
+            .collect::<Result<Vec<i64>, _>>()?;
+        // Padded with the last id, so a few statement shapes serve every batch size.
+        let padded = padded_len(ids.len());
+        let list: Vec<String> = (1..=padded).map(|i| format!("${i}")).collect();
+        let last = ids.last().copied().unwrap_or_default();
+        let params: Vec<SqlValue> = (0..padded)
+            .map(|i| ids.get(i).copied().unwrap_or(last).into())
+            .collect();
+        let sql = format!(
+            "SELECT id, cqrs_revision FROM {} WHERE id IN ({})",
+            self.table,
+            list.join(", ")
+        );
+        let found: HashMap<i64, i64> = tx
+            .query(&sql, &params)
+            .await?
+            .iter()
+            .filter_map(|r| Some((r[0].as_i64()?, r[1].as_i64()?)))
+            .collect();
+        Ok(Some(ids.iter().map(|id| found.get(id).copied()).collect()))
+    }
+
+    /// One multi-row DELETE and one multi-row upsert per batch.
+    async fn write_batch(
+        &self,
+        tx: &mut Transaction,
+        writes: &[RowWrite<'_>],
+    ) -> Result<(), BoxError> {
+        let (deletes, saves): (Vec<&RowWrite<'_>>, Vec<_>) =
+            writes.iter().partition(|w| w.kind == WriteKind::Delete);
+        if !deletes.is_empty() {
+            let mut params = Vec::with_capacity(deletes.len());
+            for w in &deletes {
+                params.push(SqlValue::from(
+                    w.change.pk.as_i64().ok_or("the pk is not an integer")?,
+                ));
+            }
+            let list: Vec<String> = (1..=params.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM {} WHERE id IN ({})",
+                self.table,
+                list.join(", ")
+            );
+            tx.execute(&sql, &params).await?;
+        }
+        if saves.is_empty() {
+            return Ok(());
+        }
+        for range in statement_chunks(saves.len(), rows_per_statement(tx.backend())) {
+            let mut params = Vec::with_capacity(range.len() * 8);
+            for w in &saves[range.clone()] {
+                params.extend(Self::params(&w.change)?);
+            }
+            tx.execute(&upsert_items_sql(&self.table, range.len()), &params)
+                .await?;
+        }
+        for w in &saves {
+            self.stamp(tx, &w.change);
+        }
+        Ok(())
     }
 
     async fn create(&self, tx: &mut Transaction, change: &Change<'_>) -> Result<(), BoxError> {
@@ -1229,6 +1377,26 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
         ));
     }
 
+    let mut floor = None;
+    if has("floor_write") {
+        let rate = floor_write(bench, &run).await?;
+        floor = Some(rate);
+        line(format!(
+            "[floor_write] {rate:.0} rows/s: {} rows by a bare multi-row upsert, {} per transaction, {} writers, \
+             no broker",
+            bench.backlog, bench.replica_batch, bench.workers
+        ));
+        results.insert(
+            "floor_write".into(),
+            json!({
+                "rows": bench.backlog,
+                "rows_per_transaction": bench.replica_batch,
+                "writers": bench.workers,
+                "floor_write_rows_per_s": sig4(rate),
+            }),
+        );
+    }
+
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| sig4(a / b));
     let e2e = results
         .get("replication")
@@ -1262,6 +1430,11 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
     );
     out.insert("broker_confirmed_per_s".into(), json!(confirmed.map(sig4)));
     out.insert("bare_commits_per_s".into(), json!(bare.map(sig4)));
+    out.insert("floor_write_rows_per_s".into(), json!(floor.map(sig4)));
+    out.insert(
+        "backlog_vs_floor_write".into(),
+        json!(ratio(backlog_rate, floor)),
+    );
     out.insert("plain_vs_bare".into(), json!(ratio(plain, bare)));
     if let Some(r) = out["results"].get("replication") {
         line(format!(

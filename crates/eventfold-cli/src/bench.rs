@@ -39,7 +39,8 @@ pub enum BenchCommand {
     /// message in one transaction, the relay, and a replica consumer with W workers
     /// applying to a second store, in this process (phases plain, record_only, bumped,
     /// floor, replication, cold_start, backlog vs the broker's own consume-and-ack rate,
-    /// bare commits). Needs RabbitMQ and
+    /// bare commits; floor_write, the backlog's rows by a bare multi-row upsert, on
+    /// request). Needs RabbitMQ and
     /// `rabbitmqctl` (a scratch virtual host).
     Replication(ReplicationArgs),
     /// The inspector's pages on a large store: one stream of 1M events (a snapshot every
@@ -112,7 +113,7 @@ pub struct ReplicationArgs {
     /// Longest wait for the relay or the replica, seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
-    /// Phases to run.
+    /// Phases to run (also floor_write, not run by default).
     #[arg(
         long,
         value_delimiter = ',',

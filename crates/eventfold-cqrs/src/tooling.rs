@@ -31,10 +31,13 @@
 //!   unroutable ([`SyncReport::returned`]): a sync to a queue that is not bound reached
 //!   nobody, and the CLI exits non-zero saying so (django-cqrs publishes without
 //!   confirms).
-//! - **Bulk loads apply the revision rules** ([`apply_message`], as `cqrs_save` does),
-//!   a batch of lines per transaction. When the database refuses a line (which aborts a
-//!   PostgreSQL transaction), the batch is rolled back and applied again with a savepoint
-//!   per line, so that line alone is reported and the rest of its batch still commits.
+//! - **Bulk loads apply the revision rules** ([`apply_batch`], as `cqrs_save` does),
+//!   a batch of lines per transaction: one read of the stored revisions and one
+//!   multi-row upsert per batch, as the replica consumer writes. When that fails (the
+//!   database refuses a line, which aborts a PostgreSQL transaction, or a line does not
+//!   fit the table), the batch is rolled back and applied again line by line
+//!   ([`apply_message`]) with a savepoint per line, so that line alone is reported and
+//!   the rest of its batch still commits.
 //! - **Dead letters are browsed, not consumed**: taken without an ack, then given back in
 //!   their order ([`QueueBrowser`]). A retry acks each dead letter only after the broker
 //!   confirmed its re-published copy, so a failure part way loses nothing (at worst a
@@ -48,7 +51,7 @@ use eventfold_amqp::{AmqpConfig, AmqpError, ConfirmedPublisher, Outcome, QueueBr
 use eventfold_core::{Store, Transaction};
 use serde_json::Value;
 
-use crate::replica::{apply_message, ReplicaModels};
+use crate::replica::{apply_batch, apply_message, ReplicaModels};
 use crate::table::{pk_key, Filter, Role, Table, TableError, TableReplica, TablesConfig};
 use crate::wire::{
     dead_letter_queue, expires_after, python_datetime, queue_routing_key, routing_key, ujson,
@@ -342,17 +345,17 @@ pub async fn bulk_load(
             cqrs_id: &cqrs_id,
             lines: &lines,
         };
+        let parsed = load.parse();
         let mut tx = store.begin().await?;
-        let outcomes = match load.run(&mut tx, false).await? {
+        let outcomes = match load.run_batched(&mut tx, &parsed).await {
             Some(outcomes) => outcomes,
             None => {
-                // The database refused a line, which aborts a PostgreSQL transaction:
-                // the batch again, each line in a savepoint, so only that line fails.
+                // The batch write failed (the database refused a line, which aborts a
+                // PostgreSQL transaction, or a line does not fit): the batch again, each
+                // line in a savepoint, so only that line fails.
                 tx.rollback().await?;
                 tx = store.begin().await?;
-                load.run(&mut tx, true)
-                    .await?
-                    .expect("with savepoints every line has an outcome")
+                load.run_each(&mut tx, &parsed).await?
             }
         };
         tx.commit().await?;
@@ -382,59 +385,78 @@ struct LoadBatch<'a> {
 const LOAD_SAVEPOINT: &str = "eventfold_cqrs_load_line";
 
 impl LoadBatch<'_> {
-    /// Applies each line in `tx`: `Ok(true)` loaded, `Ok(false)` skipped by the revision
-    /// rules, `Err(reason)` not loadable. Without savepoints, `None` as soon as the
-    /// database refuses a line (the transaction may be unusable: roll it back).
-    async fn run(
+    /// Each line as the SAVE it stands for, or why it is not one.
+    fn parse(&self) -> Vec<Result<CqrsMessage, String>> {
+        self.lines
+            .iter()
+            .map(|(_, text)| {
+                let data = match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Object(data)) => data,
+                    Ok(_) => return Err("not a JSON object".to_owned()),
+                    Err(e) => return Err(format!("not JSON ({e})")),
+                };
+                let pk = self.table.pk_of(&data).map_err(|e| e.to_string())?;
+                Ok(CqrsMessage::new(SignalType::Save, self.cqrs_id, pk, data))
+            })
+            .collect()
+    }
+
+    /// Applies every line at once ([`apply_batch`]: one read of the stored revisions,
+    /// one multi-row upsert): `Ok(true)` loaded, `Ok(false)` skipped by the revision
+    /// rules, `Err(reason)` not a row. `None` when the batch failed (roll `tx` back).
+    async fn run_batched(
         &self,
         tx: &mut Transaction,
-        savepoints: bool,
-    ) -> Result<Option<Vec<Result<bool, String>>>, ToolError> {
-        let mut outcomes = Vec::with_capacity(self.lines.len());
-        for (_, text) in self.lines {
-            let data = match serde_json::from_str::<Value>(text) {
-                Ok(Value::Object(data)) => data,
-                Ok(_) => {
-                    outcomes.push(Err("not a JSON object".to_owned()));
-                    continue;
-                }
-                Err(e) => {
-                    outcomes.push(Err(format!("not JSON ({e})")));
+        parsed: &[Result<CqrsMessage, String>],
+    ) -> Option<Vec<Result<bool, String>>> {
+        let messages: Vec<&CqrsMessage> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let mut applied = apply_batch(self.models, tx, &messages)
+            .await
+            .ok()?
+            .into_iter();
+        Some(
+            parsed
+                .iter()
+                .map(|p| match p {
+                    Ok(_) => Ok(applied.next().is_some_and(|a| a.is_applied())),
+                    Err(reason) => Err(reason.clone()),
+                })
+                .collect(),
+        )
+    }
+
+    /// Applies each line in `tx` in a savepoint of its own ([`apply_message`]), so a line
+    /// the database refuses is rolled back alone and reported.
+    async fn run_each(
+        &self,
+        tx: &mut Transaction,
+        parsed: &[Result<CqrsMessage, String>],
+    ) -> Result<Vec<Result<bool, String>>, ToolError> {
+        let mut outcomes = Vec::with_capacity(parsed.len());
+        for message in parsed {
+            let message = match message {
+                Ok(message) => message,
+                Err(reason) => {
+                    outcomes.push(Err(reason.clone()));
                     continue;
                 }
             };
-            let pk = match self.table.pk_of(&data) {
-                Ok(pk) => pk,
-                Err(e) => {
-                    outcomes.push(Err(e.to_string()));
-                    continue;
-                }
-            };
-            let message = CqrsMessage::new(SignalType::Save, self.cqrs_id, pk, data);
-            if savepoints {
-                tx.execute(&format!("SAVEPOINT {LOAD_SAVEPOINT}"), &[])
+            tx.execute(&format!("SAVEPOINT {LOAD_SAVEPOINT}"), &[])
+                .await?;
+            let applied = apply_message(self.models, tx, message).await;
+            if applied.is_err() {
+                tx.execute(&format!("ROLLBACK TO SAVEPOINT {LOAD_SAVEPOINT}"), &[])
                     .await?;
             }
-            let applied = apply_message(self.models, tx, &message).await;
-            match &applied {
-                Err(e) if !e.is_permanent() && !savepoints => return Ok(None),
-                Err(_) if savepoints => {
-                    tx.execute(&format!("ROLLBACK TO SAVEPOINT {LOAD_SAVEPOINT}"), &[])
-                        .await?;
-                }
-                _ => {}
-            }
-            if savepoints {
-                tx.execute(&format!("RELEASE SAVEPOINT {LOAD_SAVEPOINT}"), &[])
-                    .await?;
-            }
+            tx.execute(&format!("RELEASE SAVEPOINT {LOAD_SAVEPOINT}"), &[])
+                .await?;
             outcomes.push(
                 applied
                     .map(|a| a.is_applied())
                     .map_err(|e| format!("pk {}: {e}", message.pk_text())),
             );
         }
-        Ok(Some(outcomes))
+        Ok(outcomes)
     }
 }
 

@@ -2,7 +2,6 @@
 //! over eventfold-amqp's batch consumer (per-key workers, multiple-acks).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +14,10 @@ use eventfold_amqp::{
 use eventfold_core::Store;
 use serde::Deserialize;
 
-use super::apply::{apply_known, Applied, ApplyError};
+use super::apply::{apply_batch, apply_message, Applied, ApplyError};
 use super::model::ReplicaModels;
 use crate::wire::{
-    dead_letter_queue, iso_seconds, queue_routing_key, replica_bindings, CqrsMessage, SignalType,
+    dead_letter_queue, iso_seconds, queue_routing_key, replica_bindings, CqrsMessage,
     DEFAULT_DEAD_MESSAGE_TTL, DEFAULT_EXCHANGE,
 };
 
@@ -230,11 +229,12 @@ pub enum ReplicaError {
 ///   `dead_letter_<queue>`), acked, and the consumer goes on;
 /// - **expired** (`expires <= now`): dead-lettered to `cqrs.dead_letter_<queue>.<cqrs_id>`
 ///   without being applied, as django-cqrs does;
-/// - otherwise **applied** by django-cqrs's revision rules ([`super::apply_message`]) in
+/// - otherwise **applied** by django-cqrs's revision rules ([`super::apply_batch`]) in
 ///   the worker's batch transaction; after
 ///   the commit the messages are acked (multiple-acks where possible), never before;
-/// - a **failing hook** makes the worker roll the batch back and apply its messages one
-///   per transaction, so only the failing one fails. That one is re-published with
+/// - a **failing hook** (or a failing [`super::ReplicaModel::write_batch`]) makes the
+///   worker roll the batch back and apply its messages one per transaction through the
+///   per-message hooks, so only the failing one fails. That one is re-published with
 ///   `retries + 1` to `cqrs.<queue>.<cqrs_id>` after [`ReplicaOptions::retry_delay`]
 ///   (the original is acked once the broker confirmed the copy; the worker does not wait
 ///   meanwhile), or dead-lettered once `retries` reached [`ReplicaOptions::max_retries`].
@@ -464,18 +464,21 @@ impl ReplicaHandler {
             return out;
         }
         let messages: Vec<&CqrsMessage> = todo.iter().map(|(_, m)| m).collect();
-        match self.apply_in_one_transaction(&messages).await {
+        match self.apply_in_one_transaction(&messages, true).await {
             Ok(applied) => {
                 for ((i, message), applied) in todo.iter().zip(&applied) {
                     self.count(message, redelivered[*i], applied);
                 }
             }
-            Err(e) if todo.len() == 1 => out[todo[0].0] = self.failed(&todo[0].1, e),
             Err(e) => {
-                Counters::add(&self.counters.batch_fallbacks);
+                // Also for a lone message: its batch write may fail where its own hook
+                // would not (a model's multi-row statement), so the hook has the last word.
+                if todo.len() > 1 {
+                    Counters::add(&self.counters.batch_fallbacks);
+                }
                 tracing::debug!(error = %e, messages = todo.len(), "batch rolled back; applying its messages one by one");
                 for (i, message) in &todo {
-                    match self.apply_in_one_transaction(&[message]).await {
+                    match self.apply_in_one_transaction(&[message], false).await {
                         Ok(applied) => self.count(message, redelivered[*i], &applied[0]),
                         Err(e) => out[*i] = self.failed(message, e),
                     }
@@ -533,104 +536,47 @@ impl ReplicaHandler {
         dead
     }
 
+    /// Applies `messages` in one transaction of the replica store and commits it:
+    /// several at once with [`apply_batch`] (`batched`), or one with [`apply_message`]
+    /// through the model's per-message hooks (the path that finds a failing message).
     async fn apply_in_one_transaction(
         &self,
         messages: &[&CqrsMessage],
+        batched: bool,
     ) -> Result<Vec<Applied>, BatchFailure> {
         let mut tx = self
             .store
             .begin()
             .await
             .map_err(|e| BatchFailure::Store(e.to_string()))?;
-        let mut applied = Vec::with_capacity(messages.len());
-        let mut known = match self.stored_revisions(&mut tx, messages).await {
-            Ok(known) => known,
+        let applied = if batched {
+            apply_batch(&self.models, &mut tx, messages).await
+        } else {
+            let mut applied = Vec::with_capacity(messages.len());
+            let mut failed = None;
+            for message in messages {
+                match apply_message(&self.models, &mut tx, message).await {
+                    Ok(a) => applied.push(a),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            failed.map_or(Ok(applied), Err)
+        };
+        let applied = match applied {
+            Ok(applied) => applied,
             Err(e) => {
                 let _ = tx.rollback().await;
-                return Err(e);
+                return Err(BatchFailure::Apply(e));
             }
         };
-        for message in messages {
-            let key = (message.cqrs_id.as_str(), message.pk_text());
-            let stored = known.get(&key).copied().flatten();
-            match apply_known(&self.models, &mut tx, message, stored).await {
-                Ok(a) => {
-                    // Later messages of the batch see what this one did.
-                    match a {
-                        Applied::Created { .. } | Applied::Updated { .. } => {
-                            known.insert(key, message.revision());
-                        }
-                        Applied::Deleted => {
-                            known.insert(key, None);
-                        }
-                        _ => {}
-                    }
-                    applied.push(a);
-                }
-                Err(e) => {
-                    let _ = tx.rollback().await;
-                    return Err(BatchFailure::Apply(e));
-                }
-            }
-        }
         tx.commit()
             .await
             .map_err(|e| BatchFailure::Store(e.to_string()))?;
         Counters::add(&self.counters.commits);
         Ok(applied)
-    }
-
-    /// The stored revisions of the batch's instances, one query per model (when the model
-    /// answers many pks at once), keyed by (`cqrs_id`, pk text).
-    async fn stored_revisions<'m>(
-        &self,
-        tx: &mut eventfold_core::Transaction,
-        messages: &[&'m CqrsMessage],
-    ) -> Result<HashMap<(&'m str, String), Option<i64>>, BatchFailure> {
-        let mut wanted: HashMap<&str, Vec<&serde_json::Value>> = HashMap::new();
-        let mut seen = std::collections::HashSet::new();
-        // A DELETE needs no revision.
-        let saves = messages
-            .iter()
-            .filter(|m| m.signal_type != SignalType::Delete);
-        for m in saves {
-            if seen.insert((m.cqrs_id.as_str(), m.pk_text())) {
-                wanted.entry(&m.cqrs_id).or_default().push(&m.instance_pk);
-            }
-        }
-        let mut known = HashMap::with_capacity(seen.len());
-        for (cqrs_id, pks) in wanted {
-            let model = self.models.get(cqrs_id).ok_or_else(|| {
-                BatchFailure::Apply(ApplyError::UnknownCqrsId(cqrs_id.to_owned()))
-            })?;
-            let failed = |e| BatchFailure::Apply(ApplyError::Failed(e));
-            let revisions = match model.stored_revisions(tx, &pks).await.map_err(failed)? {
-                Some(revisions) => revisions,
-                None => {
-                    let mut one_by_one = Vec::with_capacity(pks.len());
-                    for pk in &pks {
-                        one_by_one.push(model.stored_revision(tx, pk).await.map_err(failed)?);
-                    }
-                    one_by_one
-                }
-            };
-            if revisions.len() != pks.len() {
-                let reason = format!(
-                    "{cqrs_id}: stored_revisions gave {} revisions for {} pks",
-                    revisions.len(),
-                    pks.len()
-                );
-                return Err(BatchFailure::Apply(ApplyError::Failed(reason.into())));
-            }
-            for (pk, revision) in pks.into_iter().zip(revisions) {
-                let text = match pk {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                known.insert((cqrs_id, text), revision);
-            }
-        }
-        Ok(known)
     }
 
     /// Counts and logs what a committed transaction applied, with django-cqrs's texts.

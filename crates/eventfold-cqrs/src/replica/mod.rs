@@ -2,9 +2,11 @@
 //! [`Transaction`](eventfold_core::Transaction), and the consumer that feeds them.
 //!
 //! - [`model`]: what a replica model is ([`ReplicaModel`], object-safe, held by
-//!   `cqrs_id` in [`ReplicaModels`]), its typed flavour ([`TypedReplicaModel`] behind
-//!   [`Typed`]) and the field mapping of the dynamic flavour ([`FieldMapping`]).
-//! - [`apply`]: django-cqrs's revision rules ([`apply_message`], [`Applied`]).
+//!   `cqrs_id` in [`ReplicaModels`]; a batch's net writes are [`RowWrite`]s), its typed
+//!   flavour ([`TypedReplicaModel`] behind [`Typed`]) and the field mapping of the
+//!   dynamic flavour ([`FieldMapping`]).
+//! - [`apply`]: django-cqrs's revision rules ([`apply_message`], [`apply_batch`],
+//!   [`Applied`]).
 //! - [`consumer`]: [`ReplicaConsumer`], its topology ([`replica_topology`]), settings
 //!   ([`ReplicaOptions`]) and figures ([`ReplicaStats`]).
 //!
@@ -124,8 +126,14 @@
 //! acks them: one multiple-ack per run of settled deliveries (eventfold-amqp's batch
 //! consumer keeps the channel's unacked deliveries in tag order and never covers one that
 //! is still open or waiting). Under a backlog batches fill up and the commit cost is shared;
-//! a lone message is applied at once. If a message fails inside a batch, the batch rolls back
-//! and its messages are applied one per transaction, so only the failing one fails.
+//! a lone message is applied at once. A batch is applied by [`apply_batch`]: the stored
+//! revisions in one query per model ([`ReplicaModel::stored_revisions`]), the revision
+//! rules over the batch in order, then each model's net writes at once
+//! ([`ReplicaModel::write_batch`]: per primary key at most a DELETE and one create or
+//! update, the last applied message winning; plain tables write them with multi-row
+//! statements). If anything fails inside a batch, the batch rolls back and its messages
+//! are applied one per transaction through the per-message hooks, so only the failing
+//! one fails.
 //!
 //! **Failures** follow django-cqrs: a failing hook is re-published with `retries + 1` to
 //! `cqrs.<queue>.<cqrs_id>` after the retry delay (2 s), while the original stays unacked
@@ -158,11 +166,12 @@ pub mod apply;
 pub mod consumer;
 pub mod model;
 
-pub use apply::{apply_message, Applied, ApplyError};
+pub use apply::{apply_batch, apply_message, Applied, ApplyError};
 pub use consumer::{
     replica_topology, ReplicaConsumer, ReplicaError, ReplicaOptions, ReplicaStats,
     SINGLE_ACTIVE_CONSUMER,
 };
 pub use model::{
-    Change, FieldMapping, Rejected, ReplicaModel, ReplicaModels, Typed, TypedReplicaModel,
+    padded_len, statement_chunks, Change, FieldMapping, Rejected, ReplicaModel, ReplicaModels,
+    RowWrite, Typed, TypedReplicaModel, WriteKind,
 };

@@ -73,6 +73,67 @@ impl<'a> Change<'a> {
     }
 }
 
+/// What a [`RowWrite`] does to its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Insert the row: it was not there when the batch began (or a DELETE of the same
+    /// batch removed it, and that DELETE is an earlier write of the batch).
+    Create,
+    /// Update the row, which exists.
+    Update,
+    /// Delete the row, if there is one.
+    Delete,
+}
+
+/// One row's net write in a batch, as [`ReplicaModel::write_batch`] gets it: after the
+/// revision rules ran over the batch in order, the messages of one primary key that
+/// were applied fold into at most a DELETE followed by a create or update, whose
+/// [`Self::change`] is the last applied message (django-cqrs sends the whole row with
+/// every revision, so the last one carries everything the row ends with).
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RowWrite<'a> {
+    /// Create, update or delete.
+    pub kind: WriteKind,
+    /// The last applied message of the row in the batch: its data after the field
+    /// mapping, previous data, meta and revision. `stored_revision` is what the replica
+    /// held before the first message this write stands for.
+    pub change: Change<'a>,
+    /// How many applied messages of the batch this write stands for (more than 1 when
+    /// the batch held several of one primary key).
+    pub messages: usize,
+}
+
+/// The row ranges of a multi-row write of `rows` rows: chunks whose sizes are powers of
+/// two of at most `max_rows` (rounded down to one), largest first (55 rows: 32, 16, 4, 2,
+/// 1). Batches come in every size, and one statement shape per size would evict one
+/// another from the connection's statement cache (sqlx keeps 100, eventfold-sqlite 64) and
+/// be parsed and planned again each time; with these, a few shapes serve every batch.
+pub fn statement_chunks(rows: usize, max_rows: usize) -> Vec<std::ops::Range<usize>> {
+    let largest = if max_rows <= 1 {
+        1
+    } else {
+        1 << (usize::BITS - 1 - max_rows.leading_zeros())
+    };
+    let mut chunks = Vec::new();
+    let (mut start, mut size) = (0, largest);
+    while start < rows {
+        while size > rows - start {
+            size /= 2;
+        }
+        chunks.push(start..start + size);
+        start += size;
+    }
+    chunks
+}
+
+/// How long an `IN (...)` list of `n` values is made (the next power of two; pad it by
+/// repeating a value) so that, as with [`statement_chunks`], a few statement shapes
+/// serve every batch.
+pub fn padded_len(n: usize) -> usize {
+    n.next_power_of_two()
+}
+
 /// A hook's way to say a message can never be applied (its data does not fit the model):
 /// the consumer dead-letters it at once, with this reason, instead of retrying it. Any
 /// other hook error is retried as django-cqrs retries.
@@ -128,6 +189,30 @@ pub trait ReplicaModel: Send + Sync + 'static {
     /// Deletes the row of `change.pk` (no revision check, as django-cqrs). A missing row
     /// is not an error.
     async fn delete(&self, tx: &mut Transaction, change: &Change<'_>) -> Result<(), BoxError>;
+
+    /// Writes a batch's net writes at once: at most one create or update per primary key,
+    /// a DELETE of a key always before its create (run the deletes first, then the rest,
+    /// and the order within each kind does not matter). The consumer calls it once per
+    /// model and batch, after the revision rules; a model with multi-row statements
+    /// (`INSERT ... VALUES (...), (...) ON CONFLICT ... DO UPDATE`, `DELETE ... WHERE pk IN
+    /// (...)`) saves a round trip per message. An error rolls the batch back and the
+    /// consumer applies its messages one per transaction through [`Self::create`],
+    /// [`Self::update`] and [`Self::delete`], so only the failing message is retried or
+    /// dead-lettered. The default calls those hooks one by one, in order.
+    async fn write_batch(
+        &self,
+        tx: &mut Transaction,
+        writes: &[RowWrite<'_>],
+    ) -> Result<(), BoxError> {
+        for write in writes {
+            match write.kind {
+                WriteKind::Create => self.create(tx, &write.change).await?,
+                WriteKind::Update => self.update(tx, &write.change).await?,
+                WriteKind::Delete => self.delete(tx, &write.change).await?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A replica model, the typed flavour: the instance data deserialized into
@@ -177,6 +262,30 @@ pub trait TypedReplicaModel: Send + Sync + 'static {
 
     /// Deletes the row of `change.pk`; a missing row is not an error.
     async fn delete(&self, tx: &mut Transaction, change: &Change<'_>) -> Result<(), BoxError>;
+
+    /// Writes a batch's net writes at once, each with its deserialized instance (`None`
+    /// for a delete); see [`ReplicaModel::write_batch`] for the order and what an error
+    /// does. The default calls [`Self::create`], [`Self::update`] and [`Self::delete`]
+    /// one by one, in order.
+    async fn write_batch(
+        &self,
+        tx: &mut Transaction,
+        writes: Vec<(Option<Self::Instance>, RowWrite<'_>)>,
+    ) -> Result<(), BoxError> {
+        for (instance, write) in writes {
+            match (write.kind, instance) {
+                (WriteKind::Delete, _) => self.delete(tx, &write.change).await?,
+                (WriteKind::Create, Some(instance)) => {
+                    self.create(tx, instance, &write.change).await?
+                }
+                (WriteKind::Update, Some(instance)) => {
+                    self.update(tx, instance, &write.change).await?
+                }
+                (kind, None) => return Err(format!("a {kind:?} write without its instance").into()),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A [`TypedReplicaModel`] as a [`ReplicaModel`].
@@ -230,6 +339,22 @@ impl<M: TypedReplicaModel> ReplicaModel for Typed<M> {
 
     async fn delete(&self, tx: &mut Transaction, change: &Change<'_>) -> Result<(), BoxError> {
         self.0.delete(tx, change).await
+    }
+
+    async fn write_batch(
+        &self,
+        tx: &mut Transaction,
+        writes: &[RowWrite<'_>],
+    ) -> Result<(), BoxError> {
+        let mut typed = Vec::with_capacity(writes.len());
+        for write in writes {
+            let instance = match write.kind {
+                WriteKind::Delete => None,
+                WriteKind::Create | WriteKind::Update => Some(self.instance(&write.change)?),
+            };
+            typed.push((instance, *write));
+        }
+        self.0.write_batch(tx, typed).await
     }
 }
 
@@ -326,6 +451,24 @@ impl ReplicaModels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statement_chunks_are_powers_of_two_covering_the_rows() {
+        let sizes = |rows, max| -> Vec<usize> {
+            statement_chunks(rows, max)
+                .iter()
+                .map(|r| r.len())
+                .collect()
+        };
+        assert_eq!(sizes(55, 256), [32, 16, 4, 2, 1]);
+        assert_eq!(sizes(200, 256), [128, 64, 8]);
+        assert_eq!(sizes(600, 250), [128, 128, 128, 128, 64, 16, 8]);
+        assert_eq!(sizes(3, 0), [1, 1, 1]);
+        assert!(sizes(0, 256).is_empty());
+        let ranges = statement_chunks(7, 4);
+        assert_eq!(ranges, [0..4, 4..6, 6..7]);
+        assert_eq!((padded_len(1), padded_len(5), padded_len(128)), (1, 8, 128));
+    }
 
     #[test]
     fn field_mapping_renames_and_drops() {

@@ -51,7 +51,7 @@ use std::collections::HashMap;
 use eventfold_core::{SqlValue, Transaction};
 use serde_json::{Map, Value};
 
-use crate::replica::FieldMapping;
+use crate::replica::{padded_len, statement_chunks, FieldMapping};
 use crate::wire::{CqrsMessage, SignalType};
 use column::{quote, Column, Dialect, Kind};
 
@@ -62,6 +62,17 @@ pub use replica::TableReplica;
 
 /// At most this many primary keys in one `IN (...)` list.
 pub(crate) const PK_CHUNK: usize = 500;
+
+/// At most this many values in one multi-row statement or `IN` list on PostgreSQL
+/// ([`Table::upsert_many`], [`Table::stored_revisions`], [`Table::delete_many`]): a
+/// consumer batch of 200 rows of 10 columns in two statements.
+pub const MAX_PARAMS: usize = 2000;
+
+/// The same on SQLite: it finds each `$n` by a scan of the statement's parameter names,
+/// so binding a statement costs its value count squared (a 1,280-value upsert made
+/// `bulk-load` slower than one statement per row); small statements, cached, cost
+/// little there, where there is no round trip to save.
+pub const SQLITE_MAX_PARAMS: usize = 128;
 
 /// The `instance_data` key of the revision.
 pub const REVISION_KEY: &str = "cqrs_revision";
@@ -363,6 +374,30 @@ impl Table {
         Ok(column.param(self.dialect, params.len()))
     }
 
+    /// The parameters of an `IN (...)` list of `pks`, padded to [`padded_len`] by
+    /// repeating the last one (the same rows), so a few statement shapes serve every
+    /// batch size.
+    fn pk_list(&self, pks: &[&Value], params: &mut Vec<SqlValue>) -> Result<String, TableError> {
+        let mut list = Vec::with_capacity(padded_len(pks.len()));
+        for pk in pks {
+            list.push(self.pk_param(pk, params)?);
+        }
+        if let Some(last) = pks.last() {
+            while list.len() < padded_len(pks.len()) {
+                list.push(self.pk_param(last, params)?);
+            }
+        }
+        Ok(list.join(", "))
+    }
+
+    /// At most this many values in one statement of this table's backend.
+    fn max_params(&self) -> usize {
+        match self.dialect {
+            Dialect::Sqlite => SQLITE_MAX_PARAMS,
+            Dialect::Postgres => MAX_PARAMS,
+        }
+    }
+
     // ---- replica side ----
 
     /// The field mapping of the tables file: renames, then ignored keys dropped. The
@@ -436,27 +471,24 @@ impl Table {
     }
 
     /// The stored revisions of the rows among `pks` that exist, by [`pk_key`].
-    pub async fn stored_revisions(
+    pub async fn stored_revisions<P: std::borrow::Borrow<Value> + Sync>(
         &self,
         tx: &mut Transaction,
-        pks: &[Value],
+        pks: &[P],
     ) -> Result<HashMap<String, i64>, TableError> {
         let mut found = HashMap::with_capacity(pks.len());
         // SQLite looks each `$n` up by name, a scan of the statement's parameters, so a
         // long IN list costs its length squared: a few hundred at a time.
-        for chunk in pks.chunks(PK_CHUNK) {
-            let mut params = Vec::with_capacity(chunk.len());
-            let mut list = Vec::with_capacity(chunk.len());
-            for pk in chunk {
-                list.push(self.pk_param(pk, &mut params)?);
-            }
+        for chunk in pks.chunks(self.max_params().min(PK_CHUNK)) {
+            let mut params = Vec::with_capacity(padded_len(chunk.len()));
+            let chunk: Vec<&Value> = chunk.iter().map(|pk| pk.borrow()).collect();
             let sql = format!(
                 "SELECT {}, {} FROM {} WHERE {} IN ({})",
                 self.columns[self.pk].select(self.dialect),
                 quote(&self.columns[self.revision].name),
                 self.qualified,
                 quote(&self.columns[self.pk].name),
-                list.join(", ")
+                self.pk_list(&chunk, &mut params)?
             );
             for row in tx.query(&sql, &params).await? {
                 let mut row = row.into_iter();
@@ -478,43 +510,93 @@ impl Table {
         tx: &mut Transaction,
         mapped: &Map<String, Value>,
     ) -> Result<(), TableError> {
-        let row = self.row_of(mapped)?;
-        let mut names = Vec::with_capacity(row.len());
-        let mut values = Vec::with_capacity(row.len());
-        let mut updates = Vec::with_capacity(row.len());
-        let mut params = Vec::with_capacity(row.len());
-        for (i, value) in row {
-            let column = &self.columns[i];
-            let name = quote(&column.name);
-            params.push(value);
-            values.push(column.param(self.dialect, params.len()));
-            if i != self.pk {
-                updates.push(format!("{name} = excluded.{name}"));
+        self.upsert_many(tx, &[mapped]).await
+    }
+
+    /// [`Self::upsert`] of many rows, in multi-row statements (`INSERT ... VALUES (...),
+    /// (...) ON CONFLICT DO UPDATE`; rows with the same columns share them, in chunks of
+    /// [`statement_chunks`] of up to [`MAX_PARAMS`] values, [`SQLITE_MAX_PARAMS`] on
+    /// SQLite). The primary keys must
+    /// differ: PostgreSQL refuses to
+    /// update one row twice in a statement. Data that does not fit is
+    /// [`TableError::BadData`] before anything is written.
+    pub async fn upsert_many(
+        &self,
+        tx: &mut Transaction,
+        mapped: &[&Map<String, Value>],
+    ) -> Result<(), TableError> {
+        // Rows by their columns, in order of first appearance (django-cqrs sends every
+        // field each time, so a batch is nearly always one group).
+        let mut groups: Vec<(Vec<usize>, Vec<Vec<SqlValue>>)> = Vec::new();
+        for data in mapped {
+            let (columns, values): (Vec<usize>, Vec<SqlValue>) =
+                self.row_of(data)?.into_iter().unzip();
+            match groups.iter_mut().find(|(c, _)| *c == columns) {
+                Some((_, rows)) => rows.push(values),
+                None => groups.push((columns, vec![values])),
             }
-            names.push(name);
         }
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
-            self.qualified,
-            names.join(", "),
-            values.join(", "),
-            quote(&self.columns[self.pk].name),
-            updates.join(", ")
-        );
-        tx.execute(&sql, &params).await?;
+        for (columns, rows) in groups {
+            let names: Vec<String> = columns
+                .iter()
+                .map(|&i| quote(&self.columns[i].name))
+                .collect();
+            let updates: Vec<String> = columns
+                .iter()
+                .zip(&names)
+                .filter(|(&i, _)| i != self.pk)
+                .map(|(_, name)| format!("{name} = excluded.{name}"))
+                .collect();
+            for range in statement_chunks(rows.len(), self.max_params() / columns.len()) {
+                let chunk = &rows[range];
+                let mut params = Vec::with_capacity(chunk.len() * columns.len());
+                let mut tuples = Vec::with_capacity(chunk.len());
+                for row in chunk {
+                    let mut tuple = Vec::with_capacity(columns.len());
+                    for (&i, value) in columns.iter().zip(row) {
+                        params.push(value.clone());
+                        tuple.push(self.columns[i].param(self.dialect, params.len()));
+                    }
+                    tuples.push(format!("({})", tuple.join(", ")));
+                }
+                let sql = format!(
+                    "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
+                    self.qualified,
+                    names.join(", "),
+                    tuples.join(", "),
+                    quote(&self.columns[self.pk].name),
+                    updates.join(", ")
+                );
+                tx.execute(&sql, &params).await?;
+            }
+        }
         Ok(())
     }
 
     /// Deletes the row with primary key `pk`; returns how many rows went (0 or 1).
     pub async fn delete(&self, tx: &mut Transaction, pk: &Value) -> Result<u64, TableError> {
-        let mut params = Vec::with_capacity(1);
-        let sql = format!(
-            "DELETE FROM {} WHERE {} = {}",
-            self.qualified,
-            quote(&self.columns[self.pk].name),
-            self.pk_param(pk, &mut params)?
-        );
-        Ok(tx.execute(&sql, &params).await?)
+        self.delete_many(tx, &[pk]).await
+    }
+
+    /// Deletes the rows with these primary keys (`DELETE ... WHERE pk IN (...)`, a few
+    /// hundred at a time); returns how many rows went.
+    pub async fn delete_many(
+        &self,
+        tx: &mut Transaction,
+        pks: &[&Value],
+    ) -> Result<u64, TableError> {
+        let mut deleted = 0;
+        for chunk in pks.chunks(self.max_params().min(PK_CHUNK)) {
+            let mut params = Vec::with_capacity(padded_len(chunk.len()));
+            let sql = format!(
+                "DELETE FROM {} WHERE {} IN ({})",
+                self.qualified,
+                quote(&self.columns[self.pk].name),
+                self.pk_list(chunk, &mut params)?
+            );
+            deleted += tx.execute(&sql, &params).await?;
+        }
+        Ok(deleted)
     }
 
     /// Deletes every row (`bulk-load --clear`).

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod batch;
 mod burst;
 mod failover;
 mod failures;

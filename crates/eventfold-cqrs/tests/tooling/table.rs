@@ -300,3 +300,127 @@ async fn master_rows_are_filtered_and_paged_in_pk_order(db: Db) {
     tx.commit().await.unwrap();
 }
 on_both!(master_rows, master_rows_are_filtered_and_paged_in_pk_order);
+
+/// A django-cqrs message for item `pk` at `revision` (a DELETE sends what the master
+/// sends: id, revision, updated).
+fn message(signal: SignalType, pk: i64, revision: i64) -> CqrsMessage {
+    let data = match signal {
+        SignalType::Delete => json!({"id": pk, "cqrs_revision": revision,
+            "cqrs_updated": "2026-11-23 00:41:49+00:00"}),
+        _ => json!({"id": pk, "title": format!("{pk} at r{revision}"), "ratio": 0.25,
+            "cqrs_revision": revision,
+            "cqrs_updated": format!("2026-11-23 00:41:{:02}+00:00", revision)}),
+    };
+    CqrsMessage::new(signal, "item", Value::from(pk), object(data))
+}
+
+/// Every row of `table`, as a master reading it publishes them.
+async fn published(db: &Db, table: &str) -> Vec<(Value, i64, Map<String, Value>)> {
+    let mut tx = db.begin().await;
+    let master = Table::open(&mut tx, "item", &spec(db, table), Role::Master)
+        .await
+        .unwrap();
+    let rows = master
+        .rows(&mut tx, &Filter::all(), None, 1000)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    rows.into_iter()
+        .map(|r| (r.pk, r.revision, r.data))
+        .collect()
+}
+
+/// The same messages through `apply_batch` (one read, multi-row writes) and through
+/// `apply_message` one by one: the same outcomes, in order, and the same rows.
+async fn a_batch_applies_as_message_by_message_does(db: Db) {
+    use eventfold_cqrs::replica::{apply_batch, apply_message, Applied, ReplicaModels};
+    use SignalType::{Delete, Save, Sync};
+    let mut models = Vec::new();
+    for table in ["batched", "one_by_one"] {
+        db.create_items(table).await;
+        let mut tx = db.begin().await;
+        let replica = Table::open(&mut tx, "item", &spec(&db, table), Role::Replica)
+            .await
+            .unwrap();
+        // What the replica holds before: 1 at r2, 2 at r5, 3 at r1.
+        for (pk, revision) in [(1, 2), (2, 5), (3, 1)] {
+            let seed = message(Save, pk, revision);
+            replica.upsert(&mut tx, &seed.instance_data).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        models.push(ReplicaModels::new().with(TableReplica::new(replica)));
+    }
+    let messages = [
+        message(Save, 1, 3),    // update
+        message(Save, 1, 4),    // update of the same pk: the last wins
+        message(Save, 1, 4),    // duplicate of the one before, inside the batch
+        message(Save, 2, 4),    // stale
+        message(Save, 2, 5),    // duplicate of the stored row
+        message(Sync, 2, 1),    // a SYNC downgrade is applied
+        message(Delete, 3, 1),  // delete
+        message(Save, 3, 0),    // created again after the delete of the same batch
+        message(Save, 10, 0),   // create
+        message(Save, 10, 1),   // then update
+        message(Save, 10, 3),   // a gap of one lost revision
+        message(Save, 11, 0),   // created, then
+        message(Delete, 11, 0), // deleted in the same batch: no row
+        message(Delete, 12, 0), // delete of a row that never was
+    ];
+    let refs: Vec<&CqrsMessage> = messages.iter().collect();
+    let mut tx = db.begin().await;
+    let batched = apply_batch(&models[0], &mut tx, &refs).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut one_by_one = Vec::new();
+    for m in &messages {
+        let mut tx = db.begin().await;
+        one_by_one.push(apply_message(&models[1], &mut tx, m).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(batched, one_by_one);
+    let upd = |stored, received| Applied::Updated {
+        sync: false,
+        stored,
+        received,
+    };
+    let created = Applied::Created { sync: false };
+    assert_eq!(
+        batched,
+        [
+            upd(2, 3),
+            upd(3, 4),
+            Applied::Duplicate { revision: 4 },
+            Applied::Stale {
+                stored: 5,
+                received: 4
+            },
+            Applied::Duplicate { revision: 5 },
+            Applied::Updated {
+                sync: true,
+                stored: 5,
+                received: 1
+            },
+            Applied::Deleted,
+            created,
+            created,
+            upd(0, 1),
+            upd(1, 3),
+            created,
+            Applied::Deleted,
+            Applied::Deleted,
+        ]
+    );
+    assert_eq!(batched[10].lost(), 1);
+    assert!(batched[5].is_sync_downgrade());
+    let rows = published(&db, "batched").await;
+    assert_eq!(rows, published(&db, "one_by_one").await);
+    let revisions: Vec<(Value, i64)> = rows.iter().map(|r| (r.0.clone(), r.1)).collect();
+    assert_eq!(
+        revisions,
+        [(json!(1), 4), (json!(2), 1), (json!(3), 0), (json!(10), 3)]
+    );
+    assert_eq!(rows[0].2["title"], "1 at r4");
+}
+on_both!(
+    batch_as_one_by_one,
+    a_batch_applies_as_message_by_message_does
+);
