@@ -1377,10 +1377,10 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
         ));
     }
 
-    let mut floor = None;
+    let mut floor_write_rate = None;
     if has("floor_write") {
         let rate = floor_write(bench, &run).await?;
-        floor = Some(rate);
+        floor_write_rate = Some(rate);
         line(format!(
             "[floor_write] {rate:.0} rows/s: {} rows by a bare multi-row upsert, {} per transaction, {} writers, \
              no broker",
@@ -1430,10 +1430,13 @@ pub async fn run(bench: &ReplicationBench) -> anyhow::Result<Value> {
     );
     out.insert("broker_confirmed_per_s".into(), json!(confirmed.map(sig4)));
     out.insert("bare_commits_per_s".into(), json!(bare.map(sig4)));
-    out.insert("floor_write_rows_per_s".into(), json!(floor.map(sig4)));
+    out.insert(
+        "floor_write_rows_per_s".into(),
+        json!(floor_write_rate.map(sig4)),
+    );
     out.insert(
         "backlog_vs_floor_write".into(),
-        json!(ratio(backlog_rate, floor)),
+        json!(ratio(backlog_rate, floor_write_rate)),
     );
     out.insert("plain_vs_bare".into(), json!(ratio(plain, bare)));
     if let Some(r) = out["results"].get("replication") {
