@@ -424,3 +424,39 @@ on_both!(
     batch_as_one_by_one,
     a_batch_applies_as_message_by_message_does
 );
+
+/// A batch on PostgreSQL plans its statements for the table as it is now (a custom plan),
+/// not with a generic plan cached while the table was empty; the setting ends with the
+/// batch's transaction.
+#[tokio::test]
+async fn a_postgres_batch_uses_custom_plans_for_its_transaction_only() {
+    use eventfold_cqrs::replica::{apply_batch, ReplicaModels};
+    let db = Db::postgres().await;
+    db.create_items("planned").await;
+    let mut tx = db.begin().await;
+    let replica = Table::open(&mut tx, "item", &spec(&db, "planned"), Role::Replica)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let models = ReplicaModels::new().with(TableReplica::new(replica));
+    let plan_mode = |rows: Vec<eventfold_core::SqlRow>| rows[0][0].as_str().unwrap().to_owned();
+    let show = "SELECT current_setting('plan_cache_mode')";
+
+    let messages = [
+        message(SignalType::Save, 1, 0),
+        message(SignalType::Save, 2, 0),
+    ];
+    let refs: Vec<&CqrsMessage> = messages.iter().collect();
+    let mut tx = db.begin().await;
+    apply_batch(&models, &mut tx, &refs).await.unwrap();
+    assert_eq!(
+        plan_mode(tx.query(show, &[]).await.unwrap()),
+        "force_custom_plan"
+    );
+    tx.commit().await.unwrap();
+
+    let mut tx = db.begin().await;
+    assert_eq!(plan_mode(tx.query(show, &[]).await.unwrap()), "auto");
+    tx.rollback().await.unwrap();
+    assert_eq!(published(&db, "planned").await.len(), 2);
+}
