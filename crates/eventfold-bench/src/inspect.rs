@@ -4,7 +4,8 @@
 //!
 //! The big stream's events are spread over the whole log (1 in 10 of each written batch),
 //! the others belong to streams of 1000 events each, and one record in 100 000 has the
-//! topic `Rare.Happened` (the topic filter's case).
+//! topic `Rare.Happened` (the topic filter's rare case; the filler's `Other.Happened` is its
+//! common case, and the big stream's `Big.Happened` is one record in ten).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -212,6 +213,14 @@ pub fn pages(bench: &InspectBench) -> Vec<(&'static str, String)> {
         ("log_newest", "/api/log".to_owned()),
         ("log_middle_page", format!("/api/log?before={middle}")),
         ("log_topic_rare", "/api/log?topic=Rare.Happened".to_owned()),
+        (
+            "log_topic_common",
+            "/api/log?topic=Other.Happened".to_owned(),
+        ),
+        (
+            "log_topics_rare_and_big",
+            "/api/log?topic=Rare.Happened,Big.Happened".to_owned(),
+        ),
         ("log_html", "/log".to_owned()),
         ("followers", "/api/followers".to_owned()),
         ("relay", "/api/relay".to_owned()),

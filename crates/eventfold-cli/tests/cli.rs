@@ -542,6 +542,8 @@ fn bench_inspect_times_every_page_and_ends_with_one_json_line() {
         "stream_newest",
         "stream_state_at_middle",
         "log_topic_rare",
+        "log_topic_common",
+        "log_topics_rare_and_big",
         "followers",
         "metrics",
     ] {

@@ -36,7 +36,7 @@
 //!
 //! | object | what | keys and indexes |
 //! |---|---|---|
-//! | `events` | every stream's events (`id`, `stream_id`, `version`, `topic`, `occurred_at`, `state`, `metadata`); `id` is the notification log position | `PRIMARY KEY (id)`, `UNIQUE (stream_id, version)` |
+//! | `events` | every stream's events (`id`, `stream_id`, `version`, `topic`, `occurred_at`, `state`, `metadata`); `id` is the notification log position | `PRIMARY KEY (id)`, `UNIQUE (stream_id, version)`, index `events_topic_id (topic, id)` (v6) |
 //! | `snapshots` | snapshots by stream and version | `PRIMARY KEY (stream_id, version)` |
 //! | `tracking` | follower positions | `PRIMARY KEY (follower) INCLUDE (position)` |
 //! | `schema_version` | applied migrations | `PRIMARY KEY (version)` |
@@ -44,7 +44,8 @@
 //! | `notification_id_seq` | id allocation (`CACHE 1`) | |
 //!
 //! Stream reads use the unique `(stream_id, version)` index; log reads walk the primary
-//! key; [`NotificationReader::max_notification_id`](eventfold_core::NotificationReader::max_notification_id)
+//! key, or with topics one `(topic, id)` range per topic, merged (a rare topic costs no
+//! more than a common one); [`NotificationReader::max_notification_id`](eventfold_core::NotificationReader::max_notification_id)
 //! and tracking lookups can be answered index-only. [`PostgresStore::migrate`] (and
 //! `eventfold migrate`) creates and upgrades them idempotently, in one transaction,
 //! serialised across processes by an advisory lock. With

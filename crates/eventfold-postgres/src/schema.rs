@@ -11,7 +11,7 @@ use crate::config::PostgresConfig;
 use crate::error::{sqlx_error, Target};
 
 /// The schema version this build writes and expects.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Advisory-lock class (first key of the two-key form) for the id allocation section.
 const LOCK_CLASS_ALLOCATE: i32 = 0x4546_0001; // "EF" 1
@@ -41,6 +41,9 @@ pub(crate) struct Sql {
     pub record_fn: String,
     pub tracking_constraint: String,
     pub contiguity_constraint: String,
+    /// The `(topic, id)` index of the events table (v6), unqualified: it lives in the
+    /// table's schema.
+    pub topic_index: String,
     pub channel: String,
     pub lock_key: i32,
     pub writer_class: i32,
@@ -192,6 +195,7 @@ impl Sql {
             stamp_seq: q("notification_stamp_seq"),
             tracking_constraint: format!("{p}tracking_pkey"),
             contiguity_constraint: format!("{p}events_contiguous"),
+            topic_index: format!("{p}events_topic_id"),
             lock_key: fnv1a(&key_text),
             writer_class: fnv1a(&format!("writers:{key_text}")),
             horizon_fn: q("horizon"),
@@ -230,6 +234,11 @@ impl Sql {
                 5,
                 "record metadata; the log reads newest first and pages with a bound",
                 self.v5(),
+            ),
+            (
+                6,
+                "a (topic, id) index; the log filtered by topic reads it, one topic at a time",
+                self.v6(),
             ),
         ]
     }
@@ -381,6 +390,81 @@ BEGIN
               AND (p_topics IS NULL OR e.topic = ANY (p_topics))
             ORDER BY e.id
             LIMIT p_limit;
+    END IF;
+END
+$fn$;
+"#
+        )
+    }
+
+    /// Version 6: the `(topic, id)` index SQLite has as `events_topic_id`, and the log read
+    /// filtered by topic through it. Each wanted topic is read as its own keyset range of
+    /// the index (at most `p_limit` ids), and the ranges merged: one `topic = ANY (..)`
+    /// scan would either walk the primary key past every other topic (slow for a rare
+    /// topic) or fetch every id of the topics and sort them (slow for a common one).
+    /// The range is written as row comparisons, ordered by `(topic, id)`, because only that
+    /// index can then serve it: with `topic = ..` a plan made for an unknown topic (plpgsql's
+    /// generic plan) walks the primary key and filters, which passes every id for a rare
+    /// topic. Unfiltered reads keep the primary-key range scan. The index is built inside the
+    /// migration's transaction, so writers wait for it (seconds on a log of millions).
+    fn v6(&self) -> String {
+        let Sql {
+            events,
+            notifications_fn,
+            final_id_fn,
+            topic_index,
+            ..
+        } = self;
+        let columns = "e.id, e.stream_id, e.version, e.topic, e.occurred_at, e.state, e.metadata";
+        let unfiltered = |order: &str| {
+            format!(
+                "SELECT {columns} FROM {events} e
+            WHERE e.id > p_after AND e.id <= v_final
+            ORDER BY e.id {order}
+            LIMIT p_limit"
+            )
+        };
+        let by_topic = |order: &str| {
+            format!(
+                "SELECT {columns}
+            FROM (SELECT DISTINCT u.topic FROM unnest(p_topics) AS u(topic)) AS wanted,
+                 LATERAL (SELECT * FROM {events} t
+                          WHERE (t.topic, t.id) > (wanted.topic, p_after)
+                            AND (t.topic, t.id) <= (wanted.topic, v_final)
+                          ORDER BY t.topic {order}, t.id {order}
+                          LIMIT p_limit) AS e
+            ORDER BY e.id {order}
+            LIMIT p_limit"
+            )
+        };
+        let (all_desc, all_asc) = (unfiltered("DESC"), unfiltered("ASC"));
+        let (topics_desc, topics_asc) = (by_topic("DESC"), by_topic("ASC"));
+        format!(
+            r#"
+CREATE INDEX "{topic_index}" ON {events} (topic, id);
+
+-- The gap-safe log read: it runs after {final_id_fn}() returned, so with a newer snapshot.
+-- Ids in (p_after, p_before), never above the final id, oldest or newest first.
+CREATE OR REPLACE FUNCTION {notifications_fn}(p_after bigint, p_before bigint, p_limit bigint,
+                                              p_topics text[], p_descending boolean)
+RETURNS TABLE (id bigint, stream_id text, version bigint, topic text,
+               occurred_at timestamptz, state bytea, metadata text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_final bigint := least({final_id_fn}(), coalesce(p_before - 1, 9223372036854775807));
+BEGIN
+    IF p_topics IS NULL THEN
+        IF p_descending THEN
+            RETURN QUERY {all_desc};
+        ELSE
+            RETURN QUERY {all_asc};
+        END IF;
+    ELSIF p_descending THEN
+        RETURN QUERY {topics_desc};
+    ELSE
+        RETURN QUERY {topics_asc};
     END IF;
 END
 $fn$;

@@ -73,18 +73,17 @@ async fn schema_versions_and_migrate() {
     assert_eq!((first.from_version, first.to_version), (0, SCHEMA_VERSION));
     assert_eq!(first.applied.len() as i64, SCHEMA_VERSION);
     let store = PostgresStore::connect(&cfg).await.unwrap();
+    assert_topic_index(&store, &cfg).await;
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "{again}");
     assert!(again.to_string().contains("up to date"));
 
-    // A database one version behind, with events written by that version: refused
-    // without create_tables, then upgraded, its log intact and its streams continuing.
+    // A version 4 database, with events written by that version: refused without
+    // create_tables, then upgraded, its log intact and its streams continuing.
     let mut old = cfg.clone();
     old.table_prefix = "v4_".into();
-    let built = PostgresStore::migrate_up_to(&old, SCHEMA_VERSION - 1)
-        .await
-        .unwrap();
-    assert_eq!(built.to_version, SCHEMA_VERSION - 1);
+    let built = PostgresStore::migrate_up_to(&old, 4).await.unwrap();
+    assert_eq!(built.to_version, 4);
     // Events as version 4 wrote them (no metadata column yet).
     let old_record = format!(
         "INSERT INTO \"{schema}\".v4_events (id, stream_id, version, topic, occurred_at, state) \
@@ -98,17 +97,18 @@ async fn schema_versions_and_migrate() {
         .unwrap();
     match PostgresStore::connect(&old).await.unwrap_err() {
         Error::SchemaVersion { found, hint, .. } => {
-            assert_eq!(found, SCHEMA_VERSION - 1);
+            assert_eq!(found, 4);
             assert!(hint.contains("eventfold migrate"), "{hint}");
         }
         other => panic!("expected SchemaVersion, got {other:?}"),
     }
     let upgrade = PostgresStore::migrate_with(&old).await.unwrap();
     assert_eq!(
-        (upgrade.from_version, upgrade.applied.len()),
-        (SCHEMA_VERSION - 1, 1)
+        (upgrade.from_version, upgrade.applied.len() as i64),
+        (4, SCHEMA_VERSION - 4)
     );
     let upgraded = PostgresStore::connect(&old).await.unwrap();
+    assert_topic_index(&upgraded, &old).await;
     let before: Vec<_> = upgraded
         .select_notifications(&NotificationQuery::after(0, 10))
         .await
@@ -176,6 +176,106 @@ async fn schema_versions_and_migrate() {
         }
         other => panic!("expected SchemaVersion, got {other:?}"),
     }
+}
+
+/// The events table has the v6 `(topic, id)` index, named with the table prefix.
+async fn assert_topic_index(store: &PostgresStore, cfg: &PostgresConfig) {
+    let definition: Option<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+    )
+    .bind(&cfg.schema)
+    .bind(format!("{}events_topic_id", cfg.table_prefix))
+    .fetch_optional(store.pool())
+    .await
+    .unwrap();
+    let definition = definition.expect("the events_topic_id index exists");
+    assert!(
+        definition.ends_with(&format!(
+            "ON {} USING btree (topic, id)",
+            store.table_name("events").replace('"', "")
+        )),
+        "{definition}"
+    );
+}
+
+/// A version 5 log upgraded to version 6: every topic-filtered read (one topic, several,
+/// repeated, unknown; both orders; bounded; short and long pages) returns exactly the
+/// records of the unfiltered log that the query admits, in order, up to its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_filtered_reads_after_the_v6_upgrade() {
+    let schema = unique_schema("topics");
+    let _guard = SchemaGuard::new(&schema);
+    let mut old = config(&schema);
+    old.table_prefix = "v5_".into();
+    old.create_tables = false;
+    PostgresStore::migrate_up_to(&old, 5).await.unwrap();
+    let sibling = PostgresStore::connect(&config(&schema)).await.unwrap();
+    // Written as version 5 writes: one rare topic, one of half the log, one of the rest.
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".v5_events (id, stream_id, version, topic, occurred_at, state) \
+         SELECT nextval('\"{schema}\".v5_notification_id_seq'), 's' || (g % 7), g / 7 + 1, \
+                CASE WHEN g % 50 = 0 THEN 'Test.Rare' WHEN g % 2 = 0 THEN 'Test.Half' \
+                     ELSE 'Test.Rest' END, now(), int8send(g) \
+         FROM generate_series(0, 299) AS g ORDER BY g"
+    ))
+    .execute(sibling.pool())
+    .await
+    .unwrap();
+    sibling.close().await;
+    let upgrade = PostgresStore::migrate_with(&old).await.unwrap();
+    assert_eq!(
+        upgrade.applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        vec![6]
+    );
+    let store = PostgresStore::connect(&old).await.unwrap();
+    assert_topic_index(&store, &old).await;
+    // And some written after the upgrade, through the index.
+    store
+        .record(&events_only(vec![
+            event("after", 1, "Rare"),
+            event("after", 2, "Half"),
+            event("after", 3, "Rest"),
+        ]))
+        .await
+        .unwrap();
+    let log = store
+        .select_notifications(&NotificationQuery::after(0, 1000))
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 303);
+    let topic_sets: [&[&str]; 6] = [
+        &["Test.Rare"],
+        &["Test.Half"],
+        &["Test.Rare", "Test.Rest"],
+        &["Test.Rest", "Test.Rare", "Test.Half"],
+        &["Test.Rare", "Test.Rare"],
+        &["Test.Missing"],
+    ];
+    for topics in topic_sets {
+        for descending in [false, true] {
+            for (after, before) in [(0, None), (40, Some(261))] {
+                for limit in [3, 1000] {
+                    let mut query = NotificationQuery::after(after, limit).topics(topics.to_vec());
+                    query.descending = descending;
+                    if let Some(before) = before {
+                        query = query.before(before);
+                    }
+                    let mut expected: Vec<_> = log
+                        .iter()
+                        .filter(|n| query.admits(n.id, &n.event.topic))
+                        .cloned()
+                        .collect();
+                    if descending {
+                        expected.reverse();
+                    }
+                    expected.truncate(limit);
+                    let got = store.select_notifications(&query).await.unwrap();
+                    assert_eq!(got, expected, "{query:?}");
+                }
+            }
+        }
+    }
+    store.close().await;
 }
 
 async fn futures_join<A, B>(a: A, b: B) -> Vec<A::Output>
