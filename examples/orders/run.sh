@@ -9,7 +9,8 @@
 #
 # RabbitMQ: EVENTFOLD_AMQP_URL if set (then the broker is left alone), else the local one,
 # installed and started by scripts/services.sh when it must be. Other variables:
-# ORDERS_LISTEN (127.0.0.1:8080), ORDERS_REPLICA_LISTEN (127.0.0.1:8081), ORDERS_DATA_DIR,
+# ORDERS_LISTEN (127.0.0.1:8080), ORDERS_REPLICA_LISTEN (127.0.0.1:8081),
+# ORDERS_INSPECT (127.0.0.1:7071, the inspector inside the service), ORDERS_DATA_DIR,
 # EVENTFOLD_SQLITE_PATH, ORDERS_REPLICA_SQLITE_PATH, EVENTFOLD_POSTGRES_SCHEMA,
 # ORDERS_REPLICA_SCHEMA, ORDERS_REPLICA_QUEUE (orders_replica), EVENTFOLD_LOG, ORDERS_PROFILE
 # (release; dev for a quicker build).
@@ -55,6 +56,7 @@ fi
 queue=${ORDERS_REPLICA_QUEUE:-orders_replica}
 export ORDERS_LISTEN=${ORDERS_LISTEN:-127.0.0.1:8080}
 export ORDERS_REPLICA_LISTEN=${ORDERS_REPLICA_LISTEN:-127.0.0.1:8081}
+export ORDERS_INSPECT=${ORDERS_INSPECT:-127.0.0.1:7071}
 
 profile=${ORDERS_PROFILE:-release}
 log "building (cargo build --profile $profile -p orders-example)"
@@ -88,6 +90,7 @@ cat <<EOF
 [orders] running on $where
   service  $api      (GET /orders/ID, GET /totals, POST /orders, .../lines, .../pay, .../cancel)
   replica  $replica  (GET /orders, GET /orders/ID)
+  inspector http://$ORDERS_INSPECT  (inside the service: with the relay's live counters)
 
 Try:
   id=\$(curl -s -XPOST $api/orders -H 'content-type: application/json' -d '{"customer": "ada"}' | sed -E 's/.*"id":"([^"]+)".*/\1/')
@@ -99,7 +102,7 @@ Try:
   curl -s $api/totals
   curl -s $replica/orders/\$id
 
-Inspect (another terminal; eventfold is cargo run --release -p eventfold-cli --):
+Or inspect from outside (another terminal; eventfold is cargo run --release -p eventfold-cli --):
   eventfold inspect $inspect_store --amqp-url $amqp_shown --dead-letters $queue --relay orders
 
 Ctrl-C stops everything.

@@ -65,7 +65,7 @@ impl Process {
             let left = deadline.saturating_duration_since(Instant::now());
             match listening.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some((_, url)) = line.split_once(": listening on ") {
+                    if let Some(url) = line.strip_prefix(&format!("{name}: listening on ")) {
                         process.url = url.trim().to_owned();
                     }
                 }
@@ -77,6 +77,24 @@ impl Process {
 
     fn output(&self) -> String {
         self.output.lock().unwrap().clone()
+    }
+
+    /// The URL of its part `part` (a `NAME PART: listening on URL` line), waiting for it.
+    fn part_url(&self, part: &str) -> String {
+        let prefix = format!("{} {part}: listening on ", self.name);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(url) = self.output().lines().find_map(|l| l.strip_prefix(&prefix)) {
+                return url.trim().to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not serve its {part}:\n{}",
+                self.name,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops it as run.sh and Ctrl-C do (SIGTERM) and returns its output; panics unless
@@ -222,8 +240,14 @@ async fn http_command_to_replica_row(
     let replica: Vec<_> = replica.into_iter().chain([amqp]).collect();
     let http = Http::new();
 
-    let orders = Process::start("orders", env!("CARGO_BIN_EXE_orders"), &master, &[]);
+    let orders = Process::start(
+        "orders",
+        env!("CARGO_BIN_EXE_orders"),
+        &master,
+        &["--inspect", "127.0.0.1:0"],
+    );
     let api = orders.url.clone();
+    let inspector = orders.part_url("inspector");
 
     // Placed, two lines, paid: one event and one master save per command.
     let placed = http
@@ -428,6 +452,21 @@ async fn http_command_to_replica_row(
         *totals == expected_totals
     })
     .await;
+
+    // The inspector inside the service sees the relay's own counters: every message the
+    // relay published was confirmed, none returned or nacked.
+    let relays = http
+        .wait_for(&format!("{inspector}/api/relay"), &[&orders], |page| {
+            let relay = &page["relays"][0];
+            relay["metrics"]["confirmed"] == 7 && relay["pending"] == 0
+        })
+        .await;
+    let relay = &relays["relays"][0];
+    assert_eq!(relay["name"], "orders", "{relays}");
+    assert_eq!(relay["metrics"]["published"], 7, "{relays}");
+    assert_eq!(relay["metrics"]["returned"], 0, "{relays}");
+    assert_eq!(relay["metrics"]["nacked"], 0, "{relays}");
+    assert_eq!(relays["relays"].as_array().unwrap().len(), 1, "{relays}");
 
     let replica_out = replica.terminate();
     assert!(

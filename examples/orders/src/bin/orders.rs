@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use eventfold::Follower;
 use eventfold_amqp::AmqpConfig;
+use eventfold_inspect::Inspector;
 use eventfold_relay::Relay;
 use orders_example::order::Order;
 use orders_example::row::OrderRow;
@@ -41,6 +42,10 @@ struct Args {
     /// The relay's name: its tracked position, its lock queue, its message ids.
     #[arg(long, env = "ORDERS_RELAY_NAME", default_value = "orders")]
     relay_name: String,
+    /// Also serve the eventfold inspector here, read-only, with the relay's live
+    /// counters (confirms, returns, nacks) that an `eventfold inspect` process cannot see.
+    #[arg(long, env = "ORDERS_INSPECT", value_name = "ADDR")]
+    inspect: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -65,13 +70,14 @@ async fn run() -> anyhow::Result<()> {
     let amqp = AmqpConfig::from_url(&args.amqp_url)?
         .with_connection_name(format!("orders-relay-{}", args.relay_name));
     let endpoint = amqp.redacted_url();
-    let relay = Relay::with_config(app.store().clone(), amqp, args.relay_name.clone())?
+    let relay = Relay::with_config(app.store().clone(), amqp.clone(), args.relay_name.clone())?
         .route(
             master
                 .route()
                 .replica_queue(&args.replica_queue, master.cqrs_ids()),
         )
         .build();
+    let relay = Arc::new(relay);
     // A wrong URL or password is an error at start; later outages are waited out.
     relay
         .connect()
@@ -86,9 +92,40 @@ async fn run() -> anyhow::Result<()> {
     let mut totals = Follower::view(&app, OrderTotals::NAME, OrderTotals).build();
     let router = Orders::new(app.clone(), master).router();
     let server = orders_example::serve("orders", args.listen, router, stop.stopped());
-    let ((), server, relay_run, totals_run) = tokio::join!(
+    let inspector = match args.inspect {
+        Some(addr) => {
+            let counters = Arc::clone(&relay);
+            let inspector = Inspector::builder(app.store().clone())
+                .config(&config)?
+                .aggregate::<Order>()
+                .relay(&args.relay_name)
+                .relay_metrics(&args.relay_name, move || counters.metrics())
+                .amqp(amqp)
+                .dead_letters(&args.replica_queue)
+                .build();
+            Some(orders_example::serve(
+                "orders inspector",
+                addr,
+                inspector.router(),
+                stop.stopped(),
+            ))
+        }
+        None => None,
+    };
+    let inspector = async {
+        match inspector {
+            Some(serving) => serving.await,
+            // A part that ends stops the others: without an inspector, wait with them.
+            None => {
+                stop.stopped().await;
+                Ok(())
+            }
+        }
+    };
+    let ((), server, inspector, relay_run, totals_run) = tokio::join!(
         stop.on("orders", signalled),
         stop.part("the HTTP server failed", server),
+        stop.part("the inspector failed", inspector),
         stop.part("the relay stopped", async {
             Ok(relay.run(stop.stopped()).await?)
         }),
@@ -97,6 +134,7 @@ async fn run() -> anyhow::Result<()> {
         }),
     );
     server?;
+    inspector?;
     relay_run?;
     totals_run?;
     let m = relay.metrics();
