@@ -422,14 +422,16 @@ fn given_token(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
+/// `?token=`, decoded as axum decodes every other query.
 fn query_token(request: &Request) -> Option<String> {
-    request
-        .uri()
-        .query()?
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| *name == "token")
-        .map(|(_, value)| pages::percent_decode(value))
+    #[derive(serde::Deserialize)]
+    struct TokenQuery {
+        token: Option<String>,
+    }
+    axum::extract::Query::<TokenQuery>::try_from_uri(request.uri())
+        .ok()?
+        .0
+        .token
 }
 
 async fn authorize(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
@@ -476,6 +478,14 @@ mod tests {
         assert_eq!(given_token(&headers).as_deref(), Some("t2"));
         headers.insert(header::AUTHORIZATION, "Basic dXNlcg==".parse().unwrap());
         assert_eq!(given_token(&headers), None);
+    }
+
+    #[test]
+    fn a_token_in_the_query_is_percent_decoded() {
+        let token = |uri: &str| query_token(&Request::builder().uri(uri).body(().into()).unwrap());
+        assert_eq!(token("/log?token=a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(token("/log?topic=x&token=%41").as_deref(), Some("A"));
+        assert_eq!(token("/log?topic=x"), None);
     }
 
     #[test]
